@@ -1,0 +1,3 @@
+//! The `socketcluster` command.
+
+fn main() {}

@@ -1,0 +1,1 @@
+//! Cross-crate test harness: spawn servers and clusters, kill processes, drive real clients.
