@@ -1,0 +1,207 @@
+//! The reserved `#` events of protocol v2 as typed values.
+//!
+//! ```
+//! use sc_protocol::{decode, Frame, Packet, Reserved};
+//!
+//! let Frame::Packet(Packet::Invoke { event, data, .. }) =
+//!     decode(r##"{"event":"#subscribe","data":{"channel":"news","waitForAuth":true},"cid":2}"##)
+//! else { unreachable!() };
+//! match Reserved::parse(&event, data) {
+//!     Some(Ok(Reserved::Subscribe { channel, wait_for_auth, .. })) => {
+//!         assert_eq!((&*channel, wait_for_auth), ("news", true));
+//!     }
+//!     other => panic!("{other:?}"),
+//! }
+//! ```
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::decode::json_str;
+
+/// `#handshake`.
+pub const HANDSHAKE: &str = "#handshake";
+/// `#subscribe`.
+pub const SUBSCRIBE: &str = "#subscribe";
+/// `#unsubscribe`.
+pub const UNSUBSCRIBE: &str = "#unsubscribe";
+/// `#publish`.
+pub const PUBLISH: &str = "#publish";
+/// `#authenticate`.
+pub const AUTHENTICATE: &str = "#authenticate";
+/// `#setAuthToken`.
+pub const SET_AUTH_TOKEN: &str = "#setAuthToken";
+/// `#removeAuthToken`.
+pub const REMOVE_AUTH_TOKEN: &str = "#removeAuthToken";
+/// `#kickOut`.
+pub const KICK_OUT: &str = "#kickOut";
+
+/// A reserved event with its payload decoded. Other `#`-names are ordinary events in protocol v2.
+#[derive(Debug, Clone)]
+pub enum Reserved<'a> {
+    /// `#handshake` (client to server, an invoke): `{"authToken": <jwt|null>}`.
+    Handshake {
+        /// The signed token the client holds, if any.
+        auth_token: Option<Cow<'a, str>>,
+    },
+    /// `#subscribe` (client to server, an invoke): `{"channel":C[,"waitForAuth":true][,"data":X]}`.
+    Subscribe {
+        /// The channel name.
+        channel: Cow<'a, str>,
+        /// Whether the client only sends this once authenticated.
+        wait_for_auth: bool,
+        /// Optional subscription data for middleware.
+        data: Option<&'a RawValue>,
+    },
+    /// `#unsubscribe` (client to server): the data is the bare channel name.
+    Unsubscribe {
+        /// The channel name.
+        channel: Cow<'a, str>,
+    },
+    /// `#publish` (both directions): `{"channel":C,"data":X}`.
+    Publish {
+        /// The channel name.
+        channel: Cow<'a, str>,
+        /// The message; `None` when absent.
+        data: Option<&'a RawValue>,
+    },
+    /// `#authenticate` (client to server, an invoke): the data is the signed token.
+    Authenticate {
+        /// The token, or `None` when the data is not a string (which fails verification).
+        token: Option<Cow<'a, str>>,
+    },
+    /// `#setAuthToken` (server to client): `{"token":T}`.
+    SetAuthToken {
+        /// The signed token.
+        token: Cow<'a, str>,
+    },
+    /// `#removeAuthToken` (both directions), no data.
+    RemoveAuthToken,
+    /// `#kickOut` (server to client): `{"channel":C,"message":M}`.
+    KickOut {
+        /// The channel the socket was removed from.
+        channel: Cow<'a, str>,
+        /// The optional message.
+        message: Option<&'a RawValue>,
+    },
+}
+
+/// A reserved event whose payload is malformed: the server answers an `InvalidActionError`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InvalidAction {
+    /// The reserved event name.
+    pub event: &'static str,
+    /// What was wrong with it.
+    pub reason: &'static str,
+}
+
+impl InvalidAction {
+    /// The message socketcluster-server gives, for the socket with id `socket_id`.
+    pub fn message(&self, socket_id: &str) -> String {
+        format!("Socket {socket_id} {}", self.reason)
+    }
+
+    /// The `InvalidActionError` object for the socket with id `socket_id`.
+    pub fn to_error(&self, socket_id: &str) -> crate::ScError {
+        crate::ScError::new(
+            crate::ErrorName::InvalidActionError,
+            self.message(socket_id),
+        )
+    }
+}
+
+impl fmt::Display for InvalidAction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid {}: socket {}", self.event, self.reason)
+    }
+}
+
+impl std::error::Error for InvalidAction {}
+
+#[derive(Deserialize)]
+struct ChannelData<'a> {
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "waitForAuth")]
+    wait_for_auth: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default, rename = "authToken")]
+    auth_token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+}
+
+fn object(data: Option<&RawValue>) -> Option<ChannelData<'_>> {
+    let data = data?;
+    if !data.get().starts_with('{') {
+        return None;
+    }
+    serde_json::from_str(data.get()).ok()
+}
+
+impl<'a> Reserved<'a> {
+    /// Decodes a reserved event. `None` when `event` is no reserved name; `Some(Err(..))` when it is
+    /// one but its payload is malformed in a way socketcluster-server rejects with an
+    /// `InvalidActionError`.
+    pub fn parse(event: &str, data: Option<&'a RawValue>) -> Option<Result<Self, InvalidAction>> {
+        let invalid = |event, reason| Some(Err(InvalidAction { event, reason }));
+        Some(Ok(match event {
+            HANDSHAKE => Reserved::Handshake {
+                auth_token: object(data).and_then(|o| o.auth_token).and_then(json_str),
+            },
+            SUBSCRIBE => {
+                let Some((channel, o)) =
+                    object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
+                else {
+                    return invalid(SUBSCRIBE, "provided a malformated channel payload");
+                };
+                Reserved::Subscribe {
+                    channel,
+                    wait_for_auth: o.wait_for_auth.is_some_and(|w| w.get() == "true"),
+                    data: o.data,
+                }
+            }
+            UNSUBSCRIBE => match data.and_then(json_str) {
+                Some(channel) => Reserved::Unsubscribe { channel },
+                None => return invalid(UNSUBSCRIBE, "provided a malformated channel payload"),
+            },
+            PUBLISH => {
+                let Some((channel, o)) =
+                    object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
+                else {
+                    return invalid(PUBLISH, "tried to publish to an invalid channel");
+                };
+                Reserved::Publish {
+                    channel,
+                    data: o.data,
+                }
+            }
+            AUTHENTICATE => Reserved::Authenticate {
+                token: data.and_then(json_str),
+            },
+            SET_AUTH_TOKEN => match object(data).and_then(|o| o.token).and_then(json_str) {
+                Some(token) => Reserved::SetAuthToken { token },
+                None => return invalid(SET_AUTH_TOKEN, "sent a malformated token payload"),
+            },
+            REMOVE_AUTH_TOKEN => Reserved::RemoveAuthToken,
+            KICK_OUT => {
+                let Some((channel, o)) =
+                    object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
+                else {
+                    return invalid(KICK_OUT, "sent a malformated channel payload");
+                };
+                Reserved::KickOut {
+                    channel,
+                    message: o.message,
+                }
+            }
+            _ => return None,
+        }))
+    }
+}
