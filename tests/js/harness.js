@@ -1,0 +1,467 @@
+// Test harness: starts the server under test, connects clients, and awaits events with timeouts.
+//
+// Server under test:
+//   SC_SERVER=reference  -> `node reference-server.js --host 127.0.0.1 --port P --auth-key K`
+//   otherwise SC_BIN     -> `$SC_BIN serve --host 127.0.0.1 --port P --auth-key K`
+// The server is ready once it prints a line matching LISTENING_RE (stdout or stderr) and its port
+// accepts TCP connections.
+'use strict';
+
+const { spawn } = require('node:child_process');
+const crypto = require('node:crypto');
+const net = require('node:net');
+const path = require('node:path');
+const socketClusterClient = require('socketcluster-client');
+const WebSocket = require('ws');
+
+const HOST = '127.0.0.1';
+const LISTENING_RE = /listening on/i;
+const START_TIMEOUT_MS = 15000;
+const DEFAULT_TIMEOUT_MS = 5000;
+
+/** Every server process started by this test process, killed on exit whatever happens. */
+const liveProcesses = new Set();
+process.on('exit', () => {
+  for (const child of liveProcesses) {
+    try {
+      child.kill('SIGKILL');
+    } catch {
+      // already gone
+    }
+  }
+});
+
+/** Rejects with a descriptive error when `promise` does not settle within `ms`. */
+function withTimeout(promise, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out after ${ms} ms waiting for ${what}`)), ms);
+  });
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** A port that was free a moment ago: bind 127.0.0.1:0, read the port, close. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, HOST, () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolves once a TCP connection to host:port succeeds (one attempt). */
+function tryConnect(port) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: HOST, port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+function serverCommand(port, authKey) {
+  const args = ['--host', HOST, '--port', String(port), '--auth-key', authKey];
+  if (process.env.SC_SERVER === 'reference') {
+    return { cmd: process.execPath, args: [path.join(__dirname, 'reference-server.js'), ...args] };
+  }
+  const bin = process.env.SC_BIN;
+  if (!bin) {
+    throw new Error(
+      'no server under test: set SC_SERVER=reference, or SC_BIN=/path/to/socketcluster (runs `$SC_BIN serve ...`)'
+    );
+  }
+  return { cmd: bin, args: ['serve', ...args] };
+}
+
+// eslint-disable-next-line no-control-regex
+const ANSI_RE = /\x1b\[[0-9;]*[A-Za-z]/g;
+
+/** The server under test as a child process, restartable on the same port with the same key. */
+class ServerProcess {
+  constructor({ authKey } = {}) {
+    this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
+    this.port = null;
+    this.child = null;
+    this.output = [];
+    this.exited = null;
+  }
+
+  get url() {
+    return `ws://${HOST}:${this.port}/socketcluster/`;
+  }
+
+  /** Last lines the server printed, for failure messages. */
+  tail(n = 30) {
+    return this.output.slice(-n).join('\n');
+  }
+
+  /** Starts the server (on a fresh free port the first time, on the same port afterwards). */
+  async start() {
+    if (this.child) throw new Error('server already running');
+    if (this.port == null) this.port = await freePort();
+    const { cmd, args } = serverCommand(this.port, this.authKey);
+    const child = spawn(cmd, args, {
+      stdio: ['ignore', 'pipe', 'pipe'],
+      env: { ...process.env, NO_COLOR: '1' },
+    });
+    this.child = child;
+    liveProcesses.add(child);
+    this.exited = new Promise((resolve) => {
+      child.once('exit', (code, signal) => {
+        liveProcesses.delete(child);
+        resolve({ code, signal });
+      });
+    });
+
+    let sawLine = false;
+    let onLine;
+    const lineSeen = new Promise((resolve) => {
+      onLine = resolve;
+    });
+    const collect = (stream) => {
+      let buf = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        buf += chunk;
+        let idx;
+        while ((idx = buf.indexOf('\n')) !== -1) {
+          const line = buf.slice(0, idx).replace(ANSI_RE, '');
+          buf = buf.slice(idx + 1);
+          this.output.push(line);
+          if (this.output.length > 500) this.output.shift();
+          if (!sawLine && LISTENING_RE.test(line)) {
+            sawLine = true;
+            onLine();
+          }
+        }
+      });
+    };
+    collect(child.stdout);
+    collect(child.stderr);
+
+    const spawnFailed = new Promise((_, reject) => {
+      child.once('error', (err) => reject(new Error(`cannot start ${cmd}: ${err.message}`)));
+      child.once('exit', (code, signal) =>
+        reject(
+          new Error(`server exited during start-up (code ${code}, signal ${signal}):\n${this.tail()}`)
+        )
+      );
+    });
+    spawnFailed.catch(() => {});
+
+    // Ready = the "listening on" line was printed AND the port accepts connections. The port is
+    // polled only after the line (bounded by the start-up timeout).
+    const ready = (async () => {
+      await lineSeen;
+      for (;;) {
+        if (await tryConnect(this.port)) return;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    })();
+    try {
+      await withTimeout(
+        Promise.race([ready, spawnFailed]),
+        START_TIMEOUT_MS,
+        `the server to print ${LISTENING_RE} and accept on port ${this.port}\n${this.tail()}`
+      );
+    } catch (err) {
+      await this.kill();
+      throw err;
+    }
+    return this;
+  }
+
+  /** SIGKILL the process and wait until it is gone. */
+  async kill() {
+    const child = this.child;
+    if (!child) return;
+    this.child = null;
+    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+    await this.exited;
+  }
+
+  /** Whether the process is still running. */
+  isRunning() {
+    return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
+  }
+
+  /** kill -9, then start again on the same port with the same auth key. */
+  async restart() {
+    await this.kill();
+    await this.start();
+  }
+
+  async stop() {
+    await this.kill();
+  }
+}
+
+/** Starts a server under test; call `await server.stop()` in `after`. */
+async function startServer(opts) {
+  const server = new ServerProcess(opts);
+  await server.start();
+  return server;
+}
+
+/**
+ * Creates a socketcluster-client socket (autoConnect off) for `server` and returns it unconnected.
+ * Options are passed through; reconnect delays default to small values.
+ */
+function createClient(server, options = {}) {
+  return socketClusterClient.create({
+    hostname: HOST,
+    port: server.port,
+    autoConnect: false,
+    autoReconnectOptions: { initialDelay: 100, randomness: 100, multiplier: 1.5, maxDelay: 1000 },
+    ackTimeout: 5000,
+    ...options,
+  });
+}
+
+/** Awaits the next `name` event of a socketcluster-client socket (or any AsyncStreamEmitter). */
+function nextEvent(emitter, name, ms = DEFAULT_TIMEOUT_MS) {
+  const consumer = emitter.listener(name).createConsumer();
+  return withTimeout(
+    consumer.next().then(({ value }) => value),
+    ms,
+    `event '${name}'`
+  ).finally(() => consumer.return());
+}
+
+/** Creates a client, connects it and resolves with `{ socket, status }` once connected. */
+async function connectClient(server, options = {}) {
+  const socket = createClient(server, options);
+  const connected = nextEvent(socket, 'connect', options.connectWait || DEFAULT_TIMEOUT_MS);
+  socket.connect();
+  try {
+    const status = await connected;
+    return { socket, status };
+  } catch (err) {
+    socket.disconnect();
+    throw err;
+  }
+}
+
+/** Disconnects clients and kills their listeners so the test process can exit. */
+function closeClients(...sockets) {
+  for (const socket of sockets.flat()) {
+    if (!socket) continue;
+    try {
+      socket.disconnect();
+      socket.killAllListeners();
+      socket.killAllReceivers();
+      socket.killAllProcedures();
+      socket.closeAllChannels();
+    } catch {
+      // best effort
+    }
+  }
+}
+
+/** Subscribes a client to `channel` and waits until the server confirmed the subscription. */
+async function subscribe(socket, channel, options) {
+  const ch = socket.subscribe(channel, options);
+  const ok = ch.listener('subscribe').once();
+  const failed = ch
+    .listener('subscribeFail')
+    .once()
+    .then(({ error }) => {
+      throw error;
+    });
+  await withTimeout(Promise.race([ok, failed]), DEFAULT_TIMEOUT_MS, `subscription to ${channel}`);
+  return ch;
+}
+
+/** Collects `count` messages from a channel (or any async iterable) with a timeout. */
+async function collect(iterable, count, ms = DEFAULT_TIMEOUT_MS, what = 'messages') {
+  const out = [];
+  const iterator = iterable[Symbol.asyncIterator]();
+  const run = (async () => {
+    while (out.length < count) {
+      const { value, done } = await iterator.next();
+      if (done) break;
+      out.push(value);
+    }
+    return out;
+  })();
+  try {
+    return await withTimeout(run, ms, `${count} ${what} (got ${out.length})`);
+  } finally {
+    if (iterator.return) iterator.return();
+  }
+}
+
+/** A raw WebSocket client for frame-level tests. */
+class RawClient {
+  constructor(url, wsOptions = {}) {
+    this.url = url;
+    this.frames = [];
+    this.waiters = [];
+    this.autoPong = false;
+    this.closeInfo = null;
+    this.ws = new WebSocket(url, [], { maxPayload: 64 * 1024 * 1024, ...wsOptions });
+    this.opened = new Promise((resolve, reject) => {
+      this.ws.once('open', resolve);
+      this.ws.once('error', reject);
+      this.ws.once('unexpected-response', (req, res) =>
+        reject(new Error(`unexpected HTTP response ${res.statusCode}`))
+      );
+    });
+    this.opened.catch(() => {});
+    this.closed = new Promise((resolve) => {
+      this.ws.once('close', (code, reason) => {
+        this.closeInfo = { code, reason: reason.toString() };
+        resolve(this.closeInfo);
+        this._notify();
+      });
+    });
+    this.ws.on('error', () => {});
+    this.ws.on('message', (data, isBinary) => {
+      const text = isBinary ? data : data.toString('utf8');
+      if (text === '' && this.autoPong) {
+        this.ws.send('');
+        return;
+      }
+      this.frames.push(text);
+      this._notify();
+    });
+  }
+
+  static async open(server, { path: urlPath = '/socketcluster/', ...wsOptions } = {}) {
+    const client = new RawClient(`ws://${HOST}:${server.port}${urlPath}`, wsOptions);
+    await withTimeout(client.opened, DEFAULT_TIMEOUT_MS, 'the WebSocket to open');
+    return client;
+  }
+
+  /** Opens a WebSocket and completes the SocketCluster handshake; returns [client, reply]. */
+  static async connect(server, { authToken = null } = {}) {
+    const client = await RawClient.open(server);
+    const reply = await client.handshake(authToken);
+    return [client, reply];
+  }
+
+  _notify() {
+    const waiters = this.waiters;
+    this.waiters = [];
+    for (const w of waiters) w();
+  }
+
+  send(data, options) {
+    this.ws.send(data, options);
+  }
+
+  sendJson(value) {
+    this.ws.send(JSON.stringify(value));
+  }
+
+  /**
+   * Resolves with the next frame (raw text) matching `pred`; frames before it are discarded unless
+   * `keep` is set. Pings ('') are skipped unless `pred` accepts them with `pings: true`.
+   */
+  async nextRaw(pred = () => true, ms = DEFAULT_TIMEOUT_MS, { pings = false, what = 'a frame' } = {}) {
+    const find = async () => {
+      for (;;) {
+        while (this.frames.length) {
+          const frame = this.frames.shift();
+          if (frame === '' && !pings) continue;
+          if (pred(frame)) return frame;
+        }
+        if (this.closeInfo) {
+          throw new Error(
+            `socket closed (${this.closeInfo.code} ${this.closeInfo.reason}) while waiting for ${what}`
+          );
+        }
+        await new Promise((r) => this.waiters.push(r));
+      }
+    };
+    return withTimeout(find(), ms, what);
+  }
+
+  /** The next non-ping frame parsed as JSON. */
+  async next(ms = DEFAULT_TIMEOUT_MS, what = 'a JSON frame') {
+    const text = await this.nextRaw(() => true, ms, { what });
+    return JSON.parse(text);
+  }
+
+  /** Next JSON frame for which pred(obj) is true, skipping others. */
+  async nextMatching(pred, ms = DEFAULT_TIMEOUT_MS, what = 'a matching frame') {
+    const text = await this.nextRaw(
+      (t) => {
+        try {
+          return pred(JSON.parse(t));
+        } catch {
+          return false;
+        }
+      },
+      ms,
+      { what }
+    );
+    return JSON.parse(text);
+  }
+
+  /** Sends `#handshake` with cid 1 and returns the reply; turns auto-pong on afterwards. */
+  async handshake(authToken = null) {
+    this.sendJson({ event: '#handshake', data: { authToken }, cid: 1 });
+    const reply = await this.nextMatching((p) => p && p.rid === 1, DEFAULT_TIMEOUT_MS, 'the handshake reply');
+    this.autoPong = true;
+    return reply;
+  }
+
+  /** Sends an invoke with `cid` and awaits its reply `{rid: cid, ...}`. */
+  async invoke(event, data, cid, ms = DEFAULT_TIMEOUT_MS) {
+    const packet = { event, cid };
+    if (data !== undefined) packet.data = data;
+    this.sendJson(packet);
+    return this.nextMatching((p) => p && p.rid === cid, ms, `the reply to ${event} (cid ${cid})`);
+  }
+
+  async waitClose(ms = DEFAULT_TIMEOUT_MS) {
+    return withTimeout(this.closed, ms, 'the socket to close');
+  }
+
+  close(code, reason) {
+    if (this.ws.readyState === WebSocket.OPEN || this.ws.readyState === WebSocket.CONNECTING) {
+      this.ws.close(code, reason);
+    }
+  }
+
+  terminate() {
+    this.ws.terminate();
+  }
+}
+
+/** Decodes the payload of a JWT. */
+function jwtPayload(token) {
+  const part = token.split('.')[1];
+  return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
+}
+
+/** A unique channel name for one test. */
+function uniqueChannel(prefix = 'ch') {
+  return `${prefix}-${crypto.randomBytes(6).toString('hex')}`;
+}
+
+module.exports = {
+  HOST,
+  LISTENING_RE,
+  DEFAULT_TIMEOUT_MS,
+  ServerProcess,
+  startServer,
+  freePort,
+  withTimeout,
+  createClient,
+  connectClient,
+  closeClients,
+  nextEvent,
+  subscribe,
+  collect,
+  RawClient,
+  jwtPayload,
+  uniqueChannel,
+};
