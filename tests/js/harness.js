@@ -103,7 +103,8 @@ class ServerProcess {
 
   /** Starts the server (on a fresh free port the first time, on the same port afterwards). */
   async start() {
-    if (this.child) throw new Error('server already running');
+    if (this.isRunning()) throw new Error('server already running');
+    this.child = null;
     if (this.port == null) this.port = await freePort();
     const { cmd, args } = serverCommand(this.port, this.authKey);
     const child = spawn(cmd, args, {
@@ -442,6 +443,15 @@ function jwtPayload(token) {
   return JSON.parse(Buffer.from(part, 'base64url').toString('utf8'));
 }
 
+/** Signs an HS256 JWT with `key` (what any process sharing the auth key would issue). */
+function signToken(payload, key, header = { alg: 'HS256', typ: 'JWT' }) {
+  const enc = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const input = `${enc(header)}.${enc(payload)}`;
+  if (header.alg === 'none') return `${input}.`;
+  const sig = crypto.createHmac('sha256', key).update(input).digest('base64url');
+  return `${input}.${sig}`;
+}
+
 /** A unique channel name for one test. */
 function uniqueChannel(prefix = 'ch') {
   return `${prefix}-${crypto.randomBytes(6).toString('hex')}`;
@@ -463,5 +473,6 @@ module.exports = {
   collect,
   RawClient,
   jwtPayload,
+  signToken,
   uniqueChannel,
 };

@@ -161,8 +161,14 @@ function handleSocket(socket) {
   })();
 }
 
+// socketcluster-server emits `connection` again when an open socket sends another #handshake; the
+// app is set up once per socket.
+const appSockets = new WeakSet();
+
 (async () => {
   for await (const { socket } of agServer.listener('connection')) {
+    if (appSockets.has(socket)) continue;
+    appSockets.add(socket);
     handleSocket(socket);
   }
 })();
