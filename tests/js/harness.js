@@ -101,11 +101,26 @@ class ServerProcess {
     return this.output.slice(-n).join('\n');
   }
 
-  /** Starts the server (on a fresh free port the first time, on the same port afterwards). */
+  /**
+   * Starts the server (on a fresh free port the first time, on the same port afterwards). A first
+   * start that fails is retried on another free port, in case another process took the port
+   * between the probe and the server's bind.
+   */
   async start() {
+    if (this.port != null) return this._startOnce();
+    for (let attempt = 1; ; attempt++) {
+      this.port = await freePort();
+      try {
+        return await this._startOnce();
+      } catch (err) {
+        if (attempt >= 3 || !err.exitedDuringStartup) throw err;
+      }
+    }
+  }
+
+  async _startOnce() {
     if (this.isRunning()) throw new Error('server already running');
     this.child = null;
-    if (this.port == null) this.port = await freePort();
     const { cmd, args } = serverCommand(this.port, this.authKey);
     const child = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -148,11 +163,12 @@ class ServerProcess {
 
     const spawnFailed = new Promise((_, reject) => {
       child.once('error', (err) => reject(new Error(`cannot start ${cmd}: ${err.message}`)));
-      child.once('exit', (code, signal) =>
-        reject(
-          new Error(`server exited during start-up (code ${code}, signal ${signal}):\n${this.tail()}`)
-        )
-      );
+      // 'close' fires after the output streams ended, so the message includes everything printed.
+      child.once('close', (code, signal) => {
+        const err = new Error(`server exited during start-up (code ${code}, signal ${signal}):\n${this.tail()}`);
+        err.exitedDuringStartup = true;
+        reject(err);
+      });
     });
     spawnFailed.catch(() => {});
 
