@@ -169,6 +169,19 @@ describe('wire protocol (raw frames)', () => {
       raw.close();
     });
 
+    it('#subscribe to private/ unauthenticated: {rid, error:{name:"ForbiddenError", message}}', async () => {
+      const [raw] = await RawClient.connect(server);
+      const channel = uniqueChannel('private/raw');
+      const reply = await raw.invoke('#subscribe', { channel }, 2);
+      assert.equal(reply.rid, 2);
+      assert.equal(reply.error.name, 'ForbiddenError');
+      assert.equal(reply.error.message, 'private channel requires authentication');
+      assert.equal('data' in reply, false);
+      await raw.invoke('login', { username: 'raw-member' }, 3);
+      assert.deepEqual(await raw.invoke('#subscribe', { channel }, 4), { rid: 4 });
+      raw.close();
+    });
+
     it('a double #subscribe still delivers each publish once', async () => {
       const [raw] = await RawClient.connect(server);
       const channel = uniqueChannel();
@@ -289,6 +302,16 @@ describe('wire protocol (raw frames)', () => {
       raw.sendJson({ event: 'echo', data: 'after-deep', cid: 2 });
       const reply = await raw.nextMatching((p) => p.rid === 2, 10000);
       assert.deepEqual(reply, { rid: 2, data: 'after-deep' });
+      raw.close();
+    });
+
+    it('a second #handshake after the handshake leaves the connection usable', async () => {
+      const [raw, first] = await RawClient.connect(server);
+      raw.sendJson({ event: '#handshake', data: { authToken: null }, cid: 2 });
+      raw.sendJson({ event: 'echo', data: 'after-second-handshake', cid: 3 });
+      const reply = await raw.nextMatching((p) => p.rid === 3);
+      assert.deepEqual(reply, { rid: 3, data: 'after-second-handshake' });
+      assert.equal(typeof first.data.id, 'string');
       raw.close();
     });
 

@@ -70,7 +70,6 @@ describe('robustness: other clients are unaffected', () => {
       '{"event":"#publish","data":{"channel":5}}',
       '{"event":"#subscribe","data":null}',
       '{"event":"#unsubscribe","data":{}}',
-      '{"event":"#handshake","data":{"authToken":null},"cid":99}',
       '{"event":"#authenticate","data":"garbage","cid":98}',
       '\u0000\u0001\u0002',
       '\ud800',
