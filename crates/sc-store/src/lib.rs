@@ -1,3 +1,21 @@
-//! The nData-style store: a Store trait for keys with TTL, maps, lists and channel pub/sub, with in-memory, store-server and Redis backends.
-
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod db;
+mod error;
+mod hash;
+mod memory;
+mod resp_store;
+pub mod server;
+mod store;
+
+#[doc(inline)]
+pub use db::KeyTtl;
+#[doc(inline)]
+pub use error::{Error, Result};
+#[doc(inline)]
+pub use memory::{MemoryConfig, MemoryStore};
+#[doc(inline)]
+pub use resp_store::{ClusterStore, RedisStore, RespConfig, RespStore};
+#[doc(inline)]
+pub use store::{BoxFuture, Store, StoreEvent, Subscription};

@@ -1,0 +1,573 @@
+//! [`RespStore`]: the client for the store server cluster and for Redis.
+//!
+//! One type serves both, since the store server speaks Redis's protocol: a [`ClusterStore`]
+//! lists M store processes, a [`RedisStore`] usually lists one Redis. Keys and channels are
+//! sharded over the nodes by rendezvous hashing (see the crate docs). Per node there is one
+//! multiplexed command connection (it reconnects with exponential backoff after a failure; the
+//! command that saw the failure returns [`Error::Connection`]) and one pub/sub connection, owned
+//! by a task that reconnects with backoff, re-subscribes every channel and then sends a
+//! [`StoreEvent::Gap`] to every subscriber of that node.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::{IntoConnectionInfo, Value};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
+use crate::db::Hasher;
+use crate::hash;
+use crate::store::{BoxFuture, Release};
+use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
+
+/// The client of a store server cluster.
+pub type ClusterStore = RespStore;
+/// The client of Redis (one server, or several sharded like a store cluster).
+pub type RedisStore = RespStore;
+
+/// Settings of a [`RespStore`].
+#[derive(Debug, Clone)]
+pub struct RespConfig {
+    /// The nodes: `host:port` or `redis://` URLs. The string is also the node's identity in the
+    /// rendezvous hash, so every client must list a node the same way.
+    pub nodes: Vec<String>,
+    /// The secret sent with `AUTH` (the store server's `--secret`, or Redis's `requirepass`).
+    /// Defaults to none.
+    pub secret: Option<String>,
+    /// Events buffered per channel for the slowest local subscriber before it gets a
+    /// [`StoreEvent::Gap`]. Defaults to 1024.
+    pub channel_capacity: usize,
+    /// First delay before reconnecting; it doubles after each failed attempt. Defaults to 50 ms.
+    pub reconnect_min_delay: Duration,
+    /// Longest delay between reconnection attempts. Defaults to 2 s.
+    pub reconnect_max_delay: Duration,
+    /// How long a command waits for its reply. Defaults to 5 s.
+    pub response_timeout: Duration,
+    /// How long one connection attempt may take. Defaults to 2 s.
+    pub connect_timeout: Duration,
+}
+
+impl RespConfig {
+    /// Settings for `nodes` with every other field at its default.
+    pub fn new<S: Into<String>>(nodes: impl IntoIterator<Item = S>) -> Self {
+        RespConfig {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            secret: None,
+            channel_capacity: 1024,
+            reconnect_min_delay: Duration::from_millis(50),
+            reconnect_max_delay: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+
+    /// Sets the secret sent with `AUTH`.
+    pub fn secret(mut self, secret: impl Into<String>) -> Self {
+        self.secret = Some(secret.into());
+        self
+    }
+}
+
+/// A [`Store`] over RESP servers: the store server cluster or Redis.
+///
+/// Cloning is cheap; clones share connections and subscriptions. Dropping the last clone closes
+/// the connections and ends every subscription stream.
+#[derive(Clone)]
+pub struct RespStore {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for RespStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let nodes: Vec<&str> = self.inner.nodes.iter().map(|n| n.id.as_str()).collect();
+        f.debug_struct("RespStore").field("nodes", &nodes).finish()
+    }
+}
+
+struct Inner {
+    nodes: Vec<Node>,
+    seeds: Vec<u64>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+struct Node {
+    id: String,
+    conn: ConnectionManager,
+    pubsub: Arc<PubSubNode>,
+}
+
+/// The pub/sub side of one node.
+struct PubSubNode {
+    /// Serialises subscribe, unsubscribe and re-subscription on this node, so that a
+    /// subscription is only handed out once the server has confirmed it.
+    ops: tokio::sync::Mutex<()>,
+    state: Mutex<PubSubState>,
+    capacity: usize,
+    runtime: tokio::runtime::Handle,
+    me: std::sync::Weak<PubSubNode>,
+}
+
+struct PubSubState {
+    /// `None` while the connection is down.
+    sink: Option<PubSubSink>,
+    channels: HashMap<String, broadcast::Sender<StoreEvent>, Hasher>,
+}
+
+impl Release for PubSubNode {
+    fn release(&self, channel: &str) {
+        let idle = self
+            .state
+            .lock()
+            .channels
+            .get(channel)
+            .is_some_and(|tx| tx.receiver_count() == 0);
+        let Some(me) = self.me.upgrade().filter(|_| idle) else {
+            return;
+        };
+        let channel = channel.to_owned();
+        self.runtime.spawn(async move {
+            let _ops = me.ops.lock().await;
+            let sink = {
+                let mut st = me.state.lock();
+                if st
+                    .channels
+                    .get(&channel)
+                    .is_none_or(|tx| tx.receiver_count() != 0)
+                {
+                    return;
+                }
+                st.channels.remove(&channel);
+                st.sink.clone()
+            };
+            if let Some(mut sink) = sink
+                && let Err(e) = sink.unsubscribe(&channel).await
+            {
+                tracing::debug!(error = %e, channel, "unsubscribe failed");
+            }
+        });
+    }
+}
+
+fn client_for(addr: &str, config: &RespConfig) -> Result<redis::Client> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else {
+        format!("redis://{addr}/")
+    };
+    let mut info = url.as_str().into_connection_info()?;
+    if let Some(secret) = &config.secret {
+        let settings = info.redis_settings().clone().set_password(secret);
+        info = info.set_redis_settings(settings);
+    }
+    Ok(redis::Client::open(info)?)
+}
+
+fn backoff(delay: Duration, config: &RespConfig) -> Duration {
+    (delay * 2).clamp(config.reconnect_min_delay, config.reconnect_max_delay)
+}
+
+/// Owns a node's pub/sub connection: delivers messages, and after a lost connection reconnects,
+/// re-subscribes every channel, then tells every subscriber of the node about the gap.
+async fn pubsub_task(
+    node: Arc<PubSubNode>,
+    client: redis::Client,
+    mut stream: PubSubStream,
+    config: RespConfig,
+    id: String,
+) {
+    loop {
+        while let Some(msg) = stream.next().await {
+            let st = node.state.lock();
+            if let Some(tx) = st.channels.get(msg.get_channel_name()) {
+                let _ = tx.send(StoreEvent::Message(Bytes::copy_from_slice(
+                    msg.get_payload_bytes(),
+                )));
+            }
+        }
+        node.state.lock().sink = None;
+        tracing::warn!(node = %id, "store pub/sub connection lost; reconnecting");
+        let mut delay = config.reconnect_min_delay;
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = backoff(delay, &config);
+            let ps = match tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
+                .await
+            {
+                Ok(Ok(ps)) => ps,
+                Ok(Err(e)) => {
+                    tracing::debug!(node = %id, error = %e, "pub/sub reconnect failed");
+                    continue;
+                }
+                Err(_) => continue,
+            };
+            let (mut sink, new_stream) = ps.split();
+            let _ops = node.ops.lock().await;
+            let channels: Vec<String> = node.state.lock().channels.keys().cloned().collect();
+            if !channels.is_empty() {
+                match tokio::time::timeout(config.response_timeout, sink.subscribe(&channels)).await
+                {
+                    Ok(Ok(())) => {}
+                    _ => continue,
+                }
+            }
+            let mut st = node.state.lock();
+            st.sink = Some(sink);
+            for tx in st.channels.values() {
+                let _ = tx.send(StoreEvent::Gap);
+            }
+            drop(st);
+            tracing::info!(node = %id, channels = channels.len(), "store pub/sub re-subscribed");
+            stream = new_stream;
+            break;
+        }
+    }
+}
+
+impl RespStore {
+    /// Connects to every node of `config`. Fails when a node cannot be reached now; later
+    /// failures are retried in the background.
+    pub async fn connect(config: RespConfig) -> Result<Self> {
+        if config.nodes.is_empty() {
+            return Err(Error::InvalidArgument("at least one store node is needed"));
+        }
+        let runtime = tokio::runtime::Handle::current();
+        let mut nodes = Vec::with_capacity(config.nodes.len());
+        let mut tasks = Vec::with_capacity(config.nodes.len());
+        for id in &config.nodes {
+            let client = client_for(id, &config)?;
+            let manager_config = ConnectionManagerConfig::new()
+                .set_min_delay(config.reconnect_min_delay)
+                .set_max_delay(config.reconnect_max_delay)
+                .set_number_of_retries(6)
+                .set_connection_timeout(Some(config.connect_timeout))
+                .set_response_timeout(Some(config.response_timeout));
+            let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+            let ps = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
+                .await
+                .map_err(|e| Error::Connection(Box::new(e)))??;
+            let (sink, stream) = ps.split();
+            let pubsub = Arc::new_cyclic(|me| PubSubNode {
+                ops: tokio::sync::Mutex::new(()),
+                state: Mutex::new(PubSubState {
+                    sink: Some(sink),
+                    channels: HashMap::default(),
+                }),
+                capacity: config.channel_capacity.max(1),
+                runtime: runtime.clone(),
+                me: me.clone(),
+            });
+            tasks.push(runtime.spawn(pubsub_task(
+                pubsub.clone(),
+                client,
+                stream,
+                config.clone(),
+                id.clone(),
+            )));
+            nodes.push(Node {
+                id: id.clone(),
+                conn,
+                pubsub,
+            });
+        }
+        let seeds = nodes.iter().map(|n| hash::node_seed(&n.id)).collect();
+        Ok(RespStore {
+            inner: Arc::new(Inner {
+                nodes,
+                seeds,
+                tasks,
+            }),
+        })
+    }
+
+    /// The address (as configured) of the node that owns `name`, a key or a channel.
+    pub fn node_of(&self, name: &str) -> &str {
+        &self.node(name).id
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        let i = hash::owner(&self.inner.seeds, name.as_bytes());
+        // `owner` returns an index below the number of nodes, and there is at least one node.
+        &self.inner.nodes[i.min(self.inner.nodes.len() - 1)]
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> Result<T> {
+        let mut conn = self.node(key).conn.clone();
+        Ok(cmd.query_async(&mut conn).await?)
+    }
+}
+
+fn millis(ttl: Duration) -> Result<u64> {
+    if ttl.is_zero() {
+        return Err(Error::InvalidArgument("a TTL must be at least 1 ms"));
+    }
+    Ok(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+fn bytes(v: Option<Vec<u8>>) -> Option<Bytes> {
+    v.map(Bytes::from)
+}
+
+impl Store for RespStore {
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(key).arg(value.as_ref());
+            if let Some(ttl) = ttl {
+                cmd.arg("PX").arg(millis(ttl)?);
+            }
+            let _: Value = self.query(key, &cmd).await?;
+            Ok(())
+        })
+    }
+
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move { Ok(bytes(self.query(key, redis::cmd("GET").arg(key)).await?)) })
+    }
+
+    fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move { Ok(self.query::<i64>(key, redis::cmd("DEL").arg(key)).await? > 0) })
+    }
+
+    fn has<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .query::<i64>(key, redis::cmd("EXISTS").arg(key))
+                .await?
+                > 0)
+        })
+    }
+
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let ms = millis(ttl)?;
+            Ok(self
+                .query::<i64>(key, redis::cmd("PEXPIRE").arg(key).arg(ms))
+                .await?
+                > 0)
+        })
+    }
+
+    fn persist<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .query::<i64>(key, redis::cmd("PERSIST").arg(key))
+                .await?
+                > 0)
+        })
+    }
+
+    fn ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<KeyTtl>> {
+        Box::pin(async move {
+            let ms: i64 = self.query(key, redis::cmd("PTTL").arg(key)).await?;
+            Ok(match ms {
+                -2 => KeyTtl::Missing,
+                ms if ms < 0 => KeyTtl::Persistent,
+                ms => KeyTtl::Expires(Duration::from_millis(ms.unsigned_abs())),
+            })
+        })
+    }
+
+    fn map_set<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            let cmd = redis::cmd("HSET")
+                .arg(key)
+                .arg(field)
+                .arg(value.as_ref())
+                .clone();
+            Ok(self.query::<i64>(key, &cmd).await? > 0)
+        })
+    }
+
+    fn map_get<'a>(&'a self, key: &'a str, field: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move {
+            Ok(bytes(
+                self.query(key, redis::cmd("HGET").arg(key).arg(field))
+                    .await?,
+            ))
+        })
+    }
+
+    fn map_get_all<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>>> {
+        Box::pin(async move {
+            let all: Vec<(Vec<u8>, Vec<u8>)> =
+                self.query(key, redis::cmd("HGETALL").arg(key)).await?;
+            Ok(all
+                .into_iter()
+                .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), Bytes::from(v)))
+                .collect())
+        })
+    }
+
+    fn map_remove<'a>(&'a self, key: &'a str, field: &'a str) -> BoxFuture<'a, Result<bool>> {
+        Box::pin(async move {
+            Ok(self
+                .query::<i64>(key, redis::cmd("HDEL").arg(key).arg(field))
+                .await?
+                > 0)
+        })
+    }
+
+    fn list_add<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            let cmd = redis::cmd("RPUSH").arg(key).arg(value.as_ref()).clone();
+            Ok(self.query::<u64>(key, &cmd).await?.saturating_sub(1))
+        })
+    }
+
+    fn list_concat<'a>(&'a self, key: &'a str, values: Vec<Bytes>) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move {
+            if values.is_empty() {
+                return self.list_count(key).await;
+            }
+            let mut cmd = redis::cmd("RPUSH");
+            cmd.arg(key);
+            for v in &values {
+                cmd.arg(v.as_ref());
+            }
+            self.query(key, &cmd).await
+        })
+    }
+
+    fn list_range<'a>(
+        &'a self,
+        key: &'a str,
+        start: i64,
+        stop: i64,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let items: Vec<Vec<u8>> = self
+                .query(key, redis::cmd("LRANGE").arg(key).arg(start).arg(stop))
+                .await?;
+            Ok(items.into_iter().map(Bytes::from).collect())
+        })
+    }
+
+    fn list_count<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>> {
+        Box::pin(async move { self.query(key, redis::cmd("LLEN").arg(key)).await })
+    }
+
+    fn list_pop<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>> {
+        Box::pin(async move { Ok(bytes(self.query(key, redis::cmd("RPOP").arg(key)).await?)) })
+    }
+
+    fn list_splice<'a>(
+        &'a self,
+        key: &'a str,
+        index: u64,
+        count: u64,
+        items: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>> {
+        Box::pin(async move {
+            let mut conn = self.node(key).conn.clone();
+            let (mut list, ttl): (Vec<Vec<u8>>, i64) = redis::pipe()
+                .cmd("LRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await?;
+            let index = usize::try_from(index).unwrap_or(usize::MAX).min(list.len());
+            let end = index
+                .saturating_add(usize::try_from(count).unwrap_or(usize::MAX))
+                .min(list.len());
+            let removed: Vec<Bytes> = list
+                .splice(index..end, items.iter().map(|b| b.to_vec()))
+                .map(Bytes::from)
+                .collect();
+            let mut pipe = redis::pipe();
+            pipe.atomic().cmd("DEL").arg(key).ignore();
+            if !list.is_empty() {
+                pipe.cmd("RPUSH").arg(key).arg(&list).ignore();
+                if ttl > 0 {
+                    pipe.cmd("PEXPIRE").arg(key).arg(ttl).ignore();
+                }
+            }
+            let _: Value = pipe.query_async(&mut conn).await?;
+            Ok(removed)
+        })
+    }
+
+    fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let cmd = redis::cmd("PUBLISH")
+                .arg(channel)
+                .arg(message.as_ref())
+                .clone();
+            let _: Value = self.query(channel, &cmd).await?;
+            Ok(())
+        })
+    }
+
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Subscription>> {
+        Box::pin(async move {
+            let node = &self.node(channel).pubsub;
+            let _ops = node.ops.lock().await;
+            let (rx, sink) = {
+                let mut st = node.state.lock();
+                if let Some(tx) = st.channels.get(channel) {
+                    (tx.subscribe(), None)
+                } else {
+                    let (tx, rx) = broadcast::channel(node.capacity);
+                    st.channels.insert(channel.to_owned(), tx);
+                    (rx, st.sink.clone())
+                }
+            };
+            // When the connection is being replaced, the re-subscription covers this channel
+            // and the subscriber then gets a Gap.
+            if let Some(mut sink) = sink
+                && let Err(e) = sink.subscribe(channel).await
+                && !e.is_connection_dropped()
+                && !e.is_io_error()
+            {
+                node.state.lock().channels.remove(channel);
+                return Err(e.into());
+            }
+            let owner: Arc<dyn Release> = node.clone();
+            Ok(Subscription::new(channel.to_owned(), rx, owner))
+        })
+    }
+
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let node = &self.node(channel).pubsub;
+            let _ops = node.ops.lock().await;
+            let sink = {
+                let mut st = node.state.lock();
+                if st.channels.remove(channel).is_none() {
+                    return Ok(());
+                }
+                st.sink.clone()
+            };
+            if let Some(mut sink) = sink {
+                sink.unsubscribe(channel).await?;
+            }
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! The [`Store`] trait, the events of a subscription and the subscription stream.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use tokio::sync::broadcast;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+
+use crate::{KeyTtl, Result};
+
+/// A boxed, `Send` future: the return type of every [`Store`] method, so that the trait is
+/// object safe and workers can hold an `Arc<dyn Store>`.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// What a [`Subscription`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StoreEvent {
+    /// A message published on the channel, in publication order.
+    Message(Bytes),
+    /// The subscription was interrupted (a store restarted, a connection was lost, or this
+    /// subscriber fell too far behind): messages published before this event may be missing.
+    /// Delivery continues after it.
+    Gap,
+}
+
+/// The store: keys with TTL, maps, lists and channel pub/sub.
+///
+/// The data model maps one-to-one onto Redis commands (noted on each method), so the same
+/// semantics hold for [`MemoryStore`](crate::MemoryStore), the store server cluster
+/// ([`ClusterStore`](crate::ClusterStore)) and Redis ([`RedisStore`](crate::RedisStore)).
+/// Keys are strings; values are opaque bytes. A key holds one kind of value (a plain value, a
+/// map or a list); using it as another kind fails with [`Error::WrongType`](crate::Error::WrongType).
+/// There is deliberately no command that runs code on the store.
+pub trait Store: Send + Sync + fmt::Debug + 'static {
+    /// Sets `key` to `value`, replacing any value and TTL; with `ttl`, the key expires after it
+    /// (`SET key value [PX ms]`).
+    fn set<'a>(
+        &'a self,
+        key: &'a str,
+        value: Bytes,
+        ttl: Option<Duration>,
+    ) -> BoxFuture<'a, Result<()>>;
+    /// The value of `key`, if it exists (`GET`).
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Removes `key` of any kind; whether it existed (`DEL`).
+    fn remove<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Whether `key` exists (`EXISTS`).
+    fn has<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// Makes `key` expire after `ttl` (millisecond precision); whether the key exists (`PEXPIRE`).
+    fn expire<'a>(&'a self, key: &'a str, ttl: Duration) -> BoxFuture<'a, Result<bool>>;
+    /// Removes the TTL of `key`; whether it had one (`PERSIST`).
+    fn persist<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<bool>>;
+    /// The remaining time to live of `key` (`PTTL`).
+    fn ttl<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<KeyTtl>>;
+
+    /// Sets `field` of the map at `key`; whether the field is new (`HSET`).
+    fn map_set<'a>(
+        &'a self,
+        key: &'a str,
+        field: &'a str,
+        value: Bytes,
+    ) -> BoxFuture<'a, Result<bool>>;
+    /// The value of `field` of the map at `key` (`HGET`).
+    fn map_get<'a>(&'a self, key: &'a str, field: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Every field of the map at `key`, in no particular order (`HGETALL`).
+    fn map_get_all<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<(String, Bytes)>>>;
+    /// Removes `field` of the map at `key`; whether it existed. An emptied map removes the key
+    /// (`HDEL`).
+    fn map_remove<'a>(&'a self, key: &'a str, field: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Appends `value` to the list at `key`; the index it got (`RPUSH`).
+    fn list_add<'a>(&'a self, key: &'a str, value: Bytes) -> BoxFuture<'a, Result<u64>>;
+    /// Appends `values` to the list at `key`; the new length (`RPUSH` with many values).
+    fn list_concat<'a>(&'a self, key: &'a str, values: Vec<Bytes>) -> BoxFuture<'a, Result<u64>>;
+    /// Items `start..=stop` of the list at `key`; negative indexes count from the end (`LRANGE`).
+    fn list_range<'a>(
+        &'a self,
+        key: &'a str,
+        start: i64,
+        stop: i64,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>>;
+    /// The length of the list at `key`, 0 when missing (`LLEN`).
+    fn list_count<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<u64>>;
+    /// Removes and returns the last item of the list at `key` (`RPOP`).
+    fn list_pop<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Bytes>>>;
+    /// Removes `count` items at `index` of the list at `key`, inserts `items` there, and returns
+    /// the removed items, like JavaScript's `Array.prototype.splice`.
+    ///
+    /// On the store server and Redis this is `LRANGE` followed by a `MULTI`/`EXEC` rebuild of the
+    /// list (no server-side scripts), so a concurrent writer to the same list between the two
+    /// steps can be overwritten: use it on lists that one writer owns.
+    fn list_splice<'a>(
+        &'a self,
+        key: &'a str,
+        index: u64,
+        count: u64,
+        items: Vec<Bytes>,
+    ) -> BoxFuture<'a, Result<Vec<Bytes>>>;
+
+    /// Publishes `message` on `channel` (`PUBLISH`).
+    fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> BoxFuture<'a, Result<()>>;
+    /// Subscribes to `channel` (`SUBSCRIBE`). Once the future resolves, every later publish on
+    /// the channel reaches the returned stream, in publication order, or a
+    /// [`StoreEvent::Gap`] says that some did not. Dropping the stream ends the subscription.
+    fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Subscription>>;
+    /// Ends every subscription of this store handle to `channel`: their streams end
+    /// (`UNSUBSCRIBE`).
+    fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Told when a [`Subscription`] is dropped, so the backend can unsubscribe the channel once its
+/// last local subscriber has gone.
+pub(crate) trait Release: Send + Sync {
+    /// A subscription to `channel` was dropped.
+    fn release(&self, channel: &str);
+}
+
+/// A stream of [`StoreEvent`]s for one channel, returned by [`Store::subscribe`].
+///
+/// Receive with [`Subscription::recv`] or as a [`Stream`]. The stream ends after
+/// [`Store::unsubscribe`] or when the store handle is dropped.
+pub struct Subscription {
+    channel: String,
+    inner: BroadcastStream<StoreEvent>,
+    owner: Option<Arc<dyn Release>>,
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        channel: String,
+        rx: broadcast::Receiver<StoreEvent>,
+        owner: Arc<dyn Release>,
+    ) -> Self {
+        Subscription {
+            channel,
+            inner: BroadcastStream::new(rx),
+            owner: Some(owner),
+        }
+    }
+
+    /// The channel of this subscription.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next event, or `None` once the subscription has ended.
+    pub async fn recv(&mut self) -> Option<StoreEvent> {
+        futures_util::StreamExt::next(self).await
+    }
+}
+
+impl Stream for Subscription {
+    type Item = StoreEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<StoreEvent>> {
+        match Pin::new(&mut self.inner).poll_next(cx) {
+            Poll::Ready(Some(Ok(ev))) => Poll::Ready(Some(ev)),
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                Poll::Ready(Some(StoreEvent::Gap))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(owner) = self.owner.take() {
+            // Drop the receiver first so the owner sees the updated receiver count.
+            self.inner = BroadcastStream::new(broadcast::channel(1).1);
+            owner.release(&self.channel);
+        }
+    }
+}

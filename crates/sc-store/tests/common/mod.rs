@@ -1,0 +1,441 @@
+//! Fixtures and the behaviours every backend must show.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used
+)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use sc_store::{Error, KeyTtl, RespConfig, RespStore, Store, StoreEvent, Subscription};
+
+/// How long any awaited event may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A key prefix unique to this test and this run, so runs against a shared Redis never collide.
+pub fn prefix(test: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("sc-store-test:{}:{nanos}:{test}:", std::process::id())
+}
+
+/// A real store server process (the crate's `sc-store-server` binary).
+pub struct StoreProcess {
+    child: Option<Child>,
+    pub addr: String,
+}
+
+impl StoreProcess {
+    /// Starts a store process on `port` (0 picks a free one).
+    pub fn start(port: u16) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sc-store-server"))
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start sc-store-server");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        StoreProcess {
+            child: Some(child),
+            addr,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// Kills the process and starts a new one on the same port.
+    pub fn restart(&mut self) {
+        let port = self.port();
+        self.kill();
+        *self = StoreProcess::start(port);
+    }
+}
+
+impl Drop for StoreProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A real redis-server process on a free port, for tests that kill it.
+pub struct RedisProcess {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl RedisProcess {
+    pub fn start(port: u16) -> Self {
+        let port = if port == 0 { free_port() } else { port };
+        let child = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (scripts/test installs it)");
+        // Wait (bounded) until it accepts connections.
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        RedisProcess {
+            child: Some(child),
+            port,
+        }
+    }
+
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        let port = self.port;
+        self.kill();
+        *self = RedisProcess::start(port);
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A cluster of three real store processes and a client sharding over them.
+pub struct Cluster {
+    pub procs: Vec<StoreProcess>,
+    pub store: RespStore,
+}
+
+impl Cluster {
+    pub async fn start() -> Self {
+        let procs: Vec<StoreProcess> = (0..3).map(|_| StoreProcess::start(0)).collect();
+        let store = RespStore::connect(RespConfig::new(procs.iter().map(|p| p.addr.clone())))
+            .await
+            .unwrap();
+        Cluster { procs, store }
+    }
+
+    /// Another client of the same processes.
+    pub async fn client(&self) -> RespStore {
+        RespStore::connect(RespConfig::new(self.procs.iter().map(|p| p.addr.clone())))
+            .await
+            .unwrap()
+    }
+}
+
+pub async fn redis() -> RespStore {
+    RespStore::connect(RespConfig::new(["127.0.0.1:6379"]))
+        .await
+        .expect("Redis must listen at 127.0.0.1:6379 (scripts/test starts it)")
+}
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+pub async fn next(sub: &mut Subscription) -> StoreEvent {
+    tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .expect("timed out waiting for an event")
+        .expect("subscription ended")
+}
+
+// ---------------------------------------------------------------- behaviours
+
+pub async fn values(s: &dyn Store, p: &str) {
+    let k = format!("{p}k");
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    assert!(!s.has(&k).await.unwrap());
+    s.set(&k, b("v1"), None).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), Some(b("v1")));
+    s.set(&k, b("v2"), None).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), Some(b("v2")));
+    assert!(s.has(&k).await.unwrap());
+    let binary = Bytes::from_static(&[0, 255, 13, 10, 36]);
+    s.set(&k, binary.clone(), None).await.unwrap();
+    assert_eq!(s.get(&k).await.unwrap(), Some(binary));
+    assert!(s.remove(&k).await.unwrap());
+    assert!(!s.remove(&k).await.unwrap());
+    assert_eq!(s.get(&k).await.unwrap(), None);
+}
+
+pub async fn ttl_expiry(s: &dyn Store, p: &str) {
+    let k = format!("{p}ttl");
+    s.set(&k, b("v"), Some(Duration::from_secs(1)))
+        .await
+        .unwrap();
+    match s.ttl(&k).await.unwrap() {
+        KeyTtl::Expires(d) => assert!(d <= Duration::from_secs(1) && d > Duration::ZERO),
+        other => panic!("{other:?}"),
+    }
+    // Await the expiry by polling, with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.has(&k).await.unwrap() {
+        assert!(Instant::now() < deadline, "key did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.get(&k).await.unwrap(), None);
+    assert_eq!(s.ttl(&k).await.unwrap(), KeyTtl::Missing);
+
+    let k2 = format!("{p}ttl2");
+    assert!(!s.expire(&k2, Duration::from_secs(1)).await.unwrap());
+    s.set(&k2, b("v"), None).await.unwrap();
+    assert_eq!(s.ttl(&k2).await.unwrap(), KeyTtl::Persistent);
+    assert!(!s.persist(&k2).await.unwrap());
+    assert!(s.expire(&k2, Duration::from_secs(60)).await.unwrap());
+    assert!(matches!(s.ttl(&k2).await.unwrap(), KeyTtl::Expires(_)));
+    assert!(s.persist(&k2).await.unwrap());
+    assert_eq!(s.ttl(&k2).await.unwrap(), KeyTtl::Persistent);
+    // A set replaces the TTL.
+    s.set(&k2, b("v"), Some(Duration::from_secs(60)))
+        .await
+        .unwrap();
+    s.set(&k2, b("v"), None).await.unwrap();
+    assert_eq!(s.ttl(&k2).await.unwrap(), KeyTtl::Persistent);
+    // A map expires too.
+    let k3 = format!("{p}ttl3");
+    s.map_set(&k3, "f", b("v")).await.unwrap();
+    assert!(s.expire(&k3, Duration::from_millis(200)).await.unwrap());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while s.has(&k3).await.unwrap() {
+        assert!(Instant::now() < deadline, "map did not expire");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        s.expire(&k3, Duration::ZERO).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    s.remove(&k2).await.unwrap();
+}
+
+pub async fn maps(s: &dyn Store, p: &str) {
+    let k = format!("{p}map");
+    assert!(s.map_set(&k, "a", b("1")).await.unwrap());
+    assert!(s.map_set(&k, "b", b("2")).await.unwrap());
+    assert!(!s.map_set(&k, "a", b("3")).await.unwrap());
+    assert_eq!(s.map_get(&k, "a").await.unwrap(), Some(b("3")));
+    assert_eq!(s.map_get(&k, "zz").await.unwrap(), None);
+    let mut all = s.map_get_all(&k).await.unwrap();
+    all.sort();
+    assert_eq!(
+        all,
+        vec![("a".to_owned(), b("3")), ("b".to_owned(), b("2"))]
+    );
+    assert!(matches!(s.get(&k).await, Err(Error::WrongType)));
+    assert!(matches!(s.list_count(&k).await, Err(Error::WrongType)));
+    assert!(s.map_remove(&k, "a").await.unwrap());
+    assert!(!s.map_remove(&k, "a").await.unwrap());
+    assert!(s.map_remove(&k, "b").await.unwrap());
+    assert!(!s.has(&k).await.unwrap(), "an emptied map removes its key");
+    assert!(s.map_get_all(&k).await.unwrap().is_empty());
+    let v = format!("{p}plain");
+    s.set(&v, b("x"), None).await.unwrap();
+    assert!(matches!(
+        s.map_set(&v, "f", b("1")).await,
+        Err(Error::WrongType)
+    ));
+    s.remove(&v).await.unwrap();
+}
+
+pub async fn lists(s: &dyn Store, p: &str) {
+    let k = format!("{p}list");
+    assert_eq!(s.list_count(&k).await.unwrap(), 0);
+    assert_eq!(s.list_add(&k, b("a")).await.unwrap(), 0);
+    assert_eq!(s.list_add(&k, b("b")).await.unwrap(), 1);
+    assert_eq!(
+        s.list_concat(&k, vec![b("c"), b("d"), b("e")])
+            .await
+            .unwrap(),
+        5
+    );
+    assert_eq!(s.list_count(&k).await.unwrap(), 5);
+    assert_eq!(s.list_range(&k, 1, 2).await.unwrap(), vec![b("b"), b("c")]);
+    assert_eq!(
+        s.list_range(&k, -2, -1).await.unwrap(),
+        vec![b("d"), b("e")]
+    );
+    assert_eq!(s.list_range(&k, 10, 20).await.unwrap(), Vec::<Bytes>::new());
+    assert_eq!(s.list_pop(&k).await.unwrap(), Some(b("e")));
+    let removed = s
+        .list_splice(&k, 1, 2, vec![b("x"), b("y"), b("z")])
+        .await
+        .unwrap();
+    assert_eq!(removed, vec![b("b"), b("c")]);
+    assert_eq!(
+        s.list_range(&k, 0, -1).await.unwrap(),
+        vec![b("a"), b("x"), b("y"), b("z"), b("d")]
+    );
+    assert!(s.expire(&k, Duration::from_secs(60)).await.unwrap());
+    s.list_splice(&k, 0, 1, vec![]).await.unwrap();
+    assert!(
+        matches!(s.ttl(&k).await.unwrap(), KeyTtl::Expires(_)),
+        "splice keeps the TTL"
+    );
+    let removed = s.list_splice(&k, 0, 100, vec![]).await.unwrap();
+    assert_eq!(removed.len(), 4);
+    assert!(!s.has(&k).await.unwrap(), "an emptied list removes its key");
+    assert_eq!(s.list_pop(&k).await.unwrap(), None);
+    let v = format!("{p}plain");
+    s.set(&v, b("x"), None).await.unwrap();
+    assert!(matches!(
+        s.list_add(&v, b("1")).await,
+        Err(Error::WrongType)
+    ));
+    s.remove(&v).await.unwrap();
+}
+
+/// Messages on one channel arrive in publication order; another channel is independent.
+pub async fn pubsub_order(subscriber: &dyn Store, publisher: &dyn Store, p: &str) {
+    let ch = format!("{p}chan");
+    let other = format!("{p}other");
+    let mut sub = subscriber.subscribe(&ch).await.unwrap();
+    let mut sub2 = subscriber.subscribe(&other).await.unwrap();
+    assert_eq!(sub.channel(), ch);
+    for i in 0..500 {
+        publisher.publish(&ch, b(&i.to_string())).await.unwrap();
+    }
+    publisher.publish(&other, b("o")).await.unwrap();
+    for i in 0..500 {
+        assert_eq!(next(&mut sub).await, StoreEvent::Message(b(&i.to_string())));
+    }
+    assert_eq!(next(&mut sub2).await, StoreEvent::Message(b("o")));
+
+    // Unsubscribe ends the stream; a new subscription works again.
+    subscriber.unsubscribe(&ch).await.unwrap();
+    assert_eq!(tokio::time::timeout(WAIT, sub.recv()).await.unwrap(), None);
+    let mut sub = subscriber.subscribe(&ch).await.unwrap();
+    publisher.publish(&ch, b("again")).await.unwrap();
+    assert_eq!(next(&mut sub).await, StoreEvent::Message(b("again")));
+
+    // Dropping a subscription and subscribing again keeps delivery working.
+    drop(sub);
+    let mut sub = subscriber.subscribe(&ch).await.unwrap();
+    publisher.publish(&ch, b("after drop")).await.unwrap();
+    assert_eq!(next(&mut sub).await, StoreEvent::Message(b("after drop")));
+}
+
+/// 1,000 subscribers on one channel each receive every message, in order.
+pub async fn thousand_subscribers(subscriber: &dyn Store, publisher: &dyn Store, p: &str) {
+    let ch = format!("{p}crowd");
+    let mut subs = Vec::with_capacity(1000);
+    for _ in 0..1000 {
+        subs.push(subscriber.subscribe(&ch).await.unwrap());
+    }
+    for i in 0..3 {
+        publisher.publish(&ch, b(&format!("m{i}"))).await.unwrap();
+    }
+    for sub in &mut subs {
+        for i in 0..3 {
+            assert_eq!(next(sub).await, StoreEvent::Message(b(&format!("m{i}"))));
+        }
+    }
+}
+
+/// A subscriber that falls behind gets a Gap, then later messages.
+pub async fn lagging_subscriber_gets_gap(s: &dyn Store, capacity: usize, p: &str) {
+    let ch = format!("{p}lag");
+    let mut sub = s.subscribe(&ch).await.unwrap();
+    let mut probe = s.subscribe(&ch).await.unwrap();
+    let n = capacity * 3;
+    for i in 0..n {
+        s.publish(&ch, b(&i.to_string())).await.unwrap();
+    }
+    s.publish(&ch, b("end")).await.unwrap();
+    // The probe (lagging too) proves every message reached this process before `sub` is read.
+    while next(&mut probe).await != StoreEvent::Message(b("end")) {}
+    assert_eq!(next(&mut sub).await, StoreEvent::Gap);
+    let StoreEvent::Message(first) = next(&mut sub).await else {
+        panic!("expected a message after the gap")
+    };
+    let first = std::str::from_utf8(&first).unwrap();
+    assert!(
+        first == "end" || first.parse::<usize>().unwrap() >= n - capacity,
+        "{first}"
+    );
+}
+
+/// After the store owning a channel is killed and restarted, the subscriber gets a Gap, and
+/// messages published afterwards reach it.
+pub async fn gap_after_restart(
+    sub_store: &dyn Store,
+    pub_store: &dyn Store,
+    ch: &str,
+    restart: impl FnOnce(),
+) {
+    let mut sub = sub_store.subscribe(ch).await.unwrap();
+    pub_store.publish(ch, b("before")).await.unwrap();
+    assert_eq!(next(&mut sub).await, StoreEvent::Message(b("before")));
+    restart();
+    assert_eq!(next(&mut sub).await, StoreEvent::Gap);
+    // The publisher's command connection reconnects in the background; retry until it is back.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match pub_store.publish(ch, b("after")).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "publisher did not reconnect: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(next(&mut sub).await, StoreEvent::Message(b("after")));
+}
+
+/// `Arc<dyn Store>` is what workers hold.
+pub fn as_dyn<S: Store>(s: S) -> Arc<dyn Store> {
+    Arc::new(s)
+}

@@ -1,0 +1,146 @@
+//! The shared behavioural suite, run against every backend: `MemoryStore`, the store server
+//! cluster (three real `sc-store-server` processes), and the real Redis at 127.0.0.1:6379.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::*;
+use sc_store::{MemoryConfig, MemoryStore, RespConfig, RespStore, Store};
+
+macro_rules! suite {
+    ($($name:ident($($arg:ident),*);)*) => {
+        mod memory {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = as_dyn(MemoryStore::new());
+                    let p = prefix(stringify!($name));
+                    let _ = &s;
+                    common::$name($(suite!(@arg $arg, s, s)),*, &p).await;
+                }
+            )*
+        }
+        mod cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let c = Cluster::start().await;
+                    let other = as_dyn(c.client().await);
+                    let s = as_dyn(c.store.clone());
+                    let p = prefix(stringify!($name));
+                    let _ = (&s, &other);
+                    common::$name($(suite!(@arg $arg, s, other)),*, &p).await;
+                }
+            )*
+        }
+        mod redis {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let s = as_dyn(common::redis().await);
+                    let other = as_dyn(common::redis().await);
+                    let p = prefix(stringify!($name));
+                    let _ = (&s, &other);
+                    common::$name($(suite!(@arg $arg, s, other)),*, &p).await;
+                }
+            )*
+        }
+    };
+    (@arg one, $a:ident, $b:ident) => { &*$a };
+    (@arg two, $a:ident, $b:ident) => { &*$b };
+}
+
+suite! {
+    values(one);
+    ttl_expiry(one);
+    maps(one);
+    lists(one);
+    pubsub_order(one, two);
+    thousand_subscribers(one, two);
+}
+
+#[tokio::test]
+async fn memory_lagging_subscriber_gets_gap() {
+    let s = MemoryStore::with_config(MemoryConfig {
+        channel_capacity: 8,
+        ..MemoryConfig::default()
+    });
+    lagging_subscriber_gets_gap(&s, 8, &prefix("lag")).await;
+}
+
+#[tokio::test]
+async fn cluster_lagging_subscriber_gets_gap() {
+    let c = Cluster::start().await;
+    let mut config = RespConfig::new(c.procs.iter().map(|p| p.addr.clone()));
+    config.channel_capacity = 8;
+    let s = RespStore::connect(config).await.unwrap();
+    lagging_subscriber_gets_gap(&s, 8, &prefix("lag")).await;
+}
+
+#[tokio::test]
+async fn redis_lagging_subscriber_gets_gap() {
+    let mut config = RespConfig::new(["127.0.0.1:6379"]);
+    config.channel_capacity = 8;
+    let s = RespStore::connect(config).await.unwrap();
+    lagging_subscriber_gets_gap(&s, 8, &prefix("lag")).await;
+}
+
+#[tokio::test]
+async fn cluster_gap_after_store_process_restart() {
+    let mut c = Cluster::start().await;
+    let publisher = c.client().await;
+    let ch = format!("{}chan", prefix("restart"));
+    let owner = c.store.node_of(&ch).to_owned();
+    let i = c.procs.iter().position(|p| p.addr == owner).unwrap();
+    let store = c.store.clone();
+    // The other nodes' subscribers are unaffected: subscribe on a channel of another node too.
+    let other_ch = (0..)
+        .map(|n| format!("{ch}-{n}"))
+        .find(|name| store.node_of(name) != owner)
+        .unwrap();
+    let mut other = store.subscribe(&other_ch).await.unwrap();
+    gap_after_restart(&store, &publisher, &ch, || c.procs[i].restart()).await;
+    publisher.publish(&other_ch, "x".into()).await.unwrap();
+    assert_eq!(
+        next(&mut other).await,
+        sc_store::StoreEvent::Message("x".into()),
+        "no gap on a node that did not restart"
+    );
+}
+
+#[tokio::test]
+async fn redis_gap_after_redis_restart() {
+    let mut r = RedisProcess::start(0);
+    let s = RespStore::connect(RespConfig::new([r.addr()]))
+        .await
+        .unwrap();
+    let publisher = RespStore::connect(RespConfig::new([r.addr()]))
+        .await
+        .unwrap();
+    let ch = format!("{}chan", prefix("restart"));
+    gap_after_restart(&s, &publisher, &ch, || r.restart()).await;
+}
+
+#[tokio::test]
+async fn cluster_shards_keys_over_every_process() {
+    let c = Cluster::start().await;
+    let mut per_node = std::collections::HashMap::new();
+    for i in 0..300 {
+        *per_node
+            .entry(c.store.node_of(&format!("key{i}")).to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n > 50), "{per_node:?}");
+    // Data written through one client is read through another.
+    let other = c.client().await;
+    for i in 0..30 {
+        let k = format!("key{i}");
+        c.store.set(&k, k.clone().into(), None).await.unwrap();
+        assert_eq!(other.get(&k).await.unwrap(), Some(k.into()));
+    }
+}
