@@ -22,7 +22,8 @@ use serde_json::value::RawValue;
 /// The number a client gives an invoke (`cid`) and the server echoes in its response (`rid`).
 ///
 /// socketcluster-client starts at 1 and counts up; cids are JSON numbers on the wire. A cid that is
-/// a JSON number but not an integer in `0..=u64::MAX` makes the packet [`Packet::Raw`].
+/// a JSON number but not written as an integer in `0..=u64::MAX` (`-1`, `7.5`, `7.0`, `1e3`,
+/// `18446744073709551616`) makes the packet [`Packet::Raw`].
 pub type Cid = u64;
 
 /// One decoded text frame.
@@ -85,6 +86,61 @@ pub enum Packet<'a> {
     Raw(&'a str),
 }
 
+fn raw_text(raw: Option<&RawValue>) -> Option<&str> {
+    raw.map(RawValue::get)
+}
+
+/// Payloads compare by their JSON text (`{"a":1}` and `{ "a": 1 }` differ).
+impl PartialEq for Packet<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (
+                Packet::Transmit { event, data },
+                Packet::Transmit {
+                    event: e2,
+                    data: d2,
+                },
+            ) => event == e2 && raw_text(*data) == raw_text(*d2),
+            (
+                Packet::Invoke { event, data, cid },
+                Packet::Invoke {
+                    event: e2,
+                    data: d2,
+                    cid: c2,
+                },
+            ) => event == e2 && raw_text(*data) == raw_text(*d2) && cid == c2,
+            (
+                Packet::Response { rid, data, error },
+                Packet::Response {
+                    rid: r2,
+                    data: d2,
+                    error: e2,
+                },
+            ) => rid == r2 && raw_text(*data) == raw_text(*d2) && raw_text(*error) == raw_text(*e2),
+            (Packet::Raw(a), Packet::Raw(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Packet<'_> {}
+
+/// Payloads compare by their JSON text, as for [`Packet`].
+impl PartialEq for Frame<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Frame::Heartbeat, Frame::Heartbeat)
+            | (Frame::PingV1, Frame::PingV1)
+            | (Frame::PongV1, Frame::PongV1) => true,
+            (Frame::Packet(a), Frame::Packet(b)) => a == b,
+            (Frame::Batch(a), Frame::Batch(b)) => a == b,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Frame<'_> {}
+
 impl Packet<'_> {
     /// The event name of a transmit or an invoke.
     pub fn event(&self) -> Option<&str> {
@@ -104,7 +160,12 @@ pub fn decode(text: &str) -> Frame<'_> {
         "#2" => return Frame::PongV1,
         _ => {}
     }
-    match text.trim_start().as_bytes().first() {
+    // sc-formatter only tries JSON when the text matches `/^[ \n\r\t]*[{\[]/`.
+    match text
+        .trim_start_matches([' ', '\n', '\r', '\t'])
+        .as_bytes()
+        .first()
+    {
         Some(b'{') => Frame::Packet(decode_packet(text)),
         Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
             Ok(items) => Frame::Batch(items.into_iter().map(decode_element).collect()),
@@ -148,7 +209,7 @@ struct Wire<'a> {
 }
 
 /// `Some` for a present field, even when it is `null` (serde's `Option` would say `None`).
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
     <&RawValue>::deserialize(d).map(Some)
 }
 
@@ -156,7 +217,11 @@ fn decode_packet(text: &str) -> Packet<'_> {
     let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) else {
         return Packet::Raw(text);
     };
-    if let Some(event) = wire.event.and_then(json_str) {
+    if let Some(event) = wire.event.filter(|e| e.get().starts_with('"')) {
+        // A JSON string Rust cannot hold (a lone surrogate escape such as `"\ud800"`).
+        let Some(event) = json_str(event) else {
+            return Packet::Raw(text);
+        };
         return match wire.cid {
             Some(cid) if is_number(cid) => match cid.get().parse::<Cid>() {
                 Ok(cid) => Packet::Invoke {

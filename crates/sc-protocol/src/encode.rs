@@ -25,6 +25,13 @@ use serde_json::value::RawValue;
 
 use crate::decode::Cid;
 
+/// The protocol v2 ping (server to client) and pong (client to server): an empty text frame.
+pub const HEARTBEAT: &str = "";
+/// The protocol v1 ping (server to client).
+pub const PING_V1: &str = "#1";
+/// The protocol v1 pong (client to server).
+pub const PONG_V1: &str = "#2";
+
 /// Appends `s` as a JSON string literal, escaped as `JSON.stringify` does.
 pub fn write_str(buf: &mut Vec<u8>, s: &str) {
     buf.push(b'"');
@@ -148,7 +155,7 @@ impl PublishFrame {
 
     /// The frame's text.
     pub fn as_str(&self) -> &str {
-        // The bytes were written from `&str`s and ASCII only.
+        // The bytes were written from `&str`s and ASCII punctuation, so they are UTF-8.
         std::str::from_utf8(&self.0).unwrap_or_default()
     }
 

@@ -159,6 +159,9 @@ pub struct ScError {
 }
 
 impl ScError {
+    /// The message sc-errors' `hydrateError` gives an error object whose `message` is no string.
+    pub const INVALID_MESSAGE_FORMAT: &'static str = "Invalid error message format";
+
     /// An error with `name` and `message` and no extra fields.
     pub fn new(name: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Self {
         ScError {
@@ -213,8 +216,10 @@ impl ScError {
     }
 
     /// Rebuilds an error from its wire form (sc-errors `hydrateError`). A JSON object gives its
-    /// `name` (default `Error`), `message` (default empty) and the other fields as extras; any
-    /// other JSON value becomes an error named `Error` whose message is that value's text.
+    /// `name` when that is a string (else `Error`), its `message` when that is a string (else
+    /// [`INVALID_MESSAGE_FORMAT`](Self::INVALID_MESSAGE_FORMAT), as sc-errors does) and the other
+    /// fields as extras. A JSON string becomes an error named `Error` with that message; any other
+    /// JSON value, or text that is no JSON, an error named `Error` whose message is the text.
     pub fn from_json(json: &str) -> Self {
         match serde_json::from_str::<Value>(json) {
             Ok(Value::Object(mut map)) => {
@@ -224,8 +229,7 @@ impl ScError {
                 };
                 let message = match map.remove("message") {
                     Some(Value::String(s)) => s,
-                    Some(other) => other.to_string(),
-                    None => String::new(),
+                    _ => Self::INVALID_MESSAGE_FORMAT.to_owned(),
                 };
                 ScError {
                     name,
@@ -234,8 +238,7 @@ impl ScError {
                 }
             }
             Ok(Value::String(s)) => ScError::new("Error", s),
-            Ok(other) => ScError::new("Error", other.to_string()),
-            Err(_) => ScError::new("Error", json.to_owned()),
+            _ => ScError::new("Error", json.trim().to_owned()),
         }
     }
 }

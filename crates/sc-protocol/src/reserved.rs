@@ -20,7 +20,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::decode::json_str;
+use crate::decode::{json_str, present};
 
 /// `#handshake`.
 pub const HANDSHAKE: &str = "#handshake";
@@ -89,51 +89,114 @@ pub enum Reserved<'a> {
     },
 }
 
+fn raw_text(raw: Option<&RawValue>) -> Option<&str> {
+    raw.map(RawValue::get)
+}
+
+/// Payloads compare by their JSON text.
+impl PartialEq for Reserved<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        use Reserved as R;
+        match (self, other) {
+            (R::Handshake { auth_token: a }, R::Handshake { auth_token: b })
+            | (R::Authenticate { token: a }, R::Authenticate { token: b }) => a == b,
+            (
+                R::Subscribe {
+                    channel,
+                    wait_for_auth,
+                    data,
+                },
+                R::Subscribe {
+                    channel: c2,
+                    wait_for_auth: w2,
+                    data: d2,
+                },
+            ) => channel == c2 && wait_for_auth == w2 && raw_text(*data) == raw_text(*d2),
+            (R::Unsubscribe { channel: a }, R::Unsubscribe { channel: b })
+            | (R::SetAuthToken { token: a }, R::SetAuthToken { token: b }) => a == b,
+            (
+                R::Publish { channel, data },
+                R::Publish {
+                    channel: c2,
+                    data: d2,
+                },
+            )
+            | (
+                R::KickOut {
+                    channel,
+                    message: data,
+                },
+                R::KickOut {
+                    channel: c2,
+                    message: d2,
+                },
+            ) => channel == c2 && raw_text(*data) == raw_text(*d2),
+            (R::RemoveAuthToken, R::RemoveAuthToken) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Reserved<'_> {}
+
 /// A reserved event whose payload is malformed: the server answers an `InvalidActionError`.
+///
+/// socketcluster-server v20 answers a `#subscribe` or `#publish` whose data has no string
+/// `channel`, and an `#unsubscribe` whose data is no string, with an `InvalidActionError` (in the
+/// response when the packet was an invoke). A client ignores a malformed `#kickOut`, and answers a
+/// `#setAuthToken` invoke without token data with an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct InvalidAction {
     /// The reserved event name.
     pub event: &'static str,
-    /// What was wrong with it.
+    /// What was wrong with it: the error message socketcluster v20 gives, e.g.
+    /// `Subscribe channel name was malformatted`.
     pub reason: &'static str,
 }
 
 impl InvalidAction {
-    /// The message socketcluster-server gives, for the socket with id `socket_id`.
+    /// The message socketcluster-server v20 gives (the [`reason`](Self::reason)). The v20
+    /// messages do not name the socket, so `socket_id` is not used.
     pub fn message(&self, socket_id: &str) -> String {
-        format!("Socket {socket_id} {}", self.reason)
+        let _ = socket_id;
+        self.reason.to_owned()
     }
 
-    /// The `InvalidActionError` object for the socket with id `socket_id`.
+    /// The error object for the socket with id `socket_id`: an `InvalidActionError`, or for a
+    /// `#setAuthToken` the `InvalidMessageError` socketcluster-client answers with.
     pub fn to_error(&self, socket_id: &str) -> crate::ScError {
-        crate::ScError::new(
-            crate::ErrorName::InvalidActionError,
-            self.message(socket_id),
-        )
+        let name = if self.event == SET_AUTH_TOKEN {
+            crate::ErrorName::InvalidMessageError
+        } else {
+            crate::ErrorName::InvalidActionError
+        };
+        crate::ScError::new(name, self.message(socket_id))
     }
 }
 
 impl fmt::Display for InvalidAction {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid {}: socket {}", self.event, self.reason)
+        write!(f, "invalid {}: {}", self.event, self.reason)
     }
 }
 
 impl std::error::Error for InvalidAction {}
 
+/// The fields of a reserved event's object payload, each kept as raw JSON. A field that is present
+/// with the value `null` is `Some("null")`, so `{"channel":"c","data":null}` forwards `data:null`.
 #[derive(Deserialize)]
 struct ChannelData<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     data: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "waitForAuth")]
+    #[serde(borrow, default, deserialize_with = "present", rename = "waitForAuth")]
     wait_for_auth: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     message: Option<&'a RawValue>,
-    #[serde(borrow, default, rename = "authToken")]
+    #[serde(borrow, default, deserialize_with = "present", rename = "authToken")]
     auth_token: Option<&'a RawValue>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "present")]
     token: Option<&'a RawValue>,
 }
 
@@ -159,7 +222,7 @@ impl<'a> Reserved<'a> {
                 let Some((channel, o)) =
                     object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
                 else {
-                    return invalid(SUBSCRIBE, "provided a malformated channel payload");
+                    return invalid(SUBSCRIBE, "Subscribe channel name was malformatted");
                 };
                 Reserved::Subscribe {
                     channel,
@@ -169,13 +232,13 @@ impl<'a> Reserved<'a> {
             }
             UNSUBSCRIBE => match data.and_then(json_str) {
                 Some(channel) => Reserved::Unsubscribe { channel },
-                None => return invalid(UNSUBSCRIBE, "provided a malformated channel payload"),
+                None => return invalid(UNSUBSCRIBE, "Unsubscribe channel name was malformatted"),
             },
             PUBLISH => {
                 let Some((channel, o)) =
                     object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
                 else {
-                    return invalid(PUBLISH, "tried to publish to an invalid channel");
+                    return invalid(PUBLISH, "Publish channel name was malformatted");
                 };
                 Reserved::Publish {
                     channel,
@@ -187,14 +250,19 @@ impl<'a> Reserved<'a> {
             },
             SET_AUTH_TOKEN => match object(data).and_then(|o| o.token).and_then(json_str) {
                 Some(token) => Reserved::SetAuthToken { token },
-                None => return invalid(SET_AUTH_TOKEN, "sent a malformated token payload"),
+                None => {
+                    return invalid(
+                        SET_AUTH_TOKEN,
+                        "No token data provided by #setAuthToken event",
+                    );
+                }
             },
             REMOVE_AUTH_TOKEN => Reserved::RemoveAuthToken,
             KICK_OUT => {
                 let Some((channel, o)) =
                     object(data).and_then(|o| Some((o.channel.and_then(json_str)?, o)))
                 else {
-                    return invalid(KICK_OUT, "sent a malformated channel payload");
+                    return invalid(KICK_OUT, "Kick out channel name was malformatted");
                 };
                 Reserved::KickOut {
                     channel,
