@@ -1,3 +1,94 @@
 //! The `socketcluster` command.
 
-fn main() {}
+mod demo;
+mod serve;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+/// SocketCluster for Rust: a realtime WebSocket server compatible with socketcluster-client v20.
+#[derive(Debug, Parser)]
+#[command(name = "socketcluster", version)]
+#[deny(missing_docs)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+#[deny(missing_docs)]
+enum Command {
+    /// Run the server with the demo app (one process, in-memory exchange)
+    Serve(serve::ServeArgs),
+    /// Print the default config file (TOML) for `serve --config`
+    GenConfig,
+}
+
+/// Exit code of a bad flag or config value (EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+/// Writes one line to stdout and flushes it (the test harnesses wait for it).
+pub(crate) fn print_line(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    match cli.command {
+        Command::GenConfig => match serve::gen_config() {
+            Ok(text) => {
+                print_line(text.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Serve(args) => {
+            let cfg = match serve::resolve(args) {
+                Ok(c) => c,
+                Err(serve::ConfigProblem(m)) => {
+                    eprintln!("error: {m}");
+                    return ExitCode::from(EXIT_CONFIG);
+                }
+            };
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .with_ansi(std::env::var_os("NO_COLOR").is_none())
+                .init();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,3 +1,37 @@
-//! The SocketCluster server: WebSocket and engine.io transports, the socket state machine, the exchange, auth and middleware, as tower layers.
-
+#![doc = include_str!("../README.md")]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod auth;
+mod config;
+mod conn;
+mod data;
+mod exchange;
+pub mod middleware;
+mod serve;
+mod server;
+mod service;
+mod socket;
+
+#[doc(inline)]
+pub use auth::AuthKey;
+#[doc(inline)]
+pub use config::{Config, ConfigError};
+#[doc(inline)]
+pub use data::{Data, IntoData, Json};
+#[doc(inline)]
+pub use middleware::{
+    Blocked, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
+};
+#[doc(inline)]
+pub use serve::serve;
+#[doc(inline)]
+pub use server::{BuildError, Request, ScHandle, ScServer, ScServerBuilder};
+#[doc(inline)]
+pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
+#[doc(inline)]
+pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScSocket};
+
+/// Re-exported: JWT algorithms for [`AuthKey::Pem`].
+pub use jsonwebtoken::Algorithm;
+/// Re-exported: the wire error object and names.
+pub use sc_protocol::{CloseCode, ErrorName, ScError};

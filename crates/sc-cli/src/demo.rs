@@ -1,0 +1,95 @@
+//! The demo app of `socketcluster serve` (greet, echo, fail, count/ping, login, whoami,
+//! serverPublish, and the `private/` channel rule).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sc_worker::{Blocked, Data, InboundKind, Json, ScError, ScServerBuilder};
+use serde::Deserialize;
+
+/// This socket's count of `ping` transmits.
+#[derive(Clone, Default)]
+struct PingCount(Arc<AtomicU64>);
+
+fn bad_request(message: &str) -> ScError {
+    ScError::new("BadRequest", message)
+}
+
+#[derive(Deserialize)]
+struct Login {
+    username: String,
+}
+
+#[derive(Deserialize)]
+struct ServerPublish<'a> {
+    channel: String,
+    #[serde(borrow)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// Registers the demo app's handlers on `builder`.
+pub(crate) fn app(builder: ScServerBuilder) -> ScServerBuilder {
+    builder
+        .on_connection(|socket| {
+            socket.insert(PingCount::default());
+            let _ = socket.transmit("greet", "hello world");
+        })
+        .receiver("ping", |socket, _| {
+            if let Some(count) = socket.get::<PingCount>() {
+                count.0.fetch_add(1, Ordering::Relaxed);
+            }
+            std::future::ready(())
+        })
+        .procedure("echo", |req| std::future::ready(Ok(req.data)))
+        .procedure("fail", |_| {
+            std::future::ready(Err::<(), _>(bad_request("fail requested")))
+        })
+        .procedure("count", |req| {
+            let n = req
+                .socket
+                .get::<PingCount>()
+                .map_or(0, |c| c.0.load(Ordering::Relaxed));
+            std::future::ready(Ok(n))
+        })
+        .procedure("login", |req| {
+            let result = match req.data.as_ref().and_then(|d| d.parse::<Login>().ok()) {
+                Some(login) => req
+                    .socket
+                    .set_auth_token(serde_json::json!({ "username": login.username })),
+                None => Err(bad_request("login requires {\"username\": string}")),
+            };
+            std::future::ready(result)
+        })
+        .procedure("whoami", |req| {
+            let token = req.socket.auth_token();
+            std::future::ready(Ok(match token {
+                Some(t) => Json((*t).clone()),
+                None => Json(serde_json::Value::Null),
+            }))
+        })
+        .procedure("serverPublish", |req| {
+            let parsed = req
+                .data
+                .as_ref()
+                .and_then(|d| d.parse::<ServerPublish<'_>>().ok())
+                .map(|p| (p.channel, p.data.map(Data::from_raw)));
+            let result = match parsed {
+                Some((channel, data)) => req.socket.server().publish(&channel, data),
+                None => Err(bad_request(
+                    "serverPublish requires {\"channel\": string, \"data\": any}",
+                )),
+            };
+            std::future::ready(result)
+        })
+        .inbound_for(&[InboundKind::Subscribe], |action| {
+            let blocked = action.name.starts_with("private/") && !action.socket.is_authenticated();
+            std::future::ready(if blocked {
+                Err(Blocked::error(ScError::new(
+                    "ForbiddenError",
+                    "private channel requires authentication",
+                )))
+            } else {
+                Ok(action)
+            })
+        })
+}

@@ -1,0 +1,175 @@
+//! `socketcluster serve`: options (defaults, then the config file, then env and flags), the
+//! listener, and the run loop with graceful shutdown on SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+use sc_worker::{Config as WorkerConfig, ScServer};
+
+/// Options of `socketcluster serve`.
+#[derive(Debug, Args)]
+#[deny(missing_docs)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1]
+    #[arg(long)]
+    pub(crate) host: Option<String>,
+    /// Port to listen on; 0 picks a free one [default: 8000]
+    #[arg(long)]
+    pub(crate) port: Option<u16>,
+    /// Secret that signs auth tokens (HS256); every process with the same key accepts the
+    /// others' tokens. Without it a random key is made per process
+    #[arg(long, env = "SC_AUTH_KEY", hide_env_values = true)]
+    pub(crate) auth_key: Option<String>,
+    /// TOML config file (see `socketcluster gen-config`); flags override it
+    #[arg(long, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+}
+
+/// The config file: listener, auth key and the worker's options.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub(crate) struct FileConfig {
+    /// Address to listen on.
+    pub(crate) host: String,
+    /// Port to listen on.
+    pub(crate) port: u16,
+    /// Token signing secret (prefer `--auth-key` or `SC_AUTH_KEY`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) auth_key: Option<String>,
+    /// The server's options and limits.
+    pub(crate) worker: WorkerConfig,
+}
+
+impl Default for FileConfig {
+    fn default() -> Self {
+        FileConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 8000,
+            auth_key: None,
+            worker: WorkerConfig::default(),
+        }
+    }
+}
+
+/// Prints the defaults as TOML.
+pub(crate) fn gen_config() -> Result<String, String> {
+    let body = toml::to_string_pretty(&FileConfig::default()).map_err(|e| e.to_string())?;
+    Ok(format!(
+        "# socketcluster serve --config FILE; flags and SC_AUTH_KEY override these values.\n\
+         # auth_key = \"a long random secret\"\n{body}"
+    ))
+}
+
+/// A problem with the options: exit code 64.
+#[derive(Debug)]
+pub(crate) struct ConfigProblem(pub(crate) String);
+
+/// Merges defaults, file, env and flags, and checks the result.
+pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigProblem(format!("cannot read config file {}: {e}", path.display()))
+            })?;
+            toml::from_str::<FileConfig>(&text).map_err(|e| {
+                ConfigProblem(format!("invalid config file {}: {e}", path.display()))
+            })?
+        }
+        None => FileConfig::default(),
+    };
+    if let Some(h) = args.host {
+        cfg.host = h;
+    }
+    if let Some(p) = args.port {
+        cfg.port = p;
+    }
+    if let Some(k) = args.auth_key {
+        cfg.auth_key = Some(k);
+    }
+    if cfg.auth_key.as_deref() == Some("") {
+        return Err(ConfigProblem("--auth-key must not be empty".to_owned()));
+    }
+    cfg.worker
+        .validate()
+        .map_err(|e| ConfigProblem(format!("invalid worker config: {e}")))?;
+    addr(&cfg)?;
+    Ok(cfg)
+}
+
+fn addr(cfg: &FileConfig) -> Result<SocketAddr, ConfigProblem> {
+    let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
+    let ip: std::net::IpAddr = match host {
+        "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+        h => h.parse().map_err(|_| {
+            ConfigProblem(format!(
+                "--host must be an IP address (or localhost), not {:?}",
+                cfg.host
+            ))
+        })?,
+    };
+    Ok(SocketAddr::new(ip, cfg.port))
+}
+
+/// Binds, prints the listening line and serves until SIGINT/SIGTERM.
+pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
+    let addr = addr(&cfg).map_err(|e| e.0)?;
+    let mut builder = ScServer::builder().config(cfg.worker.clone());
+    match &cfg.auth_key {
+        Some(k) => builder = builder.auth_key(k),
+        None => tracing::warn!(
+            "no --auth-key given: using a random key, so tokens will not survive a restart \
+             and other processes will reject them"
+        ),
+    }
+    let (layer, handle) = crate::demo::app(builder)
+        .try_build_layer()
+        .map_err(|e| format!("invalid config: {e}"))?;
+    let service = layer.service(sc_worker::NotFound);
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener
+        .local_addr()
+        .map_err(|e| format!("cannot read the bound address: {e}"))?;
+    let shown = match local {
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+        SocketAddr::V4(a) => a.to_string(),
+    };
+    crate::print_line(&format!(
+        "socketcluster listening on ws://{shown}{}",
+        cfg.worker.path
+    ));
+    tracing::info!(addr = %local, path = %cfg.worker.path, "serving");
+
+    let server = tokio::spawn(sc_worker::serve(listener, service, handle.clone()));
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    handle.shutdown(Duration::from_secs(5)).await;
+    let _ = server.await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+}

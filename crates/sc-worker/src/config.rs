@@ -1,0 +1,190 @@
+//! Server options and limits, with their defaults.
+
+use serde::{Deserialize, Serialize};
+
+/// Options and limits of the server. Plain data: build it in code, or deserialise it from a
+/// config file (every field is optional there; durations are in milliseconds).
+///
+/// | field | default | meaning |
+/// |---|---|---|
+/// | `path` | `/socketcluster/` | the exact path of the WebSocket endpoint (query strings allowed) |
+/// | `max_payload` | 2 MiB | largest inbound message; a larger one closes the socket with 1009 |
+/// | `outbound_queue` | 1024 frames | frames queued for a socket before it counts as a slow consumer and is closed with 4100 |
+/// | `handshake_timeout_ms` | 10000 | no `#handshake` by then closes with 4005 |
+/// | `ping_interval_ms` | 8000 | how often the server pings (`''`, or `#1` in protocol v1) |
+/// | `ping_timeout_ms` | 30000 | sent in the handshake reply; no message from the client for that long closes with 4001 |
+/// | `ack_timeout_ms` | 10000 | how long a server-to-client invoke waits for its response |
+/// | `max_connections` | 100000 | open and handshaking sockets; further upgrades get HTTP 503 |
+/// | `allow_client_publish` | true | whether clients may `#publish` |
+/// | `socket_channel_limit` | 1000 | channels one socket may be subscribed to at once |
+/// | `origins` | `["*:*"]` | allowed `Origin`s: `host:port`, `host:*`, `*:port`, `*:*`; others get HTTP 403 |
+/// | `protocol_version` | 2 | 2: ping and pong are `''`; 1: ping `#1`, pong `#2` |
+/// | `auth_default_expiry_s` | 86400 | `exp` = `iat` + this, unless the token payload has an `exp` |
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// The WebSocket endpoint's path. Defaults to `/socketcluster/`.
+    pub path: String,
+    /// The largest inbound message in bytes. Defaults to 2 MiB.
+    pub max_payload: usize,
+    /// Frames queued per socket before it is dropped as a slow consumer. Defaults to 1024.
+    pub outbound_queue: usize,
+    /// Milliseconds a new socket has to send `#handshake`. Defaults to 10000.
+    pub handshake_timeout_ms: u64,
+    /// Milliseconds between server pings. Defaults to 8000.
+    pub ping_interval_ms: u64,
+    /// Milliseconds of client silence before the socket is closed with 4001. Defaults to 30000.
+    pub ping_timeout_ms: u64,
+    /// Milliseconds a server-to-client invoke waits for its response. Defaults to 10000.
+    pub ack_timeout_ms: u64,
+    /// The most sockets (open or handshaking) at once. Defaults to 100000.
+    pub max_connections: usize,
+    /// Whether clients may publish. Defaults to true.
+    pub allow_client_publish: bool,
+    /// Channels per socket. Defaults to 1000.
+    pub socket_channel_limit: usize,
+    /// Allowed origins. Defaults to `["*:*"]` (all).
+    pub origins: Vec<String>,
+    /// Protocol version, 1 or 2. Defaults to 2.
+    pub protocol_version: u8,
+    /// Seconds until a token set with `set_auth_token` expires. Defaults to 86400.
+    pub auth_default_expiry_s: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            path: "/socketcluster/".to_owned(),
+            max_payload: 2 * 1024 * 1024,
+            outbound_queue: 1024,
+            handshake_timeout_ms: 10_000,
+            ping_interval_ms: 8_000,
+            ping_timeout_ms: 30_000,
+            ack_timeout_ms: 10_000,
+            max_connections: 100_000,
+            allow_client_publish: true,
+            socket_channel_limit: 1000,
+            origins: vec!["*:*".to_owned()],
+            protocol_version: 2,
+            auth_default_expiry_s: 86_400,
+        }
+    }
+}
+
+/// A config value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Checks the values: a path starting with `/`, non-zero limits and timers, a ping interval
+    /// shorter than the ping timeout, protocol version 1 or 2, well-formed origins.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |m: String| Err(ConfigError(m));
+        if !self.path.starts_with('/') {
+            return err(format!("path must start with '/': {:?}", self.path));
+        }
+        for (name, v) in [
+            ("max_payload", self.max_payload as u64),
+            ("outbound_queue", self.outbound_queue as u64),
+            ("handshake_timeout_ms", self.handshake_timeout_ms),
+            ("ping_interval_ms", self.ping_interval_ms),
+            ("ping_timeout_ms", self.ping_timeout_ms),
+            ("ack_timeout_ms", self.ack_timeout_ms),
+            ("max_connections", self.max_connections as u64),
+            ("auth_default_expiry_s", self.auth_default_expiry_s),
+        ] {
+            if v == 0 {
+                return err(format!("{name} must be greater than 0"));
+            }
+        }
+        if self.ping_interval_ms >= self.ping_timeout_ms {
+            return err(format!(
+                "ping_interval_ms ({}) must be less than ping_timeout_ms ({})",
+                self.ping_interval_ms, self.ping_timeout_ms
+            ));
+        }
+        if !matches!(self.protocol_version, 1 | 2) {
+            return err(format!(
+                "protocol_version must be 1 or 2, not {}",
+                self.protocol_version
+            ));
+        }
+        for o in &self.origins {
+            if o.rsplit_once(':')
+                .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+            {
+                return err(format!(
+                    "origin {o:?} is not host:port, host:*, *:port or *:*"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn allows_all_origins(&self) -> bool {
+        self.origins.iter().any(|o| o == "*:*")
+    }
+
+    /// Whether an `Origin` header value passes the allow-list.
+    pub(crate) fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        if self.allows_all_origins() {
+            return true;
+        }
+        let Some(origin) = origin.filter(|o| *o != "null") else {
+            return false;
+        };
+        let (scheme, rest) = origin.split_once("://").unwrap_or(("http", origin));
+        let authority = rest.split('/').next().unwrap_or_default();
+        let default_port =
+            if scheme.eq_ignore_ascii_case("https") || scheme.eq_ignore_ascii_case("wss") {
+                "443"
+            } else {
+                "80"
+            };
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => (h, p),
+            _ => (authority, default_port),
+        };
+        let host = host.to_ascii_lowercase();
+        self.origins.iter().any(|o| {
+            o == &format!("{host}:{port}") || o == &format!("{host}:*") || o == &format!("*:{port}")
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins() {
+        let c = Config {
+            origins: vec!["example.com:*".into(), "*:8080".into(), "a.org:443".into()],
+            ..Config::default()
+        };
+        assert!(c.origin_allowed(Some("http://example.com")));
+        assert!(c.origin_allowed(Some("http://other:8080")));
+        assert!(c.origin_allowed(Some("https://a.org")));
+        assert!(!c.origin_allowed(Some("http://a.org")));
+        assert!(!c.origin_allowed(None));
+        assert!(Config::default().origin_allowed(None));
+    }
+
+    #[test]
+    fn validate() {
+        assert!(Config::default().validate().is_ok());
+        let bad = Config {
+            ping_interval_ms: 40_000,
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
+    }
+}

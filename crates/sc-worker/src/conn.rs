@@ -1,0 +1,993 @@
+//! One socket's task: the handshake, then a loop that reads and handles inbound frames, writes
+//! the outbound queue in batches, pings, and enforces the timers and limits.
+//!
+//! A socket is a single task. Handlers that finish without waiting run inline (their replies go
+//! straight into the write batch); handlers that wait are spawned and reply through the socket's
+//! bounded queue. Every read burst and every drained queue batch is written with one flush.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use futures_util::{FutureExt, SinkExt, StreamExt};
+use parking_lot::Mutex;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{Notify, mpsc};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_websockets::{Limits, Message, Payload, ServerBuilder, WebSocketStream};
+
+use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
+
+use crate::auth::{missing_token_error, now_s};
+use crate::data::Data;
+use crate::exchange::{Published, publish_frame};
+use crate::middleware::{
+    BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
+};
+use crate::server::{Request, ServerInner};
+use crate::socket::{Out, ScSocket, SocketShared, SocketState};
+
+/// How long a closing socket waits for the peer's close frame and end of stream.
+const LINGER: Duration = Duration::from_secs(2);
+/// Messages handled per read burst before the replies are flushed.
+const BURST: usize = 64;
+/// Outbound queue items written per batch.
+const BATCH: usize = 256;
+
+enum End {
+    /// Send this close frame, then linger.
+    Close(u16, String),
+    /// A close frame is already queued by the WebSocket layer (1009, 1002): flush and linger.
+    Queued(u16, String),
+    /// The peer closed or the connection broke.
+    Gone(u16, String),
+}
+
+impl End {
+    fn close(code: u16, reason: &str) -> Self {
+        End::Close(code, reason.to_owned())
+    }
+}
+
+/// 15 random bytes, base64 with `/`→`_` and `+`→`-` (base64id).
+fn new_id() -> Box<str> {
+    let bytes: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE
+        .encode(bytes)
+        .into_boxed_str()
+}
+
+fn poll_once<T>(fut: &mut BoxFut<T>) -> Poll<T> {
+    fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+}
+
+/// `{"event":E[,"data":D][,"cid":N]}`.
+pub(crate) fn encode_event(event: &str, data: Option<&Data>, cid: Option<u64>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(24 + event.len() + data.map_or(0, |d| d.as_bytes().len()));
+    buf.extend_from_slice(b"{\"event\":");
+    sc_protocol::encode::write_str(&mut buf, event);
+    if let Some(d) = data {
+        buf.extend_from_slice(b",\"data\":");
+        buf.extend_from_slice(d.as_bytes());
+    }
+    if let Some(cid) = cid {
+        buf.extend_from_slice(b",\"cid\":");
+        buf.extend_from_slice(itoa_u64(cid).as_bytes());
+    }
+    buf.push(b'}');
+    buf
+}
+
+fn itoa_u64(n: u64) -> String {
+    n.to_string()
+}
+
+/// `{"rid":N[,"data":D]}` or `{"rid":N,"error":E}`.
+pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(
+        24 + match result {
+            Ok(Some(d)) => d.as_bytes().len(),
+            Ok(None) => 0,
+            Err(e) => e.message.len() + 32,
+        },
+    );
+    buf.extend_from_slice(b"{\"rid\":");
+    buf.extend_from_slice(itoa_u64(rid).as_bytes());
+    match result {
+        Ok(Some(d)) => {
+            buf.extend_from_slice(b",\"data\":");
+            buf.extend_from_slice(d.as_bytes());
+        }
+        Ok(None) => {}
+        Err(e) => {
+            buf.extend_from_slice(b",\"error\":");
+            e.write_json(&mut buf);
+        }
+    }
+    buf.push(b'}');
+    buf
+}
+
+/// Where the packets of one frame come from: their data are slices of these bytes.
+#[derive(Clone, Copy)]
+struct Src<'a> {
+    bytes: &'a Bytes,
+    text: &'a str,
+}
+
+impl Src<'_> {
+    fn data(&self, raw: &RawValue) -> Data {
+        let s = raw.get();
+        let base = self.text.as_ptr() as usize;
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        if self.bytes.as_ptr() as usize == base
+            && start <= self.bytes.len()
+            && s.len() <= self.bytes.len() - start
+        {
+            Data::from_trusted(self.bytes.slice(start..start + s.len()))
+        } else {
+            Data::from_raw(raw)
+        }
+    }
+}
+
+/// Runs one upgraded connection to its end.
+pub(crate) async fn run<S>(io: S, server: Arc<ServerInner>, ext: http::Extensions)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let cfg = &server.cfg;
+    let ws = ServerBuilder::new()
+        .limits(Limits::default().max_payload_len(Some(cfg.max_payload)))
+        .serve(io);
+    let (tx, rx) = mpsc::channel(cfg.outbound_queue);
+    let key = server.next_key.fetch_add(1, Ordering::Relaxed);
+    let socket = ScSocket(Arc::new(SocketShared {
+        id: new_id(),
+        key,
+        tx,
+        server: server.clone(),
+        state: Mutex::new(SocketState::default()),
+        ext: Mutex::new(ext),
+        next_cid: Default::default(),
+        inflight: Default::default(),
+        control: Notify::new(),
+    }));
+    server.sockets.write().insert(key, socket.clone());
+    if server.shutting_down.load(Ordering::Acquire) {
+        socket.close_with(crate::socket::SHUTDOWN, "Server is shutting down", false);
+    }
+    let mut conn = Conn {
+        ws,
+        rx,
+        socket,
+        server,
+        out: Vec::new(),
+        last_seen: Instant::now(),
+        receivers: None,
+        peer_close: None,
+    };
+    let end = match conn.handshake().await {
+        Ok(()) => conn.main_loop().await,
+        Err(end) => end,
+    };
+    conn.finish(end).await;
+}
+
+struct Conn<S> {
+    ws: WebSocketStream<S>,
+    rx: mpsc::Receiver<Out>,
+    socket: ScSocket,
+    server: Arc<ServerInner>,
+    /// Frames to write with the next flush.
+    out: Vec<Bytes>,
+    last_seen: Instant,
+    /// The last receiver that did not finish inline; later receivers run after it.
+    receivers: Option<JoinHandle<()>>,
+    peer_close: Option<(u16, String)>,
+}
+
+impl<S> Conn<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    fn take_close(&self) -> Option<(u16, String, bool)> {
+        self.socket.0.state.lock().close.take()
+    }
+
+    async fn flush_out(&mut self) -> Result<(), End> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        for frame in self.out.drain(..) {
+            if self
+                .ws
+                .feed(Message::text(Payload::from(frame)))
+                .await
+                .is_err()
+            {
+                return Err(End::Gone(1006, "Socket hung up".to_owned()));
+            }
+        }
+        self.ws
+            .flush()
+            .await
+            .map_err(|_| End::Gone(1006, "Socket hung up".to_owned()))
+    }
+
+    fn push(&mut self, frame: Vec<u8>) {
+        self.out.push(Bytes::from(frame));
+    }
+
+    fn push_result(&mut self, cid: u64, result: &Result<Option<Data>, ScError>) {
+        self.push(encode_result(cid, result));
+    }
+
+    fn push_error(&mut self, cid: u64, e: &ScError) {
+        self.push(encode_result(cid, &Err(e.clone())));
+    }
+
+    /// Maps a WebSocket read result; `None` = nothing to handle.
+    fn classify(
+        &mut self,
+        m: Option<Result<Message, tokio_websockets::Error>>,
+    ) -> Result<Option<Message>, End> {
+        match m {
+            None => {
+                let (code, reason) = self.peer_close.take().unwrap_or((1005, String::new()));
+                Err(End::Gone(code, reason))
+            }
+            Some(Err(tokio_websockets::Error::PayloadTooLong { len, max_len })) => {
+                tracing::debug!(sid = %self.socket.id(), len, max_len, "message over max payload");
+                Err(End::Queued(
+                    1009,
+                    "Message was too big to process".to_owned(),
+                ))
+            }
+            Some(Err(tokio_websockets::Error::Protocol(e))) => {
+                tracing::debug!(sid = %self.socket.id(), error = %e, "WebSocket protocol error");
+                Err(End::Queued(1002, e.to_string()))
+            }
+            Some(Err(e)) => Err(End::Gone(1006, e.to_string())),
+            Some(Ok(msg)) => {
+                self.last_seen = Instant::now();
+                if msg.is_close() {
+                    self.peer_close = msg
+                        .as_close()
+                        .map(|(c, r)| (u16::from(c), r.to_owned()))
+                        .or(Some((1005, String::new())));
+                    Ok(None)
+                } else if msg.is_text() || msg.is_binary() {
+                    Ok(Some(msg))
+                } else {
+                    Ok(None)
+                }
+            }
+        }
+    }
+
+    async fn handshake(&mut self) -> Result<(), End> {
+        let timeout = Duration::from_millis(self.server.cfg.handshake_timeout_ms);
+        let deadline = tokio::time::sleep(timeout);
+        tokio::pin!(deadline);
+        loop {
+            let m = tokio::select! {
+                biased;
+                () = self.socket.0.control.notified() => {
+                    if let Some((code, reason, _)) = self.take_close() {
+                        return Err(End::Close(code, reason));
+                    }
+                    continue;
+                }
+                () = &mut deadline => {
+                    return Err(End::close(4005, "Did not receive #handshake from client before timeout"));
+                }
+                m = self.ws.next() => m,
+            };
+            let Some(msg) = self.classify(m)? else {
+                continue;
+            };
+            let bytes: Bytes = msg.as_payload().clone().into();
+            let text = match msg.as_text() {
+                Some(t) => t,
+                None => std::str::from_utf8(&bytes).unwrap_or("\u{0}"),
+            };
+            return match decode(text) {
+                Frame::Packet(Packet::Invoke { event, data, cid })
+                    if event == events::HANDSHAKE =>
+                {
+                    self.do_handshake(data, cid).await
+                }
+                Frame::Packet(Packet::Transmit { event, .. }) if event == events::HANDSHAKE => {
+                    Err(End::close(4008, "Server rejected handshake from client"))
+                }
+                _ => Err(End::close(
+                    4009,
+                    "Server received a message before the client handshake",
+                )),
+            };
+        }
+    }
+
+    async fn do_handshake(&mut self, data: Option<&RawValue>, cid: u64) -> Result<(), End> {
+        let token = match Reserved::parse(events::HANDSHAKE, data) {
+            Some(Ok(Reserved::Handshake { auth_token })) => auth_token.map(|t| t.into_owned()),
+            _ => None,
+        };
+        let mut claims = None;
+        let mut auth_error = None;
+        let mut signed = None;
+        if let Some(t) = token {
+            match self.server.auth.verify(&t) {
+                Ok(c) => {
+                    claims = Some(c);
+                    signed = Some(t);
+                }
+                Err(e) => auth_error = Some(e),
+            }
+        }
+        if let Some(mw) = self.server.mw.handshake_sc.clone() {
+            let action = HandshakeAction {
+                socket: self.socket.clone(),
+                auth_token: claims.take(),
+                auth_error: auth_error.take(),
+            };
+            match mw(action).await {
+                Ok(a) => {
+                    claims = a.auth_token;
+                    auth_error = a.auth_error;
+                }
+                Err(b) => {
+                    let e = b.into_error("handshakeSC", "handshake");
+                    let code = e
+                        .extra
+                        .get("statusCode")
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|c| u16::try_from(c).ok())
+                        .filter(|c| (4000..5000).contains(c) || *c == 1000)
+                        .unwrap_or(4008);
+                    self.push_error(cid, &e);
+                    let _ = self.flush_out().await;
+                    return Err(End::Close(code, e.message));
+                }
+            }
+        }
+        let mut resign = None;
+        match (claims, signed) {
+            (Some(c), Some(s)) => self.socket.set_verified_token(Arc::from(s.as_str()), c),
+            (Some(c), None) => resign = Some(c),
+            (None, _) => {}
+        }
+        let authenticated = self.socket.is_authenticated() || resign.is_some();
+        let mut reply = Vec::with_capacity(128);
+        reply.extend_from_slice(b"{\"rid\":");
+        reply.extend_from_slice(itoa_u64(cid).as_bytes());
+        reply.extend_from_slice(b",\"data\":{\"id\":");
+        sc_protocol::encode::write_str(&mut reply, self.socket.id());
+        reply.extend_from_slice(b",\"pingTimeout\":");
+        reply.extend_from_slice(itoa_u64(self.server.cfg.ping_timeout_ms).as_bytes());
+        reply.extend_from_slice(b",\"isAuthenticated\":");
+        reply.extend_from_slice(if authenticated { b"true" } else { b"false" });
+        if let Some(e) = &auth_error {
+            reply.extend_from_slice(b",\"authError\":");
+            e.write_json(&mut reply);
+        }
+        reply.extend_from_slice(b"}}");
+        self.push(reply);
+        if auth_error.as_ref().is_some_and(is_bad_token) {
+            self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+        }
+        {
+            let mut s = self.socket.0.state.lock();
+            s.open = true;
+        }
+        self.server
+            .clients
+            .write()
+            .insert(self.socket.id().into(), self.socket.clone());
+        tracing::debug!(sid = %self.socket.id(), authenticated, "handshake done");
+        self.flush_out().await?;
+        if let Some(c) = resign {
+            let _ = self.socket.set_auth_token(c);
+        }
+        if let Some(hook) = self.server.on_connection.clone() {
+            hook(&self.socket);
+        }
+        Ok(())
+    }
+
+    async fn main_loop(&mut self) -> End {
+        let interval = Duration::from_millis(self.server.cfg.ping_interval_ms);
+        let ping_timeout = Duration::from_millis(self.server.cfg.ping_timeout_ms);
+        let ping: &'static [u8] = if self.server.cfg.protocol_version == 1 {
+            b"#1"
+        } else {
+            b""
+        };
+        let tick = tokio::time::sleep(interval);
+        tokio::pin!(tick);
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                () = self.socket.0.control.notified() => {
+                    if let Some((code, reason, drain)) = self.take_close() {
+                        if drain {
+                            self.drain_inflight().await;
+                        }
+                        while let Ok(out) = self.rx.try_recv() {
+                            batch.push(out);
+                        }
+                        let _ = self.write_outs(&mut batch).await;
+                        return End::Close(code, reason);
+                    }
+                }
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        return End::close(1011, "Outbound queue closed");
+                    }
+                    if let Err(end) = self.write_outs(&mut batch).await {
+                        return end;
+                    }
+                }
+                m = self.ws.next() => {
+                    if let Err(end) = self.on_ws(m).await {
+                        return end;
+                    }
+                    for _ in 0..BURST {
+                        let Some(m) = self.ws.next().now_or_never() else { break };
+                        if let Err(end) = self.on_ws(m).await {
+                            return end;
+                        }
+                    }
+                    if let Err(end) = self.flush_out().await {
+                        return end;
+                    }
+                }
+                () = &mut tick => {
+                    if self.last_seen.elapsed() >= ping_timeout {
+                        return End::close(4001, "Client pong timed out");
+                    }
+                    self.out.push(Bytes::from_static(ping));
+                    if let Err(end) = self.flush_out().await {
+                        return end;
+                    }
+                    tick.as_mut().reset(Instant::now() + interval);
+                }
+            }
+        }
+    }
+
+    /// On graceful shutdown: wait until the spawned invokes of this socket replied.
+    async fn drain_inflight(&mut self) {
+        let deadline = Instant::now() + Duration::from_millis(self.server.cfg.ack_timeout_ms);
+        let mut batch = Vec::new();
+        while self.socket.0.inflight.load(Ordering::Acquire) > 0 {
+            tokio::select! {
+                n = self.rx.recv_many(&mut batch, BATCH) => {
+                    if n == 0 || self.write_outs(&mut batch).await.is_err() {
+                        return;
+                    }
+                }
+                () = self.socket.0.control.notified() => {}
+                () = tokio::time::sleep_until(deadline) => return,
+            }
+        }
+    }
+
+    async fn write_outs(&mut self, batch: &mut Vec<Out>) -> Result<(), End> {
+        let outbound = self.server.mw.outbound.clone();
+        for out in batch.drain(..) {
+            match out {
+                Out::Frame(b) => self.out.push(b),
+                Out::Publish(p) => match &outbound {
+                    None => self.out.push(p.frame.clone()),
+                    Some(mw) => {
+                        let action = OutboundAction {
+                            socket: self.socket.clone(),
+                            channel: p.channel.clone(),
+                            data: p.data.clone(),
+                        };
+                        if let Ok(a) = mw(action).await {
+                            if a.data == p.data {
+                                self.out.push(p.frame.clone());
+                            } else {
+                                self.out.push(publish_frame(&p.channel, a.data.as_ref()));
+                            }
+                        }
+                    }
+                },
+            }
+        }
+        self.flush_out().await
+    }
+
+    async fn on_ws(
+        &mut self,
+        m: Option<Result<Message, tokio_websockets::Error>>,
+    ) -> Result<(), End> {
+        let Some(msg) = self.classify(m)? else {
+            return Ok(());
+        };
+        let bytes: Bytes = msg.as_payload().clone().into();
+        match msg.as_text() {
+            Some(text) => self.on_text(&bytes, text).await,
+            None => match std::str::from_utf8(&bytes) {
+                Ok(text) => self.on_text(&bytes, text).await,
+                Err(_) => Ok(()),
+            },
+        }
+    }
+
+    fn on_pong(&mut self) {
+        self.check_expiry();
+    }
+
+    /// Deauthenticates a socket whose token expired (rechecked on every inbound message).
+    fn check_expiry(&mut self) {
+        let expired = {
+            let s = self.socket.0.state.lock();
+            s.exp.is_some_and(|exp| exp <= now_s())
+        };
+        if expired {
+            self.socket.deauthenticate_self();
+            self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+        }
+    }
+
+    async fn on_text(&mut self, bytes: &Bytes, text: &str) -> Result<(), End> {
+        let v1 = self.server.cfg.protocol_version == 1;
+        if (!v1 && text.is_empty()) || (v1 && text == "#2") {
+            self.on_pong();
+            return Ok(());
+        }
+        if let Some(mw) = self.server.mw.inbound_raw.clone() {
+            let action = RawAction {
+                socket: self.socket.clone(),
+                message: text.to_owned(),
+            };
+            return match mw(action).await {
+                Ok(a) if a.message == text => self.on_decoded(Src { bytes, text }).await,
+                Ok(a) => {
+                    let nb = Bytes::from(a.message);
+                    let nt = std::str::from_utf8(&nb).unwrap_or_default();
+                    self.on_decoded(Src {
+                        bytes: &nb,
+                        text: nt,
+                    })
+                    .await
+                }
+                Err(_) => Ok(()),
+            };
+        }
+        self.on_decoded(Src { bytes, text }).await
+    }
+
+    async fn on_decoded(&mut self, src: Src<'_>) -> Result<(), End> {
+        self.check_expiry();
+        match decode(src.text) {
+            Frame::Heartbeat | Frame::PingV1 | Frame::PongV1 => Ok(()),
+            Frame::Packet(p) => self.on_packet(src, p).await,
+            Frame::Batch(ps) => {
+                for p in ps {
+                    self.on_packet(src, p).await?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_packet(&mut self, src: Src<'_>, p: Packet<'_>) -> Result<(), End> {
+        match p {
+            Packet::Transmit { event, data } => self.on_transmit(src, &event, data).await,
+            Packet::Invoke { event, data, cid } => self.on_invoke(src, &event, data, cid).await,
+            Packet::Response { rid, data, error } => {
+                let ack = self.socket.0.state.lock().acks.remove(&rid);
+                if let Some(ack) = ack {
+                    let result = match error {
+                        Some(e) => Err(ScError::from_json(e.get())),
+                        None => Ok(data.map(|d| src.data(d))),
+                    };
+                    let _ = ack.send(result);
+                }
+                Ok(())
+            }
+            Packet::Raw(_) => Ok(()),
+        }
+    }
+
+    fn has_inbound(&self, kind: InboundKind) -> bool {
+        self.server.mw.inbound.is_some() && self.server.mw.inbound_kinds[kind as usize]
+    }
+
+    async fn inbound(
+        &mut self,
+        kind: InboundKind,
+        name: &str,
+        data: Option<Data>,
+    ) -> Result<Option<Data>, ScError> {
+        match self.server.mw.inbound.clone() {
+            Some(_) if !self.server.mw.inbound_kinds[kind as usize] => Ok(data),
+            None => Ok(data),
+            Some(mw) => {
+                let action = InboundAction {
+                    kind,
+                    socket: self.socket.clone(),
+                    name: name.to_owned(),
+                    data,
+                    auth_token: None,
+                };
+                match mw(action).await {
+                    Ok(a) => Ok(a.data),
+                    Err(b) => Err(b.into_error(kind.as_str(), "inbound")),
+                }
+            }
+        }
+    }
+
+    async fn on_transmit(
+        &mut self,
+        src: Src<'_>,
+        event: &str,
+        raw: Option<&RawValue>,
+    ) -> Result<(), End> {
+        if event.starts_with('#') {
+            match event {
+                events::PUBLISH => {
+                    if let Some(Ok(Reserved::Publish { channel, data })) =
+                        Reserved::parse(event, raw)
+                    {
+                        let _ = self
+                            .client_publish(&channel, data.map(|d| src.data(d)))
+                            .await;
+                    }
+                    return Ok(());
+                }
+                events::UNSUBSCRIBE => {
+                    if let Some(Ok(Reserved::Unsubscribe { channel })) = Reserved::parse(event, raw)
+                    {
+                        self.socket.unsubscribe(&channel);
+                    }
+                    return Ok(());
+                }
+                events::REMOVE_AUTH_TOKEN => {
+                    self.socket.deauthenticate_self();
+                    return Ok(());
+                }
+                events::AUTHENTICATE => {
+                    return Err(End::close(4008, "Server rejected handshake from client"));
+                }
+                events::SUBSCRIBE | events::HANDSHAKE => return Ok(()),
+                _ => {}
+            }
+        }
+        let handler = self.server.receivers.get(event).cloned();
+        if handler.is_none() && !self.has_inbound(InboundKind::Transmit) {
+            return Ok(());
+        }
+        let data = raw.map(|d| src.data(d));
+        let Ok(data) = self.inbound(InboundKind::Transmit, event, data).await else {
+            return Ok(());
+        };
+        if let Some(h) = handler {
+            let mut fut = h(self.socket.clone(), data);
+            if let Some(prev) = self.receivers.take()
+                && !prev.is_finished()
+            {
+                self.receivers = Some(tokio::spawn(async move {
+                    let _ = prev.await;
+                    fut.await;
+                }));
+                return Ok(());
+            }
+            if poll_once(&mut fut).is_pending() {
+                self.receivers = Some(tokio::spawn(fut));
+            }
+        }
+        Ok(())
+    }
+
+    async fn on_invoke(
+        &mut self,
+        src: Src<'_>,
+        event: &str,
+        raw: Option<&RawValue>,
+        cid: u64,
+    ) -> Result<(), End> {
+        if event.starts_with('#') {
+            match event {
+                events::SUBSCRIBE => {
+                    self.subscribe(src, raw, cid).await;
+                    return Ok(());
+                }
+                events::UNSUBSCRIBE => {
+                    match Reserved::parse(event, raw) {
+                        Some(Ok(Reserved::Unsubscribe { channel })) => {
+                            self.socket.unsubscribe(&channel);
+                            self.push_result(cid, &Ok(None));
+                        }
+                        Some(Err(inv)) => self.push_error(cid, &inv.to_error(self.socket.id())),
+                        _ => {}
+                    }
+                    return Ok(());
+                }
+                events::PUBLISH => {
+                    match Reserved::parse(event, raw) {
+                        Some(Ok(Reserved::Publish { channel, data })) => {
+                            let r = self
+                                .client_publish(&channel, data.map(|d| src.data(d)))
+                                .await;
+                            self.push_result(cid, &r.map(|()| None));
+                        }
+                        Some(Err(inv)) => self.push_error(cid, &inv.to_error(self.socket.id())),
+                        _ => {}
+                    }
+                    return Ok(());
+                }
+                events::AUTHENTICATE => {
+                    self.authenticate(raw, cid).await;
+                    return Ok(());
+                }
+                events::REMOVE_AUTH_TOKEN => {
+                    self.socket.deauthenticate_self();
+                    return Ok(());
+                }
+                events::HANDSHAKE => return Ok(()),
+                _ => {}
+            }
+        }
+        let handler = self.server.procedures.get(event).cloned();
+        if handler.is_none() && !self.has_inbound(InboundKind::Invoke) {
+            return Ok(());
+        }
+        let data = raw.map(|d| src.data(d));
+        let data = match self.inbound(InboundKind::Invoke, event, data).await {
+            Ok(d) => d,
+            Err(e) => {
+                self.push_error(cid, &e);
+                return Ok(());
+            }
+        };
+        let Some((procedure, h)) = handler else {
+            return Ok(());
+        };
+        let mut fut = h(Request {
+            socket: self.socket.clone(),
+            procedure,
+            data,
+        });
+        match poll_once(&mut fut) {
+            Poll::Ready(result) => self.push_result(cid, &result),
+            Poll::Pending => {
+                let socket = self.socket.clone();
+                socket.0.inflight.fetch_add(1, Ordering::AcqRel);
+                tokio::spawn(async move {
+                    let result = fut.await;
+                    let _ = socket.send_frame(encode_result(cid, &result));
+                    if socket.0.inflight.fetch_sub(1, Ordering::AcqRel) == 1
+                        && socket.0.state.lock().close.is_some()
+                    {
+                        socket.0.control.notify_one();
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&mut self, src: Src<'_>, raw: Option<&RawValue>, cid: u64) {
+        let (channel, data) = match Reserved::parse(events::SUBSCRIBE, raw) {
+            Some(Ok(Reserved::Subscribe { channel, data, .. })) => (channel, data),
+            Some(Err(inv)) => {
+                self.push_error(cid, &inv.to_error(self.socket.id()));
+                return;
+            }
+            _ => return,
+        };
+        if let Err(e) = self
+            .inbound(InboundKind::Subscribe, &channel, data.map(|d| src.data(d)))
+            .await
+        {
+            self.push_error(cid, &e);
+            return;
+        }
+        let limit = self.server.cfg.socket_channel_limit;
+        let result = {
+            let mut s = self.socket.0.state.lock();
+            if s.channels.iter().any(|c| **c == *channel) {
+                Ok(false)
+            } else if s.channels.len() >= limit {
+                Err(ScError::new(
+                    ErrorName::InvalidActionError,
+                    format!(
+                        "Socket {} tried to exceed the channel subscription limit of {limit}",
+                        self.socket.id()
+                    ),
+                ))
+            } else {
+                s.channels.push(Arc::from(&*channel));
+                Ok(true)
+            }
+        };
+        match result {
+            Ok(new) => {
+                if new {
+                    self.server.broker.subscribe(&channel, &self.socket);
+                }
+                self.push_result(cid, &Ok(None));
+            }
+            Err(e) => self.push_error(cid, &e),
+        }
+    }
+
+    async fn client_publish(&mut self, channel: &str, data: Option<Data>) -> Result<(), ScError> {
+        if !self.server.cfg.allow_client_publish {
+            return Err(ScError::new(
+                ErrorName::InvalidActionError,
+                "Client publish feature is disabled",
+            ));
+        }
+        let data = self.inbound(InboundKind::PublishIn, channel, data).await?;
+        self.server
+            .broker
+            .publish(Arc::new(Published::new(channel, data)));
+        Ok(())
+    }
+
+    async fn authenticate(&mut self, raw: Option<&RawValue>, cid: u64) {
+        let token = match Reserved::parse(events::AUTHENTICATE, raw) {
+            Some(Ok(Reserved::Authenticate { token })) => token.map(|t| t.into_owned()),
+            _ => None,
+        };
+        let verified = match token {
+            Some(t) => self.server.auth.verify(&t).map(|c| (t, c)),
+            None => Err(missing_token_error()),
+        };
+        let (token, claims) = match verified {
+            Ok(v) => v,
+            Err(e) if is_bad_token(&e) => {
+                self.socket.deauthenticate_self();
+                self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+                self.push_error(cid, &e);
+                return;
+            }
+            Err(e) => {
+                self.push_auth_status(cid, false, Some(&e));
+                return;
+            }
+        };
+        if let Some(mw) = self
+            .server
+            .mw
+            .inbound
+            .clone()
+            .filter(|_| self.has_inbound(InboundKind::Authenticate))
+        {
+            let action = InboundAction {
+                kind: InboundKind::Authenticate,
+                socket: self.socket.clone(),
+                name: String::new(),
+                data: Data::to(&token).ok(),
+                auth_token: Some(claims.clone()),
+            };
+            if let Err(b) = mw(action).await {
+                let e = b.into_error("authenticate", "inbound");
+                let authed = self.socket.is_authenticated();
+                self.push_auth_status(cid, authed, Some(&e));
+                return;
+            }
+        }
+        self.socket
+            .set_verified_token(Arc::from(token.as_str()), claims);
+        self.push_auth_status(cid, true, None);
+    }
+
+    fn push_auth_status(&mut self, cid: u64, authenticated: bool, error: Option<&ScError>) {
+        let mut buf = Vec::with_capacity(96);
+        buf.extend_from_slice(b"{\"rid\":");
+        buf.extend_from_slice(itoa_u64(cid).as_bytes());
+        buf.extend_from_slice(b",\"data\":{\"isAuthenticated\":");
+        buf.extend_from_slice(if authenticated { b"true" } else { b"false" });
+        buf.extend_from_slice(b",\"authError\":");
+        match error {
+            Some(e) => e.write_json(&mut buf),
+            None => buf.extend_from_slice(b"null"),
+        }
+        buf.extend_from_slice(b"}}");
+        self.push(buf);
+    }
+
+    async fn finish(mut self, end: End) {
+        let (code, reason) = match end {
+            End::Close(code, reason) => {
+                let _ = self.flush_out().await;
+                let mut reason = reason;
+                truncate_reason(&mut reason);
+                if let Ok(cc) = tokio_websockets::CloseCode::try_from(code) {
+                    let _ = self.ws.send(Message::close(Some(cc), &reason)).await;
+                }
+                self.mark_closed(code, &reason);
+                self.linger().await;
+                (code, reason)
+            }
+            End::Queued(code, reason) => {
+                self.mark_closed(code, &reason);
+                self.linger().await;
+                (code, reason)
+            }
+            End::Gone(code, reason) => {
+                self.mark_closed(code, &reason);
+                (code, reason)
+            }
+        };
+        tracing::debug!(sid = %self.socket.id(), code, %reason, "socket closed");
+    }
+
+    /// Waits (bounded) for the peer's close frame, then half-closes and reads to the end so the
+    /// close frame is not lost to a TCP reset.
+    async fn linger(&mut self) {
+        let ws = &mut self.ws;
+        let _ = tokio::time::timeout(LINGER, async {
+            while let Some(Ok(_)) = ws.next().await {}
+            let io = ws.get_mut();
+            let _ = io.shutdown().await;
+            let mut buf = vec![0u8; 4096];
+            while let Ok(n) = io.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+
+    fn mark_closed(&mut self, code: u16, reason: &str) {
+        let socket = self.socket.clone();
+        let (was_open, channels, acks) = {
+            let mut s = socket.0.state.lock();
+            s.closed = true;
+            s.close = None;
+            (
+                std::mem::take(&mut s.open),
+                std::mem::take(&mut s.channels),
+                std::mem::take(&mut s.acks),
+            )
+        };
+        drop(acks);
+        for c in channels {
+            self.server.broker.unsubscribe(&c, socket.key());
+        }
+        if was_open {
+            self.server.clients.write().remove(socket.id());
+        }
+        self.server.sockets.write().remove(&socket.key());
+        self.server.connections.fetch_sub(1, Ordering::AcqRel);
+        self.rx.close();
+        if was_open && let Some(hook) = self.server.on_disconnection.clone() {
+            hook(&socket, code, reason);
+        }
+        self.server.gone.notify_waiters();
+    }
+}
+
+fn truncate_reason(reason: &mut String) {
+    if reason.len() > 123 {
+        let mut end = 123;
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason.truncate(end);
+    }
+}
+
+fn is_bad_token(e: &ScError) -> bool {
+    e.extra
+        .get("isBadToken")
+        .and_then(serde_json::Value::as_bool)
+        .unwrap_or_else(|| ErrorName::from_name(&e.name).is_some_and(ErrorName::is_bad_token))
+}

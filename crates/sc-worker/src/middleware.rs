@@ -1,0 +1,145 @@
+//! Middleware stages: each may allow an action, transform its data, or block it.
+//!
+//! | stage | builder method | action | a block gives |
+//! |---|---|---|---|
+//! | handshake (HTTP) | [`crate::ScServerBuilder::handshake_ws`] | the upgrade request | HTTP 401 with the error's message |
+//! | handshake (SC) | [`crate::ScServerBuilder::handshake_sc`] | [`HandshakeAction`] | the `#handshake` answered with the error, then close with its `statusCode` field or 4008 |
+//! | inbound raw | [`crate::ScServerBuilder::inbound_raw`] | [`RawAction`] | the message is dropped silently |
+//! | inbound | [`crate::ScServerBuilder::inbound`] | [`InboundAction`] (transmit, invoke, subscribe, publishIn, authenticate) | invokes, subscribes and invoke-publishes are answered with the error (or `SilentMiddlewareBlockedError`); transmits are dropped |
+//! | outbound | [`crate::ScServerBuilder::outbound`] | [`OutboundAction`] (publishOut) | that socket does not get that publish |
+//!
+//! Middleware of one socket runs in arrival order, one action at a time, before the action's
+//! handler: keep it quick (it holds up that socket's later messages, as in socketcluster-server).
+
+use std::sync::Arc;
+
+use sc_protocol::ScError;
+
+use crate::data::Data;
+use crate::socket::ScSocket;
+
+/// Why middleware stopped an action: with an error the client sees, or silently (the client of
+/// an invoke then gets a `SilentMiddlewareBlockedError`).
+#[derive(Debug, Clone, Default)]
+pub struct Blocked(pub(crate) Option<ScError>);
+
+impl Blocked {
+    /// A block without an error.
+    pub fn silent() -> Self {
+        Blocked(None)
+    }
+
+    /// A block with the error the client receives.
+    pub fn error(error: ScError) -> Self {
+        Blocked(Some(error))
+    }
+
+    /// The error, if any.
+    pub fn as_error(&self) -> Option<&ScError> {
+        self.0.as_ref()
+    }
+
+    pub(crate) fn into_error(self, action: &str, middleware: &str) -> ScError {
+        self.0
+            .unwrap_or_else(|| ScError::silent_block(action, middleware))
+    }
+}
+
+impl From<ScError> for Blocked {
+    fn from(e: ScError) -> Self {
+        Blocked(Some(e))
+    }
+}
+
+/// The kind of an inbound action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum InboundKind {
+    /// A transmit to a receiver (`name` is the event).
+    Transmit,
+    /// An invoke of a procedure (`name` is the event).
+    Invoke,
+    /// A `#subscribe` (`name` is the channel, `data` the subscription data).
+    Subscribe,
+    /// A client `#publish` (`name` is the channel, `data` the message).
+    PublishIn,
+    /// An `#authenticate` whose token verified (`data` is the signed token as a JSON string,
+    /// `auth_token` its payload).
+    Authenticate,
+}
+
+impl InboundKind {
+    /// The AGAction type name (`transmit`, `invoke`, `subscribe`, `publishIn`, `authenticate`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InboundKind::Transmit => "transmit",
+            InboundKind::Invoke => "invoke",
+            InboundKind::Subscribe => "subscribe",
+            InboundKind::PublishIn => "publishIn",
+            InboundKind::Authenticate => "authenticate",
+        }
+    }
+}
+
+/// An action of the inbound stage. Return it (with `data` changed to transform) to allow it.
+#[derive(Debug, Clone)]
+pub struct InboundAction {
+    /// What the client asked for.
+    pub kind: InboundKind,
+    /// The socket it came from.
+    pub socket: ScSocket,
+    /// The event (transmit, invoke) or channel (subscribe, publishIn); empty for authenticate.
+    pub name: String,
+    /// The payload; the handler (or the exchange) gets what the middleware returns.
+    pub data: Option<Data>,
+    /// For [`InboundKind::Authenticate`]: the verified token payload.
+    pub auth_token: Option<serde_json::Value>,
+}
+
+/// The SocketCluster handshake, after the token was verified.
+#[derive(Debug, Clone)]
+pub struct HandshakeAction {
+    /// The socket (not yet open).
+    pub socket: ScSocket,
+    /// The verified token payload the socket will be authenticated with; set it to `None` to
+    /// handshake unauthenticated.
+    pub auth_token: Option<serde_json::Value>,
+    /// The token error, when a token was sent and failed.
+    pub auth_error: Option<ScError>,
+}
+
+/// A raw inbound message (anything but the `''` pong), before it is decoded.
+#[derive(Debug, Clone)]
+pub struct RawAction {
+    /// The socket it came from.
+    pub socket: ScSocket,
+    /// The message text; return another text to transform it.
+    pub message: String,
+}
+
+/// A publish about to be delivered to one subscriber.
+#[derive(Debug, Clone)]
+pub struct OutboundAction {
+    /// The subscriber.
+    pub socket: ScSocket,
+    /// The channel.
+    pub channel: Arc<str>,
+    /// The message; this subscriber gets what the middleware returns.
+    pub data: Option<Data>,
+}
+
+pub(crate) type BoxFut<T> = std::pin::Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+pub(crate) type Mw<A> = Arc<dyn Fn(A) -> BoxFut<Result<A, Blocked>> + Send + Sync>;
+pub(crate) type WsMw =
+    Arc<dyn Fn(&http::request::Parts, &mut http::Extensions) -> Result<(), Blocked> + Send + Sync>;
+
+#[derive(Default, Clone)]
+pub(crate) struct Middlewares {
+    pub(crate) handshake_ws: Option<WsMw>,
+    pub(crate) handshake_sc: Option<Mw<HandshakeAction>>,
+    pub(crate) inbound_raw: Option<Mw<RawAction>>,
+    pub(crate) inbound: Option<Mw<InboundAction>>,
+    /// Which inbound kinds the inbound middleware sees (indexed by `InboundKind as usize`).
+    pub(crate) inbound_kinds: [bool; 5],
+    pub(crate) outbound: Option<Mw<OutboundAction>>,
+}

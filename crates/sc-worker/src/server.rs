@@ -1,0 +1,484 @@
+//! The server builder, the shared server state and the server handle.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use tokio::sync::watch;
+
+use sc_protocol::ScError;
+
+use crate::auth::{Auth, AuthKey};
+use crate::config::{Config, ConfigError};
+use crate::data::{Data, IntoData};
+use crate::exchange::{Broker, LocalBroker, Published};
+use crate::middleware::Blocked;
+use crate::middleware::{
+    BoxFut, HandshakeAction, InboundAction, InboundKind, Middlewares, OutboundAction, RawAction,
+};
+use crate::service::{NotFound, ScLayer, ScService};
+use crate::socket::{SHUTDOWN, ScSocket};
+
+/// An invoke from a client, handed to the procedure registered for its event.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The socket that invoked.
+    pub socket: ScSocket,
+    /// The procedure (event) name.
+    pub procedure: Arc<str>,
+    /// The invoke's data, `None` when the packet had no `data`.
+    pub data: Option<Data>,
+}
+
+pub(crate) type ProcedureFn =
+    dyn Fn(Request) -> BoxFut<Result<Option<Data>, ScError>> + Send + Sync;
+pub(crate) type ReceiverFn = dyn Fn(ScSocket, Option<Data>) -> BoxFut<()> + Send + Sync;
+pub(crate) type ConnectFn = dyn Fn(&ScSocket) + Send + Sync;
+pub(crate) type DisconnectFn = dyn Fn(&ScSocket, u16, &str) + Send + Sync;
+type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+pub(crate) struct ServerInner {
+    pub(crate) cfg: Config,
+    pub(crate) auth: Auth,
+    pub(crate) procedures: Map<(Arc<str>, Arc<ProcedureFn>)>,
+    pub(crate) receivers: Map<Arc<ReceiverFn>>,
+    pub(crate) mw: Middlewares,
+    pub(crate) on_connection: Option<Arc<ConnectFn>>,
+    pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
+    pub(crate) broker: Box<dyn Broker>,
+    /// Open sockets by id.
+    pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
+    /// Every socket, handshaking or open, by key.
+    pub(crate) sockets: RwLock<HashMap<u64, ScSocket, foldhash::fast::RandomState>>,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) next_key: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) shutdown_tx: watch::Sender<bool>,
+    pub(crate) gone: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ServerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScServer").field("cfg", &self.cfg).finish()
+    }
+}
+
+/// The SocketCluster server. Start with [`ScServer::builder`].
+#[derive(Debug)]
+pub struct ScServer(());
+
+impl ScServer {
+    /// A builder with the default [`Config`] and a random auth key.
+    pub fn builder() -> ScServerBuilder {
+        ScServerBuilder {
+            cfg: Config::default(),
+            auth_key: None,
+            procedures: Map::default(),
+            receivers: Map::default(),
+            mw: Middlewares::default(),
+            on_connection: None,
+            on_disconnection: None,
+        }
+    }
+}
+
+/// Builds the server: options, handlers, middleware and hooks; then
+/// [`build_layer`](ScServerBuilder::build_layer) or [`build_service`](ScServerBuilder::build_service).
+pub struct ScServerBuilder {
+    cfg: Config,
+    auth_key: Option<AuthKey>,
+    procedures: Map<(Arc<str>, Arc<ProcedureFn>)>,
+    receivers: Map<Arc<ReceiverFn>>,
+    mw: Middlewares,
+    on_connection: Option<Arc<ConnectFn>>,
+    on_disconnection: Option<Arc<DisconnectFn>>,
+}
+
+impl std::fmt::Debug for ScServerBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScServerBuilder")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The error of [`ScServerBuilder::try_build_layer`]: a bad config value or auth key.
+pub type BuildError = ConfigError;
+
+impl ScServerBuilder {
+    /// Replaces every option with `config`.
+    pub fn config(mut self, config: Config) -> Self {
+        self.cfg = config;
+        self
+    }
+
+    /// The endpoint path. Defaults to `/socketcluster/`.
+    pub fn path(mut self, path: impl Into<String>) -> Self {
+        self.cfg.path = path.into();
+        self
+    }
+
+    /// The largest inbound message in bytes (above it: close 1009). Defaults to 2 MiB.
+    pub fn max_payload(mut self, bytes: usize) -> Self {
+        self.cfg.max_payload = bytes;
+        self
+    }
+
+    /// Frames queued per socket before it is closed as a slow consumer (4100). Defaults to 1024.
+    pub fn outbound_queue(mut self, frames: usize) -> Self {
+        self.cfg.outbound_queue = frames;
+        self
+    }
+
+    /// Time a socket has to send `#handshake` (then 4005). Defaults to 10 seconds.
+    pub fn handshake_timeout(mut self, t: Duration) -> Self {
+        self.cfg.handshake_timeout_ms = t.as_millis().max(1) as u64;
+        self
+    }
+
+    /// Interval of the server's pings. Defaults to 8 seconds.
+    pub fn ping_interval(mut self, t: Duration) -> Self {
+        self.cfg.ping_interval_ms = t.as_millis().max(1) as u64;
+        self
+    }
+
+    /// Client silence after which the socket is closed with 4001; sent as `pingTimeout` in the
+    /// handshake reply. Defaults to 30 seconds.
+    pub fn ping_timeout(mut self, t: Duration) -> Self {
+        self.cfg.ping_timeout_ms = t.as_millis().max(1) as u64;
+        self
+    }
+
+    /// How long server-to-client invokes wait for a response. Defaults to 10 seconds.
+    pub fn ack_timeout(mut self, t: Duration) -> Self {
+        self.cfg.ack_timeout_ms = t.as_millis().max(1) as u64;
+        self
+    }
+
+    /// The most sockets at once (then HTTP 503). Defaults to 100000.
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.cfg.max_connections = n;
+        self
+    }
+
+    /// Whether clients may publish. Defaults to true.
+    pub fn allow_client_publish(mut self, allow: bool) -> Self {
+        self.cfg.allow_client_publish = allow;
+        self
+    }
+
+    /// Channels per socket. Defaults to 1000.
+    pub fn socket_channel_limit(mut self, n: usize) -> Self {
+        self.cfg.socket_channel_limit = n;
+        self
+    }
+
+    /// Allowed origins (`host:port`, `host:*`, `*:port`, `*:*`). Defaults to `*:*`.
+    pub fn origins<I: IntoIterator<Item = S>, S: Into<String>>(mut self, origins: I) -> Self {
+        self.cfg.origins = origins.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Protocol version 1 (`#1`/`#2` heartbeats) or 2 (`''`). Defaults to 2.
+    pub fn protocol_version(mut self, v: u8) -> Self {
+        self.cfg.protocol_version = v;
+        self
+    }
+
+    /// Lifetime of tokens set without `exp`. Defaults to 24 hours.
+    pub fn auth_default_expiry(mut self, t: Duration) -> Self {
+        self.cfg.auth_default_expiry_s = t.as_secs().max(1);
+        self
+    }
+
+    /// The HS256 secret that signs and verifies tokens. Defaults to a random key per process.
+    pub fn auth_key(mut self, key: impl AsRef<[u8]>) -> Self {
+        self.auth_key = Some(AuthKey::Secret(key.as_ref().to_vec()));
+        self
+    }
+
+    /// Any [`AuthKey`], e.g. an RSA or EC key pair.
+    pub fn auth_keys(mut self, key: AuthKey) -> Self {
+        self.auth_key = Some(key);
+        self
+    }
+
+    /// Registers the procedure answering invokes of `name`. An invoke with no procedure gets
+    /// no reply (the client times out), as in socketcluster-server.
+    ///
+    /// A handler that completes without waiting runs inline on the socket's task (no spawn);
+    /// one that waits is spawned, so it never holds up the socket's other messages.
+    pub fn procedure<F, Fut, R>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<R, ScError>> + Send + 'static,
+        R: IntoData + 'static,
+    {
+        let f: Arc<ProcedureFn> = Arc::new(move |req| {
+            let fut = handler(req);
+            Box::pin(async move { fut.await.and_then(IntoData::into_data) })
+        });
+        self.procedures.insert(name.into(), (Arc::from(name), f));
+        self
+    }
+
+    /// Registers the receiver of transmits of `name`. Receivers of one socket start in arrival
+    /// order; one that waits holds back that socket's later receivers (not its invokes) until it
+    /// finishes.
+    pub fn receiver<F, Fut>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(ScSocket, Option<Data>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let f: Arc<ReceiverFn> = Arc::new(move |s, d| Box::pin(handler(s, d)));
+        self.receivers.insert(name.into(), f);
+        self
+    }
+
+    /// Called once a socket completed its handshake (after the reply was queued): a good place
+    /// to insert per-socket state and send a greeting. Keep it quick; spawn for slow work.
+    pub fn on_connection(mut self, f: impl Fn(&ScSocket) + Send + Sync + 'static) -> Self {
+        self.on_connection = Some(Arc::new(f));
+        self
+    }
+
+    /// Called when an open socket closed, with the close code and reason.
+    pub fn on_disconnection(
+        mut self,
+        f: impl Fn(&ScSocket, u16, &str) + Send + Sync + 'static,
+    ) -> Self {
+        self.on_disconnection = Some(Arc::new(f));
+        self
+    }
+
+    /// HTTP handshake middleware: sees the upgrade request; `Err` answers HTTP 401 with the
+    /// error's message. It may put typed values into the socket's extensions (the transform).
+    pub fn handshake_ws<F>(mut self, f: F) -> Self
+    where
+        F: Fn(&http::request::Parts, &mut http::Extensions) -> Result<(), Blocked>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.mw.handshake_ws = Some(Arc::new(f));
+        self
+    }
+
+    /// SocketCluster handshake middleware (after token verification).
+    pub fn handshake_sc<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(HandshakeAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HandshakeAction, Blocked>> + Send + 'static,
+    {
+        self.mw.handshake_sc = Some(Arc::new(move |a| Box::pin(f(a))));
+        self
+    }
+
+    /// Inbound raw middleware: every message but pongs, before decoding.
+    pub fn inbound_raw<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(RawAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<RawAction, Blocked>> + Send + 'static,
+    {
+        self.mw.inbound_raw = Some(Arc::new(move |a| Box::pin(f(a))));
+        self
+    }
+
+    /// Inbound middleware: transmit, invoke, subscribe, publishIn, authenticate.
+    pub fn inbound<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(InboundAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<InboundAction, Blocked>> + Send + 'static,
+    {
+        self.mw.inbound = Some(Arc::new(move |a| Box::pin(f(a))));
+        self.mw.inbound_kinds = [true; 5];
+        self
+    }
+
+    /// Inbound middleware that only sees the listed kinds; the others skip it at no cost (no
+    /// action is built). Useful to guard subscriptions without slowing every invoke.
+    pub fn inbound_for<F, Fut>(mut self, kinds: &[InboundKind], f: F) -> Self
+    where
+        F: Fn(InboundAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<InboundAction, Blocked>> + Send + 'static,
+    {
+        self.mw.inbound = Some(Arc::new(move |a| Box::pin(f(a))));
+        self.mw.inbound_kinds = [false; 5];
+        for k in kinds {
+            self.mw.inbound_kinds[*k as usize] = true;
+        }
+        self
+    }
+
+    /// Outbound middleware: every publish, per subscriber.
+    pub fn outbound<F, Fut>(mut self, f: F) -> Self
+    where
+        F: Fn(OutboundAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<OutboundAction, Blocked>> + Send + 'static,
+    {
+        self.mw.outbound = Some(Arc::new(move |a| Box::pin(f(a))));
+        self
+    }
+
+    fn build_inner(self) -> Result<Arc<ServerInner>, BuildError> {
+        self.cfg.validate()?;
+        let key = self.auth_key.unwrap_or_else(AuthKey::random);
+        let auth = Auth::new(&key, self.cfg.auth_default_expiry_s).map_err(ConfigError)?;
+        Ok(Arc::new(ServerInner {
+            cfg: self.cfg,
+            auth,
+            procedures: self.procedures,
+            receivers: self.receivers,
+            mw: self.mw,
+            on_connection: self.on_connection,
+            on_disconnection: self.on_disconnection,
+            broker: Box::new(LocalBroker::default()),
+            clients: RwLock::default(),
+            sockets: RwLock::default(),
+            connections: AtomicUsize::new(0),
+            next_key: AtomicU64::new(1),
+            shutting_down: AtomicBool::new(false),
+            shutdown_tx: watch::Sender::new(false),
+            gone: tokio::sync::Notify::new(),
+        }))
+    }
+
+    /// The tower layer (wrapping the app's service) and the server handle; checks the config.
+    pub fn try_build_layer(self) -> Result<(ScLayer, ScHandle), BuildError> {
+        let inner = self.build_inner()?;
+        Ok((ScLayer::new(inner.clone()), ScHandle(inner)))
+    }
+
+    /// The tower layer and the server handle.
+    ///
+    /// An invalid config (see [`Config::validate`]) is replaced by the defaults with an error
+    /// event; use [`try_build_layer`](Self::try_build_layer) to get the error instead.
+    pub fn build_layer(self) -> (ScLayer, ScHandle) {
+        let fallback = self.clone_defaults();
+        match self.try_build_layer() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid sc-worker config; using the defaults");
+                fallback
+                    .try_build_layer()
+                    .unwrap_or_else(|_| unreachable_defaults())
+            }
+        }
+    }
+
+    /// A standalone service (404 for every other request) and the server handle.
+    pub fn build_service(self) -> (ScService<NotFound>, ScHandle) {
+        let (layer, handle) = self.build_layer();
+        (layer.service(NotFound), handle)
+    }
+
+    fn clone_defaults(&self) -> ScServerBuilder {
+        ScServerBuilder {
+            cfg: Config::default(),
+            auth_key: self.auth_key.clone(),
+            procedures: self.procedures.clone(),
+            receivers: self.receivers.clone(),
+            mw: self.mw.clone(),
+            on_connection: self.on_connection.clone(),
+            on_disconnection: self.on_disconnection.clone(),
+        }
+    }
+}
+
+#[allow(clippy::panic)]
+fn unreachable_defaults() -> (ScLayer, ScHandle) {
+    // The default config always validates and a secret key always builds.
+    panic!("the default sc-worker config failed to validate")
+}
+
+/// The handle to a running server: publish, inspect sockets, shut down. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ScHandle(pub(crate) Arc<ServerInner>);
+
+impl ScHandle {
+    /// Publishes `data` to `channel` through the exchange: every subscriber gets the same
+    /// `#publish` frame, encoded once.
+    pub fn publish(&self, channel: &str, data: impl IntoData) -> Result<(), ScError> {
+        let data = data.into_data()?;
+        self.0
+            .broker
+            .publish(Arc::new(Published::new(channel, data)));
+        Ok(())
+    }
+
+    /// Open sockets (handshake done).
+    pub fn clients_count(&self) -> usize {
+        self.0.clients.read().len()
+    }
+
+    /// Sockets still in their handshake.
+    pub fn pending_clients_count(&self) -> usize {
+        self.0
+            .sockets
+            .read()
+            .len()
+            .saturating_sub(self.clients_count())
+    }
+
+    /// The open socket with id `id`.
+    pub fn socket(&self, id: &str) -> Option<ScSocket> {
+        self.0.clients.read().get(id).cloned()
+    }
+
+    /// Every open socket.
+    pub fn sockets(&self) -> Vec<ScSocket> {
+        self.0.clients.read().values().cloned().collect()
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.0.broker.subscriber_count(channel)
+    }
+
+    /// The options the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.0.cfg
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// A future that resolves once shutdown begins (for an accept loop's graceful stop).
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.shutdown_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Graceful shutdown: new upgrades get HTTP 503; every socket finishes the invokes it is
+    /// handling and writes what is queued, then is closed with 1001 ([`SHUTDOWN`]), which makes
+    /// clients reconnect. Returns when every socket is gone or after `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.0.shutting_down.store(true, Ordering::Release);
+        self.0.shutdown_tx.send_replace(true);
+        let sockets: Vec<ScSocket> = self.0.sockets.read().values().cloned().collect();
+        for s in &sockets {
+            s.close_with(SHUTDOWN, "Server is shutting down", true);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let all_gone = async {
+            loop {
+                let notified = self.0.gone.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.0.sockets.read().is_empty() {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
+            tracing::warn!("shutdown timed out with sockets still open");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The tower layer and service: WebSocket upgrades on the SocketCluster path are handled here,
+//! every other request goes to the inner service.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+
+use base64::Engine;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use crate::server::ServerInner;
+
+/// Wraps an app's service with the SocketCluster endpoint. Made by
+/// [`ScServerBuilder::build_layer`](crate::ScServerBuilder::build_layer).
+#[derive(Clone)]
+pub struct ScLayer {
+    server: Arc<ServerInner>,
+}
+
+impl std::fmt::Debug for ScLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScLayer")
+            .field("path", &self.server.cfg.path)
+            .finish()
+    }
+}
+
+impl ScLayer {
+    pub(crate) fn new(server: Arc<ServerInner>) -> Self {
+        ScLayer { server }
+    }
+
+    /// Wraps `inner` (same as [`Layer::layer`]).
+    pub fn service<S>(&self, inner: S) -> ScService<S> {
+        ScService {
+            inner,
+            server: self.server.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for ScLayer {
+    type Service = ScService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.service(inner)
+    }
+}
+
+/// The SocketCluster endpoint in front of `S`: an upgrade request for exactly the configured path
+/// (query strings allowed) becomes a socket; everything else is `S`'s.
+///
+/// Standalone it is `ScService<NotFound>`, which answers 404 to other requests.
+#[derive(Clone)]
+pub struct ScService<S = NotFound> {
+    inner: S,
+    server: Arc<ServerInner>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for ScService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScService")
+            .field("inner", &self.inner)
+            .field("path", &self.server.cfg.path)
+            .finish()
+    }
+}
+
+impl<S> ScService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+/// The default inner service: 404 Not Found for every request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NotFound;
+
+impl<B> Service<Request<B>> for NotFound {
+    type Response = Response<String>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<Response<String>, Infallible>>;
+
+    #[inline]
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: Request<B>) -> Self::Future {
+        let mut res = Response::new("Not Found\n".to_owned());
+        *res.status_mut() = StatusCode::NOT_FOUND;
+        std::future::ready(Ok(res))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ScService`].
+    pub struct ResponseFuture<F, B> {
+        #[pin]
+        kind: Kind<F, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B> {
+        Ready { response: Option<Response<B>> },
+        Inner { #[pin] future: F },
+    }
+}
+
+impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ResponseFuture")
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F, B>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Ready { response } => match response.take() {
+                Some(r) => Poll::Ready(Ok(r)),
+                None => Poll::Pending,
+            },
+            KindProj::Inner { future } => future.poll(cx),
+        }
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ScService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ResBody: From<String>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+        if req.uri().path() == self.server.cfg.path && is_upgrade(&req) {
+            ResponseFuture {
+                kind: Kind::Ready {
+                    response: Some(upgrade(&self.server, req)),
+                },
+            }
+        } else {
+            ResponseFuture {
+                kind: Kind::Inner {
+                    future: self.inner.call(req),
+                },
+            }
+        }
+    }
+}
+
+fn header_has(req: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    req.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.method() == http::Method::GET
+        && header_has(req.headers(), header::UPGRADE, "websocket")
+        && header_has(req.headers(), header::CONNECTION, "upgrade")
+}
+
+/// Why an upgrade was refused before the WebSocket opened; each has a fixed status.
+#[derive(Debug)]
+enum UpgradeRejection {
+    BadRequest(&'static str),
+    Origin,
+    Blocked(String),
+    Unavailable(&'static str),
+}
+
+impl UpgradeRejection {
+    fn into_response<B: From<String>>(self) -> Response<B> {
+        let (status, body) = match self {
+            UpgradeRejection::BadRequest(m) => (StatusCode::BAD_REQUEST, m.to_owned()),
+            UpgradeRejection::Origin => (StatusCode::FORBIDDEN, "Origin not allowed".to_owned()),
+            UpgradeRejection::Blocked(m) => (StatusCode::UNAUTHORIZED, m),
+            UpgradeRejection::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.to_owned()),
+        };
+        let mut res = Response::new(B::from(body));
+        *res.status_mut() = status;
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        res
+    }
+}
+
+fn accept_key(key: &[u8]) -> String {
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key);
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
+}
+
+fn upgrade<ReqBody, ResBody: From<String>>(
+    server: &Arc<ServerInner>,
+    req: Request<ReqBody>,
+) -> Response<ResBody> {
+    match try_upgrade(server, req) {
+        Ok(r) => r,
+        Err(rejection) => {
+            tracing::debug!(?rejection, "WebSocket upgrade refused");
+            rejection.into_response()
+        }
+    }
+}
+
+fn try_upgrade<ReqBody, ResBody: From<String>>(
+    server: &Arc<ServerInner>,
+    req: Request<ReqBody>,
+) -> Result<Response<ResBody>, UpgradeRejection> {
+    let (mut parts, _body) = req.into_parts();
+    if parts
+        .headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v != "13")
+    {
+        return Err(UpgradeRejection::BadRequest(
+            "Unsupported WebSocket version",
+        ));
+    }
+    let key = parts
+        .headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .ok_or(UpgradeRejection::BadRequest("Missing Sec-WebSocket-Key"))?;
+    let accept = accept_key(key.as_bytes());
+    let origin = parts
+        .headers
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok());
+    if !server.cfg.origin_allowed(origin) {
+        return Err(UpgradeRejection::Origin);
+    }
+    if server.shutting_down.load(Ordering::Acquire) {
+        return Err(UpgradeRejection::Unavailable("Server is shutting down"));
+    }
+    let mut ext = http::Extensions::new();
+    if let Some(mw) = &server.mw.handshake_ws
+        && let Err(b) = mw(&parts, &mut ext)
+    {
+        {
+            let message = b.0.map(|e| e.message).unwrap_or_else(|| {
+                "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
+            });
+            return Err(UpgradeRejection::Blocked(message));
+        }
+    }
+    let on_upgrade = parts
+        .extensions
+        .remove::<hyper::upgrade::OnUpgrade>()
+        .ok_or(UpgradeRejection::BadRequest(
+            "Connection cannot be upgraded",
+        ))?;
+    let max = server.cfg.max_connections;
+    if server
+        .connections
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+            (n < max).then_some(n + 1)
+        })
+        .is_err()
+    {
+        return Err(UpgradeRejection::Unavailable("Too many connections"));
+    }
+    let server = server.clone();
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => crate::conn::run(TokioIo::new(upgraded), server, ext).await,
+            Err(e) => {
+                server.connections.fetch_sub(1, Ordering::AcqRel);
+                tracing::debug!(error = %e, "WebSocket upgrade failed");
+            }
+        }
+    });
+    let mut res = Response::new(ResBody::from(String::new()));
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(v) = HeaderValue::from_str(&accept) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
+    }
+    Ok(res)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn accept_key_rfc6455() {
+        assert_eq!(
+            super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiWxLwxVHGbH3+JrWHCg8="
+        );
+    }
+}

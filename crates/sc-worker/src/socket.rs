@@ -1,0 +1,303 @@
+//! The handle to one connected socket.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use sc_protocol::{ErrorName, ScError, events};
+
+use crate::data::{Data, IntoData};
+use crate::exchange::Published;
+use crate::server::ServerInner;
+
+/// The close code of a socket dropped as a slow consumer (its outbound queue was full). Below
+/// 4500, so clients reconnect.
+pub const SLOW_CONSUMER: u16 = 4100;
+/// The close code sent to every socket on graceful shutdown (1001, going away): clients reconnect
+/// (elsewhere, or here once the server is back) and raise no error for it.
+pub const SHUTDOWN: u16 = 1001;
+
+/// An item of a socket's outbound queue.
+pub(crate) enum Out {
+    /// An encoded frame.
+    Frame(Bytes),
+    /// A publish (encoded once, shared; outbound middleware may rewrite it per socket).
+    Publish(Arc<Published>),
+}
+
+type Ack = oneshot::Sender<Result<Option<Data>, ScError>>;
+
+#[derive(Default)]
+pub(crate) struct SocketState {
+    pub(crate) open: bool,
+    pub(crate) closed: bool,
+    pub(crate) auth_token: Option<Arc<Value>>,
+    pub(crate) signed_token: Option<Arc<str>>,
+    pub(crate) exp: Option<u64>,
+    pub(crate) channels: Vec<Arc<str>>,
+    pub(crate) acks: HashMap<u64, Ack>,
+    pub(crate) close: Option<(u16, String, bool)>,
+}
+
+pub(crate) struct SocketShared {
+    pub(crate) id: Box<str>,
+    pub(crate) key: u64,
+    pub(crate) tx: mpsc::Sender<Out>,
+    pub(crate) server: Arc<ServerInner>,
+    pub(crate) state: Mutex<SocketState>,
+    pub(crate) ext: Mutex<http::Extensions>,
+    pub(crate) next_cid: AtomicU64,
+    pub(crate) inflight: AtomicUsize,
+    pub(crate) control: Notify,
+}
+
+/// A connected socket: a cheap, cloneable handle for handlers and the server handle.
+///
+/// Sending never blocks: frames go to the socket's bounded outbound queue; when it is full the
+/// socket is closed with [`SLOW_CONSUMER`] and the send fails with a `BadConnectionError`.
+#[derive(Clone)]
+pub struct ScSocket(pub(crate) Arc<SocketShared>);
+
+impl fmt::Debug for ScSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ScSocket").field("id", &self.id()).finish()
+    }
+}
+
+fn bad_connection(message: &str) -> ScError {
+    ScError::new(ErrorName::BadConnectionError, message).with("type", "disconnect")
+}
+
+impl ScSocket {
+    pub(crate) fn key(&self) -> u64 {
+        self.0.key
+    }
+
+    /// The socket id (15 random bytes, base64 with `-` and `_`).
+    pub fn id(&self) -> &str {
+        &self.0.id
+    }
+
+    /// The server this socket belongs to.
+    pub fn server(&self) -> crate::ScHandle {
+        crate::ScHandle(self.0.server.clone())
+    }
+
+    /// Whether the handshake completed and the socket is not closed.
+    pub fn is_open(&self) -> bool {
+        let s = self.0.state.lock();
+        s.open && !s.closed
+    }
+
+    /// Whether the socket holds a valid auth token.
+    pub fn is_authenticated(&self) -> bool {
+        self.0.state.lock().auth_token.is_some()
+    }
+
+    /// The auth token's payload (with `iat` and `exp`), if authenticated.
+    pub fn auth_token(&self) -> Option<Arc<Value>> {
+        self.0.state.lock().auth_token.clone()
+    }
+
+    /// The signed auth token (the JWT), if authenticated.
+    pub fn signed_auth_token(&self) -> Option<Arc<str>> {
+        self.0.state.lock().signed_token.clone()
+    }
+
+    /// The channels this socket is subscribed to.
+    pub fn subscriptions(&self) -> Vec<String> {
+        self.0
+            .state
+            .lock()
+            .channels
+            .iter()
+            .map(|c| c.to_string())
+            .collect()
+    }
+
+    /// Whether this socket is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.0.state.lock().channels.iter().any(|c| &**c == channel)
+    }
+
+    /// A clone of the typed per-socket value of type `T`, if one was inserted.
+    pub fn get<T: Clone + Send + Sync + 'static>(&self) -> Option<T> {
+        self.0.ext.lock().get::<T>().cloned()
+    }
+
+    /// Stores a typed per-socket value (one per type), returning the previous one.
+    pub fn insert<T: Clone + Send + Sync + 'static>(&self, value: T) -> Option<T> {
+        self.0.ext.lock().insert(value)
+    }
+
+    /// Runs `f` with the per-socket extensions (the values inserted by [`ScSocket::insert`] and
+    /// by the `handshake_ws` middleware). Do not call other `ScSocket` extension methods inside.
+    pub fn with_extensions<R>(&self, f: impl FnOnce(&mut http::Extensions) -> R) -> R {
+        f(&mut self.0.ext.lock())
+    }
+
+    /// Queues an outbound item; closes the socket as a slow consumer when the queue is full.
+    pub(crate) fn deliver(&self, out: Out) -> bool {
+        match self.0.tx.try_send(out) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!(sid = %self.id(), "outbound queue full: closing slow consumer");
+                self.close_with(SLOW_CONSUMER, "Slow consumer", false);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    pub(crate) fn send_frame(&self, frame: Vec<u8>) -> Result<(), ScError> {
+        if self.0.state.lock().closed {
+            return Err(bad_connection("Socket is closed"));
+        }
+        if self.deliver(Out::Frame(Bytes::from(frame))) {
+            Ok(())
+        } else {
+            Err(bad_connection("Socket outbound queue is full or closed"))
+        }
+    }
+
+    /// Sends a transmit `{"event":E,"data":D}` (no reply).
+    pub fn transmit(&self, event: &str, data: impl IntoData) -> Result<(), ScError> {
+        let data = data.into_data()?;
+        self.send_frame(crate::conn::encode_event(event, data.as_ref(), None))
+    }
+
+    /// Invokes `event` on the client and waits for its response, up to the server's ack timeout.
+    pub async fn invoke(&self, event: &str, data: impl IntoData) -> Result<Option<Data>, ScError> {
+        let timeout = Duration::from_millis(self.0.server.cfg.ack_timeout_ms);
+        self.invoke_with_timeout(event, data, timeout).await
+    }
+
+    /// Invokes `event` on the client and waits for its response up to `timeout`; a timeout is a
+    /// `TimeoutError`, a response error is the client's error object.
+    pub async fn invoke_with_timeout(
+        &self,
+        event: &str,
+        data: impl IntoData,
+        timeout: Duration,
+    ) -> Result<Option<Data>, ScError> {
+        let data = data.into_data()?;
+        let cid = self.0.next_cid.fetch_add(1, Ordering::Relaxed) + 1;
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut s = self.0.state.lock();
+            if s.closed {
+                return Err(bad_connection("Socket is closed"));
+            }
+            s.acks.insert(cid, tx);
+        }
+        let sent = self.send_frame(crate::conn::encode_event(event, data.as_ref(), Some(cid)));
+        if let Err(e) = sent {
+            self.0.state.lock().acks.remove(&cid);
+            return Err(e);
+        }
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(bad_connection("Socket closed before the response")),
+            Err(_) => {
+                self.0.state.lock().acks.remove(&cid);
+                Err(ScError::new(
+                    ErrorName::TimeoutError,
+                    format!("Event response for '{event}' timed out"),
+                ))
+            }
+        }
+    }
+
+    /// Signs `payload` (a JSON object; `iat` and, unless present, `exp` are added), makes it this
+    /// socket's token and sends it to the client in `#setAuthToken`.
+    pub fn set_auth_token(&self, payload: Value) -> Result<(), ScError> {
+        let (signed, claims) = match self.0.server.auth.sign(payload) {
+            Ok(t) => t,
+            Err(e) => {
+                self.close_with(4002, "Server failed to sign auth token", false);
+                return Err(e);
+            }
+        };
+        self.set_verified_token(Arc::from(signed.as_str()), claims);
+        let mut frame = Vec::with_capacity(signed.len() + 48);
+        frame.extend_from_slice(b"{\"event\":\"#setAuthToken\",\"data\":{\"token\":");
+        sc_protocol::encode::write_str(&mut frame, &signed);
+        frame.extend_from_slice(b"}}");
+        self.send_frame(frame)
+    }
+
+    pub(crate) fn set_verified_token(&self, signed: Arc<str>, claims: Value) {
+        let exp = claims.get("exp").and_then(Value::as_u64);
+        let mut s = self.0.state.lock();
+        s.auth_token = Some(Arc::new(claims));
+        s.signed_token = Some(signed);
+        s.exp = exp;
+    }
+
+    /// Drops the auth token on the server side only (the client keeps its copy).
+    pub(crate) fn deauthenticate_self(&self) -> bool {
+        let mut s = self.0.state.lock();
+        s.exp = None;
+        s.signed_token = None;
+        s.auth_token.take().is_some()
+    }
+
+    /// Drops the socket's auth token and tells the client (`#removeAuthToken`).
+    pub fn deauthenticate(&self) -> Result<(), ScError> {
+        self.deauthenticate_self();
+        self.transmit(events::REMOVE_AUTH_TOKEN, ())
+    }
+
+    /// Unsubscribes the socket from `channel` and tells it with `#kickOut`.
+    pub fn kick_out(&self, channel: &str, message: impl IntoData) -> Result<(), ScError> {
+        let message = message.into_data()?;
+        if !self.unsubscribe(channel) {
+            return Ok(());
+        }
+        let mut frame = Vec::with_capacity(64 + channel.len());
+        frame.extend_from_slice(b"{\"event\":\"#kickOut\",\"data\":{\"channel\":");
+        sc_protocol::encode::write_str(&mut frame, channel);
+        if let Some(m) = message {
+            frame.extend_from_slice(b",\"message\":");
+            frame.extend_from_slice(m.as_bytes());
+        }
+        frame.extend_from_slice(b"}}");
+        self.send_frame(frame)
+    }
+
+    pub(crate) fn unsubscribe(&self, channel: &str) -> bool {
+        let removed = {
+            let mut s = self.0.state.lock();
+            let before = s.channels.len();
+            s.channels.retain(|c| &**c != channel);
+            before != s.channels.len()
+        };
+        if removed {
+            self.0.server.broker.unsubscribe(channel, self.key());
+        }
+        removed
+    }
+
+    /// Closes the socket with `code` and `reason` once the frames queued before are written.
+    pub fn disconnect(&self, code: u16, reason: &str) {
+        self.close_with(code, reason, false);
+    }
+
+    pub(crate) fn close_with(&self, code: u16, reason: &str, drain: bool) {
+        {
+            let mut s = self.0.state.lock();
+            if s.close.is_some() || s.closed {
+                return;
+            }
+            s.close = Some((code, reason.to_owned(), drain));
+        }
+        self.0.control.notify_one();
+    }
+}
