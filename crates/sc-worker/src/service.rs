@@ -323,7 +323,7 @@ mod tests {
     fn accept_key_rfc6455() {
         assert_eq!(
             super::accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiWxLwxVHGbH3+JrWHCg8="
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
         );
     }
 }
