@@ -143,6 +143,11 @@ impl Channel {
         }
     }
 
+    /// The next event; `None` once the stream ended. (The same as `StreamExt::next`.)
+    pub async fn recv(&mut self) -> Option<ChannelEvent> {
+        self.rx.recv().await
+    }
+
     /// The next message, skipping [`ChannelEvent::Gap`]s; `None` once the stream ended.
     pub async fn next_message(&mut self) -> Option<Message> {
         loop {

@@ -30,7 +30,9 @@ pub enum Transport {
 ///
 /// The delay before attempt `n` (counting from 0 after the last successful connection) is
 /// `min(initial_delay * multiplier^n, max_delay)`, then multiplied by a random factor in
-/// `[1 - jitter, 1 + jitter]`. After close codes 1005, 4000 and 4001 the first attempt is
+/// `[1 - jitter, 1 + jitter]`. The defaults retry a server that is back within about 2 s of
+/// going away less than 1 s after it is back, and reach the 10 s ceiling after about 40 s.
+/// After close codes 1005, 4000 and 4001 the first attempt is
 /// immediate, as in socketcluster-client.
 ///
 /// ```
@@ -38,29 +40,29 @@ pub enum Transport {
 /// use sc_client::ReconnectConfig;
 ///
 /// let r = ReconnectConfig::default();
-/// assert_eq!(r.base_delay(0), Duration::from_millis(250));
-/// assert_eq!(r.base_delay(1), Duration::from_millis(375));
+/// assert_eq!(r.base_delay(0), Duration::from_millis(200));
+/// assert_eq!(r.base_delay(1), Duration::from_millis(260));
 /// assert_eq!(r.base_delay(100), Duration::from_secs(10));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ReconnectConfig {
-    /// The delay before the first attempt. Defaults to 250 ms.
+    /// The delay before the first attempt. Defaults to 200 ms.
     pub initial_delay: Duration,
-    /// The growth factor per failed attempt. Defaults to 1.5.
+    /// The growth factor per failed attempt. Defaults to 1.3.
     pub multiplier: f64,
     /// The largest delay. Defaults to 10 s.
     pub max_delay: Duration,
-    /// The relative random spread, from 0 (none) to 1. Defaults to 0.5 (±50 %).
+    /// The relative random spread, from 0 (none) to 1. Defaults to 0.2 (±20 %).
     pub jitter: f64,
 }
 
 impl Default for ReconnectConfig {
     fn default() -> Self {
         ReconnectConfig {
-            initial_delay: Duration::from_millis(250),
-            multiplier: 1.5,
+            initial_delay: Duration::from_millis(200),
+            multiplier: 1.3,
             max_delay: Duration::from_secs(10),
-            jitter: 0.5,
+            jitter: 0.2,
         }
     }
 }
@@ -219,7 +221,7 @@ impl ClientBuilder {
     }
 
     /// The backoff between reconnect attempts. Defaults to [`ReconnectConfig::default`]
-    /// (250 ms ± 50 %, ×1.5 per attempt, at most 10 s).
+    /// (200 ms ± 20 %, ×1.3 per attempt, at most 10 s).
     #[must_use]
     pub fn reconnect(mut self, reconnect: ReconnectConfig) -> Self {
         self.reconnect = reconnect;
@@ -533,8 +535,16 @@ mod tests {
     #[test]
     fn backoff() {
         let r = ReconnectConfig::default();
-        assert_eq!(r.delay(0, 0.0), Duration::from_millis(125));
-        assert_eq!(r.delay(0, 1.0), Duration::from_millis(375));
+        assert_eq!(r.delay(0, 0.0), Duration::from_millis(160));
+        assert_eq!(r.delay(0, 1.0), Duration::from_millis(240));
+        // A server back within 2 s of going away is retried within 1 s.
+        let mut elapsed = Duration::ZERO;
+        let mut n = 0;
+        while elapsed < Duration::from_secs(2) {
+            assert!(r.delay(n, 1.0) < Duration::from_secs(1));
+            elapsed += r.delay(n, 0.0);
+            n += 1;
+        }
         assert!(r.delay(0, 0.999) < Duration::from_secs(1));
         assert_eq!(r.base_delay(u32::MAX), Duration::from_secs(10));
     }

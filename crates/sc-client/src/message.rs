@@ -132,6 +132,13 @@ pub struct Events {
     pub(crate) rx: mpsc::UnboundedReceiver<ConnectionEvent>,
 }
 
+impl Events {
+    /// The next item; `None` once the stream ended. (The same as `StreamExt::next`.)
+    pub async fn recv(&mut self) -> Option<ConnectionEvent> {
+        self.rx.recv().await
+    }
+}
+
 impl Stream for Events {
     type Item = ConnectionEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -146,6 +153,13 @@ pub struct Receiver {
     pub(crate) rx: mpsc::UnboundedReceiver<Message>,
 }
 
+impl Receiver {
+    /// The next item; `None` once the stream ended. (The same as `StreamExt::next`.)
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+}
+
 impl Stream for Receiver {
     type Item = Message;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -158,6 +172,13 @@ impl Stream for Receiver {
 #[derive(Debug)]
 pub struct Procedure {
     pub(crate) rx: mpsc::UnboundedReceiver<Request>,
+}
+
+impl Procedure {
+    /// The next item; `None` once the stream ended. (The same as `StreamExt::next`.)
+    pub async fn recv(&mut self) -> Option<Request> {
+        self.rx.recv().await
+    }
 }
 
 impl Stream for Procedure {
