@@ -21,7 +21,10 @@ const DEFAULT_TIMEOUT_MS = 5000;
 
 /** Every server process started by this test process, killed on exit whatever happens. */
 const liveProcesses = new Set();
-process.on('exit', () => {
+/** Every socketcluster-client socket made by createClient, disconnected when a server stops. */
+const liveClients = new Set();
+
+function killAllServers() {
   for (const child of liveProcesses) {
     try {
       child.kill('SIGKILL');
@@ -29,7 +32,15 @@ process.on('exit', () => {
       // already gone
     }
   }
-});
+}
+process.on('exit', killAllServers);
+// The test runner stops a file that overruns its timeout with a signal: take the servers along.
+for (const [signal, number] of [['SIGTERM', 15], ['SIGINT', 2], ['SIGHUP', 1]]) {
+  process.once(signal, () => {
+    killAllServers();
+    process.exit(128 + number);
+  });
+}
 
 /** Rejects with a descriptive error when `promise` does not settle within `ms`. */
 function withTimeout(promise, ms, what) {
@@ -214,8 +225,19 @@ class ServerProcess {
     await this.start();
   }
 
+  /** Kills the server and disconnects every client made by createClient. Call it in `after`. */
   async stop() {
+    closeClients([...liveClients]);
+    liveClients.clear();
     await this.kill();
+    // Safety net: a leaked handle (say, a client of a failed test still reconnecting) must not keep
+    // the test file from ending; 10 s after the last server stopped the process exits anyway.
+    setTimeout(() => {
+      if (liveProcesses.size === 0) {
+        process.stderr.write('harness: forcing exit, open handles remained after the server stopped\n');
+        process.exit();
+      }
+    }, 10000).unref();
   }
 }
 
@@ -231,7 +253,7 @@ async function startServer(opts) {
  * Options are passed through; reconnect delays default to small values.
  */
 function createClient(server, options = {}) {
-  return socketClusterClient.create({
+  const socket = socketClusterClient.create({
     hostname: HOST,
     port: server.port,
     autoConnect: false,
@@ -239,6 +261,8 @@ function createClient(server, options = {}) {
     ackTimeout: 5000,
     ...options,
   });
+  liveClients.add(socket);
+  return socket;
 }
 
 /** Awaits the next `name` event of a socketcluster-client socket (or any AsyncStreamEmitter). */
