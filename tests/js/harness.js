@@ -406,8 +406,11 @@ class RawClient {
    * `keep` is set. Pings ('') are skipped unless `pred` accepts them with `pings: true`.
    */
   async nextRaw(pred = () => true, ms = DEFAULT_TIMEOUT_MS, { pings = false, what = 'a frame' } = {}) {
+    let cancelled = false;
     const find = async () => {
       for (;;) {
+        // A search that timed out must not go on taking frames from later searches.
+        if (cancelled) return undefined;
         while (this.frames.length) {
           const frame = this.frames.shift();
           if (frame === '' && !pings) continue;
@@ -421,7 +424,12 @@ class RawClient {
         await new Promise((r) => this.waiters.push(r));
       }
     };
-    return withTimeout(find(), ms, what);
+    try {
+      return await withTimeout(find(), ms, what);
+    } catch (err) {
+      cancelled = true;
+      throw err;
+    }
   }
 
   /** The next non-ping frame parsed as JSON. */
