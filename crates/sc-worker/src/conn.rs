@@ -30,7 +30,7 @@ use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
 use crate::server::{Request, ServerInner};
-use crate::socket::{Out, ScSocket, SocketShared, SocketState};
+use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
 
 /// How long a closing socket waits for the peer's close frame and end of stream.
 const LINGER: Duration = Duration::from_secs(2);
@@ -200,6 +200,9 @@ where
         self.socket.0.state.lock().close.take()
     }
 
+    /// Writes the pending frames with one flush. A flush that cannot finish (the client stopped
+    /// reading) is abandoned when the socket is dropped as a slow consumer, or after the ping
+    /// timeout.
     async fn flush_out(&mut self) -> Result<(), End> {
         if self.out.is_empty() {
             return Ok(());
@@ -207,17 +210,35 @@ where
         for frame in self.out.drain(..) {
             if self
                 .ws
-                .feed(Message::text(Payload::from(frame)))
-                .await
+                .start_send_unpin(Message::text(Payload::from(frame)))
                 .is_err()
             {
                 return Err(End::Gone(1006, "Socket hung up".to_owned()));
             }
         }
-        self.ws
-            .flush()
-            .await
-            .map_err(|_| End::Gone(1006, "Socket hung up".to_owned()))
+        let limit = tokio::time::sleep(Duration::from_millis(self.server.cfg.ping_timeout_ms));
+        tokio::pin!(limit);
+        let mut renotify = false;
+        let result = loop {
+            tokio::select! {
+                r = self.ws.flush() => break r.map_err(|_| End::Gone(1006, "Socket hung up".to_owned())),
+                () = &mut limit => break Err(End::Gone(4001, "Client pong timed out".to_owned())),
+                () = self.socket.0.control.notified(), if !renotify => {
+                    let close = self.socket.0.state.lock().close.clone();
+                    match close {
+                        Some((code, reason, _)) if code == SLOW_CONSUMER => {
+                            break Err(End::Gone(code, reason));
+                        }
+                        Some(_) => renotify = true,
+                        None => {}
+                    }
+                }
+            }
+        };
+        if renotify {
+            self.socket.0.control.notify_one();
+        }
+        result
     }
 
     fn push(&mut self, frame: Vec<u8>) {
@@ -417,6 +438,9 @@ where
                 biased;
                 () = self.socket.0.control.notified() => {
                     if let Some((code, reason, drain)) = self.take_close() {
+                        if code == SLOW_CONSUMER {
+                            return End::Close(code, reason);
+                        }
                         if drain {
                             self.drain_inflight().await;
                         }
@@ -905,12 +929,19 @@ where
     async fn finish(mut self, end: End) {
         let (code, reason) = match end {
             End::Close(code, reason) => {
-                let _ = self.flush_out().await;
                 let mut reason = reason;
                 truncate_reason(&mut reason);
-                if let Ok(cc) = tokio_websockets::CloseCode::try_from(code) {
-                    let _ = self.ws.send(Message::close(Some(cc), &reason)).await;
-                }
+                let ws = &mut self.ws;
+                let out = &mut self.out;
+                let _ = tokio::time::timeout(LINGER, async {
+                    for frame in out.drain(..) {
+                        let _ = ws.start_send_unpin(Message::text(Payload::from(frame)));
+                    }
+                    if let Ok(cc) = tokio_websockets::CloseCode::try_from(code) {
+                        let _ = ws.send(Message::close(Some(cc), &reason)).await;
+                    }
+                })
+                .await;
                 self.mark_closed(code, &reason);
                 self.linger().await;
                 (code, reason)
