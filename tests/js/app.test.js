@@ -156,6 +156,30 @@ describe('demo app via socketcluster-client', () => {
       assert.deepEqual(await Promise.all(replies), expected);
     });
 
+    it('a client batch [ping, ping, ping, count] is processed in order', async () => {
+      const { socket } = await connect();
+      const sent = [];
+      const ws = socket.transport.socket;
+      const send = ws.send.bind(ws);
+      ws.send = (data, ...rest) => {
+        sent.push(data);
+        return send(data, ...rest);
+      };
+      socket.startBatching();
+      socket.transmit('ping');
+      socket.transmit('ping');
+      socket.transmit('ping');
+      const count = socket.invoke('count');
+      const echo = socket.invoke('echo', 'batched');
+      socket.stopBatching();
+      assert.equal(await count, 3);
+      assert.equal(await echo, 'batched');
+      // The five packets went out as one JSON array frame.
+      const batches = sent.filter((f) => typeof f === 'string' && f.startsWith('['));
+      assert.equal(batches.length, 1, JSON.stringify(sent));
+      assert.equal(JSON.parse(batches[0]).length, 5);
+    });
+
     it('other transmits and ping data do not change the count; counters are per socket', async () => {
       const { socket: a } = await connect();
       const { socket: b } = await connect();

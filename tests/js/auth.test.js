@@ -208,6 +208,26 @@ describe('auth', () => {
     });
   });
 
+  describe('token expiry while connected', () => {
+    it('an expired token is dropped on the next inbound message: #removeAuthToken, whoami null, private/ forbidden', async () => {
+      const exp = Math.floor(Date.now() / 1000) + 2;
+      const token = signToken({ username: 'short-lived', iat: exp - 2, exp }, server.authKey);
+      const [raw, reply] = await RawClient.connect(server, { authToken: token });
+      assert.equal(reply.data.isAuthenticated, true);
+      await raw.nextMatching((p) => p.event === 'greet');
+      // The behaviour under test is the passage of time: wait until the token's exp has passed.
+      await new Promise((resolve) => setTimeout(resolve, exp * 1000 + 250 - Date.now()));
+      raw.sendJson({ event: 'whoami', cid: 2 });
+      raw.sendJson({ event: '#subscribe', data: { channel: uniqueChannel('private/late') }, cid: 3 });
+      const frames = [await raw.next(), await raw.next(), await raw.next()];
+      assert.deepEqual(frames[0], { event: '#removeAuthToken' });
+      assert.deepEqual(frames[1], { rid: 2, data: null });
+      assert.equal(frames[2].rid, 3);
+      assert.equal(frames[2].error.name, 'ForbiddenError');
+      raw.close();
+    });
+  });
+
   describe('rejected tokens in authenticate()', () => {
     it('a tampered token is refused and the client stays unauthenticated', async () => {
       const { socket } = await connect();

@@ -169,6 +169,21 @@ describe('channels via socketcluster-client', () => {
     });
   });
 
+  describe('waitForAuth', () => {
+    it('a waitForAuth subscription is sent once the client is authenticated, then receives publishes', async () => {
+      const sock = await connect();
+      const channel = uniqueChannel('private/wait');
+      const ch = sock.subscribe(channel, { waitForAuth: true });
+      const subscribed = withTimeout(ch.listener('subscribe').once(), 5000, 'the waitForAuth subscription');
+      assert.equal(ch.state, ch.PENDING);
+      await sock.invoke('login', { username: 'waiter' });
+      await subscribed;
+      const received = collect(ch, 1);
+      await sock.invokePublish(channel, 'welcome');
+      assert.deepEqual(await received, ['welcome']);
+    });
+  });
+
   describe('order, loss and duplicates', () => {
     it('publishes from one client arrive in order, none lost, none duplicated', async () => {
       const channel = uniqueChannel();
