@@ -1,0 +1,113 @@
+//! An axum app with an ordinary route (`GET /health`) and the SocketCluster endpoint
+//! (`/socketcluster/`) on the same port: the layer takes the WebSocket upgrades on its path and
+//! passes every other request to the router.
+//!
+//! ```no_run
+//! # async fn run() -> std::io::Result<()> {
+//! let (app, _handle) = example_axum_app::app();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+
+use axum::Router;
+use axum::routing::get;
+use sc_worker::{ScError, ScHandle, ScServer};
+
+/// The app: `GET /health` answers `ok`; `/socketcluster/` serves SocketCluster clients with an
+/// `echo` procedure, a `shout` procedure that upper-cases a string and publishes it to the
+/// `shouts` channel, and a `greet` transmit on connection.
+pub fn app() -> (Router, ScHandle) {
+    let (sc_layer, handle) = ScServer::builder()
+        .procedure("echo", |req| async move { Ok(req.data) })
+        .procedure("shout", |req| async move {
+            let text: String = req
+                .data
+                .as_ref()
+                .and_then(|d| d.parse().ok())
+                .ok_or_else(|| ScError::new("BadRequest", "shout needs a string"))?;
+            let loud = text.to_uppercase();
+            req.socket.server().publish("shouts", loud.as_str())?;
+            Ok(loud)
+        })
+        .on_connection(|socket| {
+            let _ = socket.transmit("greet", "welcome");
+        })
+        .build_layer();
+    let router = Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .layer(sc_layer);
+    (router, handle)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_websockets::{ClientBuilder, Message};
+
+    const WAIT: Duration = Duration::from_secs(5);
+
+    #[tokio::test]
+    async fn health_route_and_socketcluster_invoke_share_a_port() {
+        let (app, handle) = super::app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        // The ordinary route.
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        tokio::time::timeout(WAIT, tcp.read_to_string(&mut body))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.ends_with("ok"), "{body}");
+
+        // A SocketCluster client: handshake, greet, invoke, and a publish it subscribed to.
+        let uri = format!("ws://{addr}/socketcluster/");
+        let (mut ws, _) = ClientBuilder::new()
+            .uri(&uri)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut send = Vec::new();
+        send.push(json!({"event":"#handshake","data":{"authToken":null},"cid":1}));
+        send.push(json!({"event":"#subscribe","data":{"channel":"shouts"},"cid":2}));
+        send.push(json!({"event":"echo","data":{"hello":"axum"},"cid":3}));
+        send.push(json!({"event":"shout","data":"hey","cid":4}));
+        for v in send {
+            ws.send(Message::text(v.to_string())).await.unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 6 {
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            if let Some(t) = m.as_text().filter(|t| !t.is_empty()) {
+                got.push(serde_json::from_str::<Value>(t).unwrap());
+            }
+        }
+        assert_eq!(got[0]["rid"], 1);
+        assert!(got.contains(&json!({"event":"greet","data":"welcome"})));
+        assert!(got.contains(&json!({"rid":2})));
+        assert!(got.contains(&json!({"rid":3,"data":{"hello":"axum"}})));
+        assert!(got.contains(&json!({"rid":4,"data":"HEY"})));
+        assert!(
+            got.contains(&json!({"event":"#publish","data":{"channel":"shouts","data":"HEY"}}))
+        );
+        assert_eq!(handle.clients_count(), 1);
+    }
+}
