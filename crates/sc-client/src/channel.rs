@@ -56,6 +56,8 @@ pub enum ChannelEvent {
 pub(crate) struct ChannelEntry {
     pub(crate) seq: u64,
     pub(crate) options: SubscribeOptions,
+    /// A `#subscribe` request is on its way on the current connection.
+    pub(crate) subscribing: bool,
     pub(crate) senders: Vec<mpsc::UnboundedSender<ChannelEvent>>,
     pub(crate) state: watch::Sender<ChannelState>,
 }
@@ -65,6 +67,7 @@ impl ChannelEntry {
         ChannelEntry {
             seq,
             options,
+            subscribing: false,
             senders: Vec::new(),
             state: watch::Sender::new(ChannelState::Pending),
         }

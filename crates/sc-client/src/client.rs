@@ -146,14 +146,20 @@ impl State {
         cid: Option<Cid>,
         cap: usize,
     ) -> Result<(), Error> {
+        let mut frame = frame;
         if self.status() == ConnectionState::Open
             && let (Some(writer), Some(conn)) = (&self.writer, self.conn)
-            && writer.send(frame.clone()).is_ok()
         {
-            if let Some(p) = cid.and_then(|cid| self.pending.get_mut(&cid)) {
-                p.conn = Some(conn);
+            match writer.send(frame) {
+                Ok(()) => {
+                    if let Some(p) = cid.and_then(|cid| self.pending.get_mut(&cid)) {
+                        p.conn = Some(conn);
+                    }
+                    return Ok(());
+                }
+                // The connection task is ending: buffer it for the next connection.
+                Err(mpsc::error::SendError(back)) => frame = back,
             }
-            return Ok(());
         }
         if self.run.is_none() {
             return Err(Error::Closed);
@@ -170,7 +176,7 @@ impl State {
         let (Some(writer), Some(conn)) = (&self.writer, self.conn) else {
             return;
         };
-        let Some(entry) = self.channels.get(name) else {
+        let Some(entry) = self.channels.get_mut(name) else {
             return;
         };
         if entry.options.wait_for_auth && !self.authenticated {
@@ -200,6 +206,7 @@ impl State {
         let seq = entry.seq;
         entry.set_state(ChannelState::Pending);
         if writer.send(frame(buf)).is_ok() {
+            entry.subscribing = true;
             tracing::debug!(channel = name, cid, "subscribing");
             self.pending.insert(
                 cid,
@@ -214,12 +221,16 @@ impl State {
         }
     }
 
-    /// Sends `#subscribe` for every channel that may be sent, in subscription order.
+    /// Sends `#subscribe` for every channel that may be sent, in subscription order: all of them
+    /// (on a new connection), or only the pending ones with no request on the way (when the
+    /// socket becomes authenticated).
     pub(crate) fn subscribe_all(&mut self, next_cid: &AtomicU64, only_pending: bool) {
         let mut names: Vec<(u64, String)> = self
             .channels
             .iter()
-            .filter(|(_, e)| !only_pending || e.state() == ChannelState::Pending)
+            .filter(|(_, e)| {
+                !only_pending || (e.state() == ChannelState::Pending && !e.subscribing)
+            })
             .map(|(n, e)| (e.seq, n.clone()))
             .collect();
         names.sort_unstable();
@@ -261,6 +272,7 @@ impl State {
             self.set_status(ConnectionState::Closed);
         }
         for entry in self.channels.values_mut() {
+            entry.subscribing = false;
             if entry.state() == ChannelState::Subscribed {
                 entry.set_state(ChannelState::Pending);
                 entry.deliver(&ChannelEvent::Gap);

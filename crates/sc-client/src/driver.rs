@@ -356,6 +356,7 @@ fn on_response(inner: &Inner, rid: Cid, data: Option<&RawValue>, error: Option<&
             let Some(entry) = st.channels.get_mut(&channel).filter(|e| e.seq == seq) else {
                 return;
             };
+            entry.subscribing = false;
             match error {
                 None => {
                     tracing::debug!(channel, "subscribed");
