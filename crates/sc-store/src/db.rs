@@ -129,14 +129,19 @@ impl Db {
 
     /// `GET key`.
     pub(crate) fn get(&mut self, key: &[u8]) -> Result<Option<Bytes>, WrongType> {
-        match self.live(key) {
-            None => Ok(None),
-            Some(Entry {
-                value: Value::Str(v),
-                ..
-            }) => Ok(Some(v.clone())),
-            Some(_) => Err(WrongType),
+        // One lookup on the hot path; the expired case removes the key afterwards.
+        match self.map.get(key) {
+            None => return Ok(None),
+            Some(e) if !e.expires.is_some_and(|t| t <= Instant::now()) => {
+                return match &e.value {
+                    Value::Str(v) => Ok(Some(v.clone())),
+                    _ => Err(WrongType),
+                };
+            }
+            Some(_) => {}
         }
+        self.map.remove(key);
+        Ok(None)
     }
 
     /// `DEL key`: whether a key was removed.

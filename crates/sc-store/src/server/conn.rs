@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
@@ -192,7 +193,7 @@ async fn run(
         if rbuf.capacity() - rbuf.len() < READ_CHUNK / 4 {
             rbuf.reserve(READ_CHUNK);
         }
-        match stream.try_read_buf(&mut rbuf) {
+        match read(stream, &mut rbuf) {
             Ok(0) => return Ok(()),
             Ok(_) => continue,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -202,6 +203,29 @@ async fn run(
             r = stream.readable() => r?,
             () = shared.notify.notified() => {}
         }
+    }
+}
+
+/// Reads what the socket has. A read that leaves room in the buffer drained the socket, so the
+/// socket's readiness is cleared right away: the next read waits for the reactor instead of
+/// spending a system call to learn that nothing is there (new data raises a newer readiness
+/// event, which this does not clear).
+fn read(stream: &TcpStream, rbuf: &mut BytesMut) -> io::Result<usize> {
+    let mut got = None;
+    let r = stream.try_io(Interest::READABLE, || {
+        let room = rbuf.capacity() - rbuf.len();
+        let n = stream.try_read_buf(rbuf)?;
+        got = Some(n);
+        if n > 0 && n < room {
+            Err(io::ErrorKind::WouldBlock.into())
+        } else {
+            Ok(n)
+        }
+    });
+    match (r, got) {
+        (Ok(n), _) => Ok(n),
+        (Err(e), Some(n)) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => Ok(n),
+        (Err(e), _) => Err(e),
     }
 }
 
