@@ -132,7 +132,7 @@ impl Db {
         // One lookup on the hot path; the expired case removes the key afterwards.
         match self.map.get(key) {
             None => return Ok(None),
-            Some(e) if !e.expires.is_some_and(|t| t <= Instant::now()) => {
+            Some(e) if e.expires.is_none_or(|t| t > Instant::now()) => {
                 return match &e.value {
                     Value::Str(v) => Ok(Some(v.clone())),
                     _ => Err(WrongType),
