@@ -120,7 +120,6 @@ pub(crate) struct Config {
     pub(crate) max_message_size: usize,
     pub(crate) token_store: Arc<dyn TokenStore>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
-    #[allow(dead_code)]
     pub(crate) transport: Transport,
 }
 

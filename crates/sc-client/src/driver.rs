@@ -12,7 +12,7 @@ use crate::channel::{ChannelEvent, ChannelState};
 use crate::client::{ConnectionState, Inner, Pending, Run, State, Waiter};
 use crate::error::Error;
 use crate::message::{ConnectionEvent, Message, Request, frame};
-use crate::transport::{Incoming, WsTransport};
+use crate::transport::{Connection, Incoming};
 
 fn is_current(st: &State, run: &Run) -> bool {
     st.run.as_ref().is_some_and(|r| r.id == run.id)
@@ -87,7 +87,7 @@ async fn connection(inner: &Arc<Inner>, run: &Run, conn: u64) -> (CloseCode, Str
         (CloseCode(code), reason)
     };
     let mut transport = tokio::select! {
-        r = tokio::time::timeout(cfg.connect_timeout, WsTransport::connect(cfg)) => match r {
+        r = tokio::time::timeout(cfg.connect_timeout, Connection::open(cfg)) => match r {
             Ok(Ok(t)) => t,
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "connect failed");
@@ -224,7 +224,7 @@ async fn connection(inner: &Arc<Inner>, run: &Run, conn: u64) -> (CloseCode, Str
 
 /// Writes whatever else is queued, then flushes.
 async fn flush_queue(
-    transport: &mut WsTransport,
+    transport: &mut Connection,
     rx: &mut mpsc::UnboundedReceiver<String>,
 ) -> Result<(), String> {
     while let Ok(more) = rx.try_recv() {

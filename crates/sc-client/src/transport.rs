@@ -14,7 +14,7 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_websockets::{CloseCode as WsCloseCode, Limits, Message, WebSocketStream};
 
-use crate::config::Config;
+use crate::config::{Config, Transport};
 
 /// What the peer sent.
 #[derive(Debug)]
@@ -23,6 +23,52 @@ pub(crate) enum Incoming {
     Text(String),
     /// The peer's close frame.
     Close { code: u16, reason: String },
+}
+
+/// An open connection of whichever transport the client was configured with. The connection task
+/// only uses these four operations; a new transport is a new variant.
+#[derive(Debug)]
+pub(crate) enum Connection {
+    WebSocket(WsTransport),
+}
+
+impl Connection {
+    /// Opens a connection to the configured endpoint.
+    pub(crate) async fn open(config: &Config) -> Result<Self, String> {
+        match config.transport {
+            Transport::WebSocket => WsTransport::connect(config)
+                .await
+                .map(Connection::WebSocket),
+        }
+    }
+
+    /// Queues a text frame without flushing.
+    pub(crate) async fn feed(&mut self, text: String) -> Result<(), String> {
+        match self {
+            Connection::WebSocket(ws) => ws.feed(text).await,
+        }
+    }
+
+    /// Flushes the queued frames.
+    pub(crate) async fn flush(&mut self) -> Result<(), String> {
+        match self {
+            Connection::WebSocket(ws) => ws.flush().await,
+        }
+    }
+
+    /// The next frame; `None` when the connection ended without a close. Cancel-safe.
+    pub(crate) async fn recv(&mut self) -> Option<Result<Incoming, String>> {
+        match self {
+            Connection::WebSocket(ws) => ws.recv().await,
+        }
+    }
+
+    /// Closes with `code` and `reason` (best effort).
+    pub(crate) async fn close(&mut self, code: u16, reason: &str) {
+        match self {
+            Connection::WebSocket(ws) => ws.close(code, reason).await,
+        }
+    }
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
