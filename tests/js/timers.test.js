@@ -1,5 +1,6 @@
 // Server timers with socketcluster-server v20 defaults (DEMO-APP section 1): the handshake timeout
-// (4005 after 10 s) and the '' ping every 8 s. The two tests run concurrently (about 10 s in all).
+// (4005 after 10 s), the '' ping every 8 s, and 4001 after 30 s without a pong. The tests run
+// concurrently (about 30 s in all).
 'use strict';
 
 const { describe, it, before, after } = require('node:test');
@@ -22,6 +23,16 @@ describe('server timers', { concurrency: true }, () => {
     const elapsed = Date.now() - started;
     assert.equal(code, 4005);
     assert.ok(elapsed >= 9000 && elapsed <= 13000, `closed after ${elapsed} ms`);
+  });
+
+  it('a socket that never answers the ping (and sends nothing) is closed with 4001 after about 30 s', async () => {
+    const [raw] = await RawClient.connect(server);
+    raw.autoPong = false;
+    const started = Date.now();
+    const { code } = await raw.waitClose(36000);
+    const elapsed = Date.now() - started;
+    assert.equal(code, 4001);
+    assert.ok(elapsed >= 28000 && elapsed <= 34000, `closed after ${elapsed} ms`);
   });
 
   it("the server pings '' about every 8 s; a socket that answers stays open", async () => {
