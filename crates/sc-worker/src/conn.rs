@@ -25,7 +25,7 @@ use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
 
 use crate::auth::{missing_token_error, now_s};
 use crate::data::Data;
-use crate::exchange::{Published, publish_frame};
+use crate::exchange::{Published, Sub, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
@@ -77,14 +77,10 @@ pub(crate) fn encode_event(event: &str, data: Option<&Data>, cid: Option<u64>) -
     }
     if let Some(cid) = cid {
         buf.extend_from_slice(b",\"cid\":");
-        buf.extend_from_slice(itoa_u64(cid).as_bytes());
+        buf.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
     }
     buf.push(b'}');
     buf
-}
-
-fn itoa_u64(n: u64) -> String {
-    n.to_string()
 }
 
 /// `{"rid":N[,"data":D]}` or `{"rid":N,"error":E}`.
@@ -97,7 +93,7 @@ pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) ->
         },
     );
     buf.extend_from_slice(b"{\"rid\":");
-    buf.extend_from_slice(itoa_u64(rid).as_bytes());
+    buf.extend_from_slice(itoa::Buffer::new().format(rid).as_bytes());
     match result {
         Ok(Some(d)) => {
             buf.extend_from_slice(b",\"data\":");
@@ -387,11 +383,15 @@ where
         let authenticated = self.socket.is_authenticated() || resign.is_some();
         let mut reply = Vec::with_capacity(128);
         reply.extend_from_slice(b"{\"rid\":");
-        reply.extend_from_slice(itoa_u64(cid).as_bytes());
+        reply.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
         reply.extend_from_slice(b",\"data\":{\"id\":");
         sc_protocol::encode::write_str(&mut reply, self.socket.id());
         reply.extend_from_slice(b",\"pingTimeout\":");
-        reply.extend_from_slice(itoa_u64(self.server.cfg.ping_timeout_ms).as_bytes());
+        reply.extend_from_slice(
+            itoa::Buffer::new()
+                .format(self.server.cfg.ping_timeout_ms)
+                .as_bytes(),
+        );
         reply.extend_from_slice(b",\"isAuthenticated\":");
         reply.extend_from_slice(if authenticated { b"true" } else { b"false" });
         if let Some(e) = &auth_error {
@@ -841,7 +841,9 @@ where
         match result {
             Ok(new) => {
                 if new {
-                    self.server.broker.subscribe(&channel, &self.socket);
+                    self.server
+                        .broker
+                        .subscribe(&channel, Sub::Socket(self.socket.clone()));
                 }
                 self.push_result(cid, &Ok(None));
             }
@@ -914,7 +916,7 @@ where
     fn push_auth_status(&mut self, cid: u64, authenticated: bool, error: Option<&ScError>) {
         let mut buf = Vec::with_capacity(96);
         buf.extend_from_slice(b"{\"rid\":");
-        buf.extend_from_slice(itoa_u64(cid).as_bytes());
+        buf.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
         buf.extend_from_slice(b",\"data\":{\"isAuthenticated\":");
         buf.extend_from_slice(if authenticated { b"true" } else { b"false" });
         buf.extend_from_slice(b",\"authError\":");

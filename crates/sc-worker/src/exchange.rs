@@ -50,7 +50,7 @@ pub(crate) fn publish_frame(channel: &str, data: Option<&Data>) -> Bytes {
 /// a store-backed exchange (channels shared by several processes) implements the same trait.
 pub(crate) trait Broker: Send + Sync + 'static {
     /// Adds a local subscriber; `false` if it already was one.
-    fn subscribe(&self, channel: &str, socket: &ScSocket) -> bool;
+    fn subscribe(&self, channel: &str, sub: Sub) -> bool;
     /// Removes a local subscriber.
     fn unsubscribe(&self, channel: &str, socket_key: u64);
     /// Delivers a publish to every subscriber of its channel.
@@ -59,7 +59,26 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn subscriber_count(&self, channel: &str) -> usize;
 }
 
-type Subscribers = Arc<Mutex<Vec<ScSocket>>>;
+/// A local subscriber: a socket, or a server-side subscription.
+#[derive(Clone)]
+pub(crate) enum Sub {
+    Socket(ScSocket),
+    Local {
+        key: u64,
+        tx: tokio::sync::mpsc::Sender<Arc<Published>>,
+    },
+}
+
+impl Sub {
+    fn key(&self) -> u64 {
+        match self {
+            Sub::Socket(s) => s.key(),
+            Sub::Local { key, .. } => *key,
+        }
+    }
+}
+
+type Subscribers = Arc<Mutex<Vec<Sub>>>;
 
 /// In-process pub/sub.
 #[derive(Default)]
@@ -68,7 +87,7 @@ pub(crate) struct LocalBroker {
 }
 
 impl Broker for LocalBroker {
-    fn subscribe(&self, channel: &str, socket: &ScSocket) -> bool {
+    fn subscribe(&self, channel: &str, sub: Sub) -> bool {
         let subs = {
             let read = self.channels.read();
             read.get(channel).cloned()
@@ -83,10 +102,10 @@ impl Broker for LocalBroker {
                 .clone(),
         };
         let mut list = subs.lock();
-        if list.iter().any(|s| s.key() == socket.key()) {
+        if list.iter().any(|s| s.key() == sub.key()) {
             return false;
         }
-        list.push(socket.clone());
+        list.push(sub);
         true
     }
 
@@ -112,8 +131,17 @@ impl Broker for LocalBroker {
         };
         if let Some(subs) = subs {
             let list = subs.lock();
-            for socket in list.iter() {
-                socket.deliver(Out::Publish(msg.clone()));
+            for sub in list.iter() {
+                match sub {
+                    Sub::Socket(socket) => {
+                        socket.deliver(Out::Publish(msg.clone()));
+                    }
+                    Sub::Local { tx, .. } => {
+                        if tx.try_send(msg.clone()).is_err() {
+                            tracing::debug!(channel = %msg.channel, "server-side subscriber lagging: message dropped");
+                        }
+                    }
+                }
             }
         }
     }

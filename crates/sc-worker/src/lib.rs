@@ -25,7 +25,7 @@ pub use middleware::{
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]
-pub use server::{BuildError, Request, ScHandle, ScServer, ScServerBuilder};
+pub use server::{BuildError, Request, ScHandle, ScServer, ScServerBuilder, Subscription};
 #[doc(inline)]
 pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]

@@ -408,6 +408,24 @@ impl ScHandle {
         Ok(())
     }
 
+    /// Subscribes the server itself to `channel`: every publish to it (from clients or from
+    /// [`publish`](Self::publish)) arrives on the returned [`Subscription`], in order, until it is
+    /// dropped. A subscription that falls more than `outbound_queue` messages behind loses the
+    /// newest ones.
+    pub fn subscribe(&self, channel: &str) -> Subscription {
+        let key = self.0.next_key.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel(self.0.cfg.outbound_queue);
+        self.0
+            .broker
+            .subscribe(channel, crate::exchange::Sub::Local { key, tx });
+        Subscription {
+            server: self.0.clone(),
+            channel: channel.into(),
+            key,
+            rx,
+        }
+    }
+
     /// Open sockets (handshake done).
     pub fn clients_count(&self) -> usize {
         self.0.clients.read().len()
@@ -480,5 +498,40 @@ impl ScHandle {
         if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
             tracing::warn!("shutdown timed out with sockets still open");
         }
+    }
+}
+
+/// A server-side channel subscription made by [`ScHandle::subscribe`]; unsubscribes when dropped.
+pub struct Subscription {
+    server: Arc<ServerInner>,
+    channel: Box<str>,
+    key: u64,
+    rx: tokio::sync::mpsc::Receiver<Arc<Published>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next message's data (`None` inside when the publish had no data); `None` when the
+    /// server is gone.
+    pub async fn recv(&mut self) -> Option<Option<Data>> {
+        self.rx.recv().await.map(|p| p.data.clone())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.server.broker.unsubscribe(&self.channel, self.key);
     }
 }

@@ -547,3 +547,32 @@ async fn disconnect_and_hooks() {
     assert_eq!((gone.as_str(), code), (id.as_str(), 4321));
     assert!(server.handle.socket(&id).is_none());
 }
+
+#[tokio::test]
+async fn server_side_subscription() {
+    let server = start(app()).await;
+    let mut sub = server.handle.subscribe("feed");
+    assert_eq!(sub.channel(), "feed");
+    let (mut c, _) = Client::connect(&server).await;
+    c.send_json(
+        json!({"event":"#publish","data":{"channel":"feed","data":{"from":"client"}},"cid":2}),
+    )
+    .await;
+    assert_eq!(c.next_matching(|v| v["rid"] == 2).await, json!({"rid":2}));
+    server.handle.publish("feed", "from server").unwrap();
+    let first = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.as_str(), r#"{"from":"client"}"#);
+    let second = tokio::time::timeout(WAIT, sub.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.as_str(), r#""from server""#);
+    assert_eq!(server.handle.subscriber_count("feed"), 1);
+    drop(sub);
+    assert_eq!(server.handle.subscriber_count("feed"), 0);
+}
