@@ -245,7 +245,7 @@ impl Store for MemoryStore {
             .or_insert_with(|| broadcast::channel(self.inner.config.channel_capacity.max(1)).0)
             .subscribe();
         let owner: Arc<dyn Release> = self.inner.clone();
-        ready(Ok(Subscription::new(channel.to_owned(), rx, owner)))
+        ready(Ok(Subscription::new(channel.to_owned(), rx, &owner)))
     }
 
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<()>> {

@@ -101,6 +101,10 @@ impl Drop for Inner {
         for t in &self.tasks {
             t.abort();
         }
+        // Dropping the senders ends every subscription stream.
+        for n in &self.nodes {
+            n.pubsub.state.lock().channels.clear();
+        }
     }
 }
 
@@ -549,7 +553,7 @@ impl Store for RespStore {
                 return Err(e.into());
             }
             let owner: Arc<dyn Release> = node.clone();
-            Ok(Subscription::new(channel.to_owned(), rx, owner))
+            Ok(Subscription::new(channel.to_owned(), rx, &owner))
         })
     }
 

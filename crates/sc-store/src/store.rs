@@ -3,7 +3,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -130,7 +130,7 @@ pub(crate) trait Release: Send + Sync {
 pub struct Subscription {
     channel: String,
     inner: BroadcastStream<StoreEvent>,
-    owner: Option<Arc<dyn Release>>,
+    owner: Option<Weak<dyn Release>>,
 }
 
 impl fmt::Debug for Subscription {
@@ -145,12 +145,12 @@ impl Subscription {
     pub(crate) fn new(
         channel: String,
         rx: broadcast::Receiver<StoreEvent>,
-        owner: Arc<dyn Release>,
+        owner: &Arc<dyn Release>,
     ) -> Self {
         Subscription {
             channel,
             inner: BroadcastStream::new(rx),
-            owner: Some(owner),
+            owner: Some(Arc::downgrade(owner)),
         }
     }
 
@@ -182,7 +182,7 @@ impl Stream for Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        if let Some(owner) = self.owner.take() {
+        if let Some(owner) = self.owner.take().and_then(|o| o.upgrade()) {
             // Drop the receiver first so the owner sees the updated receiver count.
             self.inner = BroadcastStream::new(broadcast::channel(1).1);
             owner.release(&self.channel);

@@ -144,3 +144,19 @@ async fn cluster_shards_keys_over_every_process() {
         assert_eq!(other.get(&k).await.unwrap(), Some(k.into()));
     }
 }
+
+#[tokio::test]
+async fn memory_subscriptions_end_when_the_store_is_dropped() {
+    ends_when_dropped(as_dyn(MemoryStore::new()), &prefix("end")).await;
+}
+
+#[tokio::test]
+async fn cluster_subscriptions_end_when_the_store_is_dropped() {
+    let c = Cluster::start().await;
+    ends_when_dropped(as_dyn(c.client().await), &prefix("end")).await;
+}
+
+#[tokio::test]
+async fn redis_subscriptions_end_when_the_store_is_dropped() {
+    ends_when_dropped(as_dyn(common::redis().await), &prefix("end")).await;
+}

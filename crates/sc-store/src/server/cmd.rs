@@ -353,7 +353,7 @@ fn run(
         Cmd::Command => array(out, 0),
         Cmd::Info => {
             let info = format!(
-                "# Server\r\nredis_version:7.0.0\r\nsc_store_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\ndb0:keys={},expires=0\r\n",
+                "# Server\r\nredis_version:7.0.0\r\nsc_store_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 st.clients,
                 st.db.len()

@@ -435,6 +435,13 @@ pub async fn gap_after_restart(
     assert_eq!(next(&mut sub).await, StoreEvent::Message(b("after")));
 }
 
+/// Dropping the last handle of a store ends its subscription streams.
+pub async fn ends_when_dropped(s: Arc<dyn Store>, p: &str) {
+    let mut sub = s.subscribe(&format!("{p}end")).await.unwrap();
+    drop(s);
+    assert_eq!(tokio::time::timeout(WAIT, sub.recv()).await.unwrap(), None);
+}
+
 /// `Arc<dyn Store>` is what workers hold.
 pub fn as_dyn<S: Store>(s: S) -> Arc<dyn Store> {
     Arc::new(s)
