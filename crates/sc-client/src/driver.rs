@@ -148,8 +148,8 @@ async fn connection(inner: &Arc<Inner>, run: &Run, conn: u64) -> (CloseCode, Str
         } else {
             ping_deadline
         };
+        // Unbiased: a flood of incoming frames must not starve the writes (pongs included).
         tokio::select! {
-            biased;
             () = run.cancel.cancelled() => {
                 let (code, reason) = closing();
                 let _ = flush_queue(&mut transport, &mut rx).await;
