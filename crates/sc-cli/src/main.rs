@@ -1,5 +1,6 @@
 //! The `socketcluster` command.
 
+mod bench;
 mod demo;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Print the default config file (TOML) for `serve --config`
     GenConfig,
+    /// Load generator for SocketCluster (and socket.io) servers: echo, rate, ping, fanout, conns
+    Bench(bench::BenchArgs),
 }
 
 /// Exit code of a bad flag or config value (EX_USAGE).
@@ -47,6 +50,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Bench(args) => bench::run(args),
         Command::GenConfig => match serve::gen_config() {
             Ok(text) => {
                 print_line(text.trim_end());
