@@ -1,0 +1,146 @@
+//! A short smoke run of `socketcluster bench` against `socketcluster serve`: the JSON output
+//! parses, the echo has throughput, the fan-out loses nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
+
+/// The server, killed on drop.
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve() -> Serve {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--auth-key",
+            "smoke",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let url = line
+        .trim()
+        .strip_prefix("socketcluster listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    Serve { child, url }
+}
+
+fn bench(server: &Serve, args: &[&str]) -> Value {
+    let pid = server.child.id().to_string();
+    let out = Command::new(BIN)
+        .arg("bench")
+        .args(args)
+        .args([
+            "--url",
+            &server.url,
+            "--json",
+            "--quiet",
+            "--server-pid",
+            &pid,
+        ])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "bench {args:?} failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
+}
+
+#[test]
+fn echo_and_fanout() {
+    let server = serve();
+
+    let echo = bench(
+        &server,
+        &[
+            "echo",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "-c",
+            "4",
+            "-k",
+            "2",
+        ],
+    );
+    assert_eq!(echo["scenario"], "echo");
+    assert!(echo["rt_per_s"].as_f64().unwrap() > 0.0, "{echo}");
+    assert_eq!(echo["errors"], 0, "{echo}");
+    assert!(echo["p99_us"].as_f64().unwrap() > 0.0, "{echo}");
+    assert!(echo["server_cpu_us_per_rt"].is_number(), "{echo}");
+
+    let fanout = bench(
+        &server,
+        &[
+            "fanout",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "-s",
+            "5",
+            "-p",
+            "50",
+        ],
+    );
+    assert_eq!(fanout["scenario"], "fanout");
+    assert!(fanout["published"].as_u64().unwrap() > 0, "{fanout}");
+    assert_eq!(
+        fanout["received"].as_u64().unwrap(),
+        fanout["expected_deliveries"].as_u64().unwrap(),
+        "{fanout}"
+    );
+    assert_eq!(fanout["lost"], 0, "{fanout}");
+    assert_eq!(fanout["duplicated"], 0, "{fanout}");
+    assert_eq!(fanout["order_violations"], 0, "{fanout}");
+    assert!(
+        fanout["deliveries_per_s"].as_f64().unwrap() > 0.0,
+        "{fanout}"
+    );
+
+    let ping = bench(
+        &server,
+        &[
+            "ping",
+            "--duration",
+            "1s",
+            "--warmup",
+            "200ms",
+            "-c",
+            "3",
+            "-r",
+            "50",
+        ],
+    );
+    assert_eq!(ping["exact"], true, "{ping}");
+    assert!(ping["sent"].as_u64().unwrap() > 0, "{ping}");
+}
