@@ -163,6 +163,10 @@ async fn connection(inner: &Arc<Inner>, run: &Run, conn: u64) -> (CloseCode, Str
                     Some(Ok(Incoming::Close { code, reason })) => {
                         return (CloseCode(code), reason, opened);
                     }
+                    Some(Ok(Incoming::Violation { code, reason })) => {
+                        transport.close(code, &reason).await;
+                        return (CloseCode(code), reason, opened);
+                    }
                     Some(Ok(Incoming::Text(text))) => text,
                 };
                 let hs_cid = handshake.is_some().then_some(hs_cid);

@@ -23,6 +23,8 @@ pub(crate) enum Incoming {
     Text(String),
     /// The peer's close frame.
     Close { code: u16, reason: String },
+    /// The peer broke the protocol (or a limit): to be closed with this code.
+    Violation { code: u16, reason: String },
 }
 
 /// An open connection of whichever transport the client was configured with. The connection task
@@ -134,7 +136,20 @@ impl WsTransport {
         loop {
             let msg = match self.ws.next().await? {
                 Ok(msg) => msg,
-                Err(e) => return Some(Err(e.to_string())),
+                Err(e) => {
+                    let code = match &e {
+                        tokio_websockets::Error::PayloadTooLong { .. } => 1009,
+                        tokio_websockets::Error::Protocol(
+                            tokio_websockets::proto::ProtocolError::InvalidUtf8,
+                        ) => 1007,
+                        tokio_websockets::Error::Protocol(_) => 1002,
+                        _ => return Some(Err(e.to_string())),
+                    };
+                    return Some(Ok(Incoming::Violation {
+                        code,
+                        reason: e.to_string(),
+                    }));
+                }
             };
             if let Some((code, reason)) = msg.as_close() {
                 return Some(Ok(Incoming::Close {

@@ -333,3 +333,24 @@ async fn resubscribes_in_order_with_a_gap_notice() {
         .await;
     assert_eq!(common::next_message(&mut channels[4]).await, json!("hi"));
 }
+
+#[tokio::test]
+async fn a_message_over_the_limit_closes_with_1009_and_reconnects() {
+    let peer = Peer::bind().await;
+    let client = Client::builder(&peer.url())
+        .max_message_size(1000)
+        .build()
+        .unwrap();
+    let mut events = client.events();
+    client.connect().unwrap();
+    let mut conn = peer.accept().await;
+    conn.handshake("x", 30_000).await;
+    open_event(&mut events).await;
+    let big = json!({"event": "greet", "data": "x".repeat(2000)}).to_string();
+    conn.send(&big).await;
+    assert_eq!(conn.recv().await, Frame::Close(1009));
+    assert_eq!(closed_event(&mut events).await, 1009);
+    let mut conn = peer.accept().await;
+    conn.handshake("y", 30_000).await;
+    assert_eq!(open_event(&mut events).await, "y");
+}
