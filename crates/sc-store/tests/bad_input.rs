@@ -440,3 +440,25 @@ async fn transactions_and_redis_cli_handshake() {
     assert_eq!(c.cmd(&[b"QUIT"]).await, Reply::Simple("OK".into()));
     c.closed().await;
 }
+
+#[tokio::test]
+async fn expired_keys_are_swept_without_being_accessed() {
+    let s = start(ServerConfig::default());
+    let mut c = Client::connect(s.local_addr()).await;
+    for i in 0..100 {
+        let k = format!("k{i}");
+        assert_eq!(
+            c.cmd(&[b"SET", k.as_bytes(), b"v", b"PX", b"100"]).await,
+            Reply::Simple("OK".into())
+        );
+    }
+    assert_eq!(
+        c.cmd(&[b"SET", b"keep", b"v"]).await,
+        Reply::Simple("OK".into())
+    );
+    let deadline = Instant::now() + WAIT;
+    while c.cmd(&[b"DBSIZE"]).await != Reply::Int(1) {
+        assert!(Instant::now() < deadline, "expired keys were not swept");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
