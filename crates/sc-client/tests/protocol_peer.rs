@@ -354,3 +354,42 @@ async fn a_message_over_the_limit_closes_with_1009_and_reconnects() {
     conn.handshake("y", 30_000).await;
     assert_eq!(open_event(&mut events).await, "y");
 }
+
+#[tokio::test]
+async fn calls_in_flight_fail_with_the_close_code() {
+    let peer = Peer::bind().await;
+    let client = Client::builder(&peer.url()).build().unwrap();
+    let mut events = client.events();
+    client.connect().unwrap();
+    let mut conn = peer.accept().await;
+    conn.handshake("x", 30_000).await;
+    open_event(&mut events).await;
+
+    // The connection drops while a call waits for its answer: BadConnectionError (1006).
+    let caller = client.clone();
+    let call = tokio::spawn(async move { caller.invoke::<_, Value>("slow", &1).await });
+    assert_eq!(conn.recv_json().await["event"], "slow");
+    drop(conn);
+    let err = timeout(WAIT, call).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(err, sc_client::Error::BadConnection { code, .. } if code.0 == 1006),
+        "{err:?}"
+    );
+    assert_eq!(err.name(), "BadConnectionError");
+
+    // disconnect() while a call waits: it fails with 1000, and the peer sees the close.
+    let mut conn = peer.accept().await;
+    conn.handshake("y", 30_000).await;
+    open_event(&mut events).await;
+    let caller = client.clone();
+    let call = tokio::spawn(async move { caller.invoke::<_, Value>("slow", &2).await });
+    assert_eq!(conn.recv_json().await["event"], "slow");
+    client.disconnect();
+    let err = timeout(WAIT, call).await.unwrap().unwrap().unwrap_err();
+    assert!(
+        matches!(err, sc_client::Error::BadConnection { code, .. } if code.0 == 1000),
+        "{err:?}"
+    );
+    assert_eq!(conn.recv().await, Frame::Close(1000));
+    assert_eq!(client.state(), ConnectionState::Closed);
+}
