@@ -20,6 +20,12 @@ use serde::{Deserialize, Serialize};
 /// | `origins` | `["*:*"]` | allowed `Origin`s: `host:port`, `host:*`, `*:port`, `*:*`; others get HTTP 403 |
 /// | `protocol_version` | 2 | 2: ping and pong are `''`; 1: ping `#1`, pong `#2` |
 /// | `auth_default_expiry_s` | 86400 | `exp` = `iat` + this, unless the token payload has an `exp` |
+/// | `websocket` | true | whether the WebSocket endpoint at `path` is served |
+/// | `engineio` | true | whether the engine.io endpoint at `engineio_path` is served (feature `engineio`) |
+/// | `engineio_path` | `/engine.io/` | the engine.io endpoint's path |
+/// | `engineio_ping_interval_ms` | 25000 | engine.io heartbeat interval |
+/// | `engineio_ping_timeout_ms` | 20000 | engine.io heartbeat timeout: a session that does not answer (an abandoned long-polling client included) is reclaimed |
+/// | `engineio_max_payload` | 1000000 | largest engine.io request payload in bytes |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -49,6 +55,20 @@ pub struct Config {
     pub protocol_version: u8,
     /// Seconds until a token set with `set_auth_token` expires. Defaults to 86400.
     pub auth_default_expiry_s: u64,
+    /// Whether the WebSocket endpoint at `path` is served. Defaults to true.
+    pub websocket: bool,
+    /// Whether the engine.io endpoint at `engineio_path` is served (with the `engineio` cargo
+    /// feature). Defaults to true.
+    pub engineio: bool,
+    /// The engine.io endpoint's path. Defaults to `/engine.io/`.
+    pub engineio_path: String,
+    /// Milliseconds between engine.io heartbeats. Defaults to 25000.
+    pub engineio_ping_interval_ms: u64,
+    /// Milliseconds an engine.io session has to answer a heartbeat before it is closed and
+    /// reclaimed. Defaults to 20000.
+    pub engineio_ping_timeout_ms: u64,
+    /// The largest engine.io request payload in bytes. Defaults to 1000000.
+    pub engineio_max_payload: usize,
 }
 
 impl Default for Config {
@@ -67,6 +87,12 @@ impl Default for Config {
             origins: vec!["*:*".to_owned()],
             protocol_version: 2,
             auth_default_expiry_s: 86_400,
+            websocket: true,
+            engineio: true,
+            engineio_path: "/engine.io/".to_owned(),
+            engineio_ping_interval_ms: 25_000,
+            engineio_ping_timeout_ms: 20_000,
+            engineio_max_payload: 1_000_000,
         }
     }
 }
@@ -91,6 +117,12 @@ impl Config {
         if !self.path.starts_with('/') {
             return err(format!("path must start with '/': {:?}", self.path));
         }
+        if !self.engineio_path.starts_with('/') {
+            return err(format!(
+                "engineio_path must start with '/': {:?}",
+                self.engineio_path
+            ));
+        }
         for (name, v) in [
             ("max_payload", self.max_payload as u64),
             ("outbound_queue", self.outbound_queue as u64),
@@ -100,6 +132,9 @@ impl Config {
             ("ack_timeout_ms", self.ack_timeout_ms),
             ("max_connections", self.max_connections as u64),
             ("auth_default_expiry_s", self.auth_default_expiry_s),
+            ("engineio_ping_interval_ms", self.engineio_ping_interval_ms),
+            ("engineio_ping_timeout_ms", self.engineio_ping_timeout_ms),
+            ("engineio_max_payload", self.engineio_max_payload as u64),
         ] {
             if v == 0 {
                 return err(format!("{name} must be greater than 0"));

@@ -5,6 +5,8 @@ mod auth;
 mod config;
 mod conn;
 mod data;
+#[cfg(feature = "engineio")]
+mod engineio;
 mod exchange;
 pub mod middleware;
 mod serve;
@@ -18,6 +20,9 @@ pub use auth::AuthKey;
 pub use config::{Config, ConfigError};
 #[doc(inline)]
 pub use data::{Data, IntoData, Json};
+#[cfg(feature = "engineio")]
+#[doc(inline)]
+pub use engineio::{CLOSE_PREFIX, ENGINEIO_SCRIPT_PATH};
 #[doc(inline)]
 pub use middleware::{
     Blocked, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
@@ -27,7 +32,7 @@ pub use serve::serve;
 #[doc(inline)]
 pub use server::{BuildError, Request, ScHandle, ScServer, ScServerBuilder, Subscription};
 #[doc(inline)]
-pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
+pub use service::{NotFound, RequestBody, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]
 pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScSocket};
 

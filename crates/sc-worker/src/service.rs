@@ -21,6 +21,8 @@ use crate::server::ServerInner;
 #[derive(Clone)]
 pub struct ScLayer {
     server: Arc<ServerInner>,
+    #[cfg(feature = "engineio")]
+    eio: Option<Arc<crate::engineio::Endpoint>>,
 }
 
 impl std::fmt::Debug for ScLayer {
@@ -33,7 +35,11 @@ impl std::fmt::Debug for ScLayer {
 
 impl ScLayer {
     pub(crate) fn new(server: Arc<ServerInner>) -> Self {
-        ScLayer { server }
+        ScLayer {
+            #[cfg(feature = "engineio")]
+            eio: crate::engineio::Endpoint::new(&server),
+            server,
+        }
     }
 
     /// Wraps `inner` (same as [`Layer::layer`]).
@@ -41,7 +47,15 @@ impl ScLayer {
         ScService {
             inner,
             server: self.server.clone(),
+            #[cfg(feature = "engineio")]
+            eio: self.eio.clone(),
         }
+    }
+
+    /// Open engine.io sessions (0 when the endpoint is off).
+    #[cfg(feature = "engineio")]
+    pub fn engineio_sessions(&self) -> usize {
+        self.eio.as_ref().map_or(0, |e| e.sessions())
     }
 }
 
@@ -61,6 +75,8 @@ impl<S> Layer<S> for ScLayer {
 pub struct ScService<S = NotFound> {
     inner: S,
     server: Arc<ServerInner>,
+    #[cfg(feature = "engineio")]
+    eio: Option<Arc<crate::engineio::Endpoint>>,
 }
 
 impl<S: std::fmt::Debug> std::fmt::Debug for ScService<S> {
@@ -88,6 +104,30 @@ impl<S> ScService<S> {
         self.inner
     }
 }
+
+/// The request bodies [`ScService`] accepts. With the `engineio` feature (on by default) the
+/// long-polling transport reads request bodies, so this is any [`http_body::Body`] that is
+/// `Send + Unpin + Debug + 'static` (hyper's `Incoming`, axum's `Body`, `String`, ...); without
+/// the feature it is any type.
+#[cfg(feature = "engineio")]
+pub trait RequestBody:
+    http_body::Body<Data: Send, Error: std::fmt::Debug> + Send + Unpin + std::fmt::Debug + 'static
+{
+}
+#[cfg(feature = "engineio")]
+impl<B> RequestBody for B where
+    B: http_body::Body<Data: Send, Error: std::fmt::Debug>
+        + Send
+        + Unpin
+        + std::fmt::Debug
+        + 'static
+{
+}
+/// The request bodies [`ScService`] accepts: any type (the `engineio` feature is off).
+#[cfg(not(feature = "engineio"))]
+pub trait RequestBody {}
+#[cfg(not(feature = "engineio"))]
+impl<B> RequestBody for B {}
 
 /// The default inner service: 404 Not Found for every request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -123,6 +163,7 @@ pin_project_lite::pin_project! {
     enum Kind<F, B> {
         Ready { response: Option<Response<B>> },
         Inner { #[pin] future: F },
+        Boxed { future: Pin<Box<dyn Future<Output = Response<String>> + Send>> },
     }
 }
 
@@ -135,6 +176,7 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 impl<F, B, E> Future for ResponseFuture<F, B>
 where
     F: Future<Output = Result<Response<B>, E>>,
+    B: From<String>,
 {
     type Output = Result<Response<B>, E>;
 
@@ -145,6 +187,7 @@ where
                 None => Poll::Pending,
             },
             KindProj::Inner { future } => future.poll(cx),
+            KindProj::Boxed { future } => future.as_mut().poll(cx).map(|r| Ok(r.map(B::from))),
         }
     }
 }
@@ -152,6 +195,7 @@ where
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ScService<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: RequestBody,
     ResBody: From<String>,
 {
     type Response = Response<ResBody>;
@@ -164,7 +208,18 @@ where
     }
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
-        if req.uri().path() == self.server.cfg.path && is_upgrade(&req) {
+        #[cfg(feature = "engineio")]
+        if let Some(eio) = &self.eio
+            && eio.handles(req.uri().path())
+        {
+            return ResponseFuture {
+                kind: Kind::Boxed {
+                    future: eio.call(req),
+                },
+            };
+        }
+        if self.server.cfg.websocket && req.uri().path() == self.server.cfg.path && is_upgrade(&req)
+        {
             ResponseFuture {
                 kind: Kind::Ready {
                     response: Some(upgrade(&self.server, req)),
