@@ -93,3 +93,55 @@ pub(crate) fn app(builder: ScServerBuilder) -> ScServerBuilder {
             })
         })
 }
+
+/// `GET /stats`: the server's live counts as JSON
+/// (`{"clients":N,"pending":N,"engineio_sessions":N}`); every other request gets 404.
+#[derive(Debug, Clone)]
+pub(crate) struct Stats {
+    layer: sc_worker::ScLayer,
+    handle: sc_worker::ScHandle,
+}
+
+impl Stats {
+    pub(crate) fn new(layer: sc_worker::ScLayer, handle: sc_worker::ScHandle) -> Self {
+        Stats { layer, handle }
+    }
+}
+
+impl<B> tower_service::Service<http::Request<B>> for Stats {
+    type Response = http::Response<String>;
+    type Error = std::convert::Infallible;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let mut res = if req.uri().path() == "/stats" && req.method() == http::Method::GET {
+            let body = serde_json::json!({
+                "clients": self.handle.clients_count(),
+                "pending": self.handle.pending_clients_count(),
+                "engineio_sessions": self.layer.engineio_sessions(),
+            });
+            let mut res = http::Response::new(format!("{body}\n"));
+            res.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("application/json"),
+            );
+            res
+        } else {
+            let mut res = http::Response::new("Not Found\n".to_owned());
+            *res.status_mut() = http::StatusCode::NOT_FOUND;
+            res
+        };
+        res.headers_mut().insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("no-store"),
+        );
+        std::future::ready(Ok(res))
+    }
+}

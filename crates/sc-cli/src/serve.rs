@@ -128,7 +128,7 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
     let (layer, handle) = crate::demo::app(builder)
         .try_build_layer()
         .map_err(|e| format!("invalid config: {e}"))?;
-    let service = layer.service(sc_worker::NotFound);
+    let service = layer.service(crate::demo::Stats::new(layer.clone(), handle.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

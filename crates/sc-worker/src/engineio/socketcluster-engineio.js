@@ -147,6 +147,8 @@
       fire(self, 'onopen', { type: 'open', target: self });
     });
     engine.on('message', function (data) {
+      // An empty message (the SocketCluster ping) is decoded by engine.io-client as undefined.
+      if (data === undefined || data === null) data = '';
       if (typeof data === 'string' && data.lastIndexOf(CLOSE_PREFIX, 0) === 0) {
         if (!self._closeInfo) self._closeInfo = parseClose(data.slice(CLOSE_PREFIX.length));
         self.readyState = CLOSING;
