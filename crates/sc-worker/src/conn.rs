@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_websockets::{Limits, Message, Payload, ServerBuilder, WebSocketStream};
 
 use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
 
@@ -31,6 +30,7 @@ use crate::middleware::{
 };
 use crate::server::{Request, ServerInner};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
+use crate::ws::{WsError, WsEvent, WsStream};
 
 /// How long a closing socket waits for the peer's close frame and end of stream.
 const LINGER: Duration = Duration::from_secs(2);
@@ -42,8 +42,8 @@ const BATCH: usize = 256;
 enum End {
     /// Send this close frame, then linger.
     Close(u16, String),
-    /// A close frame is already queued by the WebSocket layer (1009, 1002): flush and linger.
-    Queued(u16, String),
+    /// The peer sent a close frame (its echo is queued): flush it and end.
+    Peer(u16, String),
     /// The peer closed or the connection broke.
     Gone(u16, String),
 }
@@ -138,9 +138,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &server.cfg;
-    let ws = ServerBuilder::new()
-        .limits(Limits::default().max_payload_len(Some(cfg.max_payload)))
-        .serve(io);
+    let ws = WsStream::new(io, cfg.max_payload);
     let (tx, rx) = mpsc::channel(cfg.outbound_queue);
     let key = server.next_key.fetch_add(1, Ordering::Relaxed);
     let socket = ScSocket(Arc::new(SocketShared {
@@ -166,7 +164,6 @@ where
         out: Vec::new(),
         last_seen: Instant::now(),
         receivers: None,
-        peer_close: None,
     };
     let end = match conn.handshake().await {
         Ok(()) => conn.main_loop().await,
@@ -176,7 +173,7 @@ where
 }
 
 struct Conn<S> {
-    ws: WebSocketStream<S>,
+    ws: WsStream<S>,
     rx: mpsc::Receiver<Out>,
     socket: ScSocket,
     server: Arc<ServerInner>,
@@ -185,7 +182,6 @@ struct Conn<S> {
     last_seen: Instant,
     /// The last receiver that did not finish inline; later receivers run after it.
     receivers: Option<JoinHandle<()>>,
-    peer_close: Option<(u16, String)>,
 }
 
 impl<S> Conn<S>
@@ -204,13 +200,7 @@ where
             return Ok(());
         }
         for frame in self.out.drain(..) {
-            if self
-                .ws
-                .start_send_unpin(Message::text(Payload::from(frame)))
-                .is_err()
-            {
-                return Err(End::Gone(1006, "Socket hung up".to_owned()));
-            }
+            self.ws.queue_text(frame);
         }
         let limit = tokio::time::sleep(Duration::from_millis(self.server.cfg.ping_timeout_ms));
         tokio::pin!(limit);
@@ -250,41 +240,22 @@ where
     }
 
     /// Maps a WebSocket read result; `None` = nothing to handle.
-    fn classify(
-        &mut self,
-        m: Option<Result<Message, tokio_websockets::Error>>,
-    ) -> Result<Option<Message>, End> {
+    fn classify(&mut self, m: Result<WsEvent, WsError>) -> Result<Option<(Bytes, bool)>, End> {
         match m {
-            None => {
-                let (code, reason) = self.peer_close.take().unwrap_or((1005, String::new()));
-                Err(End::Gone(code, reason))
-            }
-            Some(Err(tokio_websockets::Error::PayloadTooLong { len, max_len })) => {
-                tracing::debug!(sid = %self.socket.id(), len, max_len, "message over max payload");
-                Err(End::Queued(
-                    1009,
-                    "Message was too big to process".to_owned(),
-                ))
-            }
-            Some(Err(tokio_websockets::Error::Protocol(e))) => {
-                tracing::debug!(sid = %self.socket.id(), error = %e, "WebSocket protocol error");
-                Err(End::Queued(1002, e.to_string()))
-            }
-            Some(Err(e)) => Err(End::Gone(1006, e.to_string())),
-            Some(Ok(msg)) => {
+            Ok(WsEvent::Message(bytes, text)) => {
                 self.last_seen = Instant::now();
-                if msg.is_close() {
-                    self.peer_close = msg
-                        .as_close()
-                        .map(|(c, r)| (u16::from(c), r.to_owned()))
-                        .or(Some((1005, String::new())));
-                    Ok(None)
-                } else if msg.is_text() || msg.is_binary() {
-                    Ok(Some(msg))
-                } else {
-                    Ok(None)
-                }
+                Ok(Some((bytes, text)))
             }
+            Ok(WsEvent::Control) => {
+                self.last_seen = Instant::now();
+                Ok(None)
+            }
+            Ok(WsEvent::Close(code, reason)) => Err(End::Peer(code, reason)),
+            Err(WsError::Protocol(code, reason)) => {
+                tracing::debug!(sid = %self.socket.id(), code, reason, "WebSocket protocol error");
+                Err(End::close(code, reason))
+            }
+            Err(WsError::Io(e)) => Err(End::Gone(1006, e.to_string())),
         }
     }
 
@@ -306,14 +277,10 @@ where
                 }
                 m = self.ws.next() => m,
             };
-            let Some(msg) = self.classify(m)? else {
+            let Some((bytes, _)) = self.classify(m)? else {
                 continue;
             };
-            let bytes: Bytes = msg.as_payload().clone().into();
-            let text = match msg.as_text() {
-                Some(t) => t,
-                None => std::str::from_utf8(&bytes).unwrap_or("\u{0}"),
-            };
+            let text = std::str::from_utf8(&bytes).unwrap_or("\u{0}");
             return match decode(text) {
                 Frame::Packet(Packet::Invoke { event, data, cid })
                     if event == events::HANDSHAKE =>
@@ -531,20 +498,14 @@ where
         self.flush_out().await
     }
 
-    async fn on_ws(
-        &mut self,
-        m: Option<Result<Message, tokio_websockets::Error>>,
-    ) -> Result<(), End> {
-        let Some(msg) = self.classify(m)? else {
+    async fn on_ws(&mut self, m: Result<WsEvent, WsError>) -> Result<(), End> {
+        let Some((bytes, is_text)) = self.classify(m)? else {
             return Ok(());
         };
-        let bytes: Bytes = msg.as_payload().clone().into();
-        match msg.as_text() {
-            Some(text) => self.on_text(&bytes, text).await,
-            None => match std::str::from_utf8(&bytes) {
-                Ok(text) => self.on_text(&bytes, text).await,
-                Err(_) => Ok(()),
-            },
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => self.on_text(&bytes, text).await,
+            Err(_) if is_text => Err(End::close(1007, "Message format was incorrect")),
+            Err(_) => Ok(()),
         }
     }
 
@@ -933,24 +894,23 @@ where
             End::Close(code, reason) => {
                 let mut reason = reason;
                 truncate_reason(&mut reason);
-                let ws = &mut self.ws;
-                let out = &mut self.out;
-                let _ = tokio::time::timeout(LINGER, async {
-                    for frame in out.drain(..) {
-                        let _ = ws.start_send_unpin(Message::text(Payload::from(frame)));
-                    }
-                    if let Ok(cc) = tokio_websockets::CloseCode::try_from(code) {
-                        let _ = ws.send(Message::close(Some(cc), &reason)).await;
-                    }
-                })
-                .await;
+                for frame in self.out.drain(..) {
+                    self.ws.queue_text(frame);
+                }
+                let close_code = match code {
+                    1005 | 1006 | 1015 => 1000,
+                    c => c,
+                };
+                self.ws.queue_close(Some(close_code), &reason);
+                let _ = tokio::time::timeout(LINGER, self.ws.flush()).await;
                 self.mark_closed(code, &reason);
                 self.linger().await;
                 (code, reason)
             }
-            End::Queued(code, reason) => {
+            End::Peer(code, reason) => {
+                let _ = tokio::time::timeout(LINGER, self.ws.flush()).await;
+                let _ = tokio::time::timeout(LINGER, self.ws.io_mut().shutdown()).await;
                 self.mark_closed(code, &reason);
-                self.linger().await;
                 (code, reason)
             }
             End::Gone(code, reason) => {
@@ -966,8 +926,12 @@ where
     async fn linger(&mut self) {
         let ws = &mut self.ws;
         let _ = tokio::time::timeout(LINGER, async {
-            while let Some(Ok(_)) = ws.next().await {}
-            let io = ws.get_mut();
+            while let Ok(ev) = ws.next().await {
+                if matches!(ev, WsEvent::Close(..)) {
+                    break;
+                }
+            }
+            let io = ws.io_mut();
             let _ = io.shutdown().await;
             let mut buf = vec![0u8; 4096];
             while let Ok(n) = io.read(&mut buf).await {

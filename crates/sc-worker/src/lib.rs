@@ -13,6 +13,7 @@ mod serve;
 mod server;
 mod service;
 mod socket;
+mod ws;
 
 #[doc(inline)]
 pub use auth::AuthKey;

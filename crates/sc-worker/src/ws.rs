@@ -1,0 +1,445 @@
+//! A server-side WebSocket (RFC 6455) framing layer sized for many idle connections.
+//!
+//! An idle socket holds no buffers: reads land in a stack buffer and only bytes of an incomplete
+//! frame are kept (a large frame whose length is known is read straight into a buffer of that
+//! size); the write buffer is released after each flush. Outgoing frames are queued as
+//! `bytes::Bytes` chunks (small ones coalesced with their header, large payloads referenced, not
+//! copied) and written with vectored writes, many frames per syscall.
+//!
+//! Inbound checks: client frames must be masked, no RSV bits, known opcodes, control frames short
+//! and unfragmented (else 1002); a message over the maximum
+//! payload is refused from its header (1009) without reading it.
+
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Reads smaller than this go through the stack buffer.
+const STACK_READ: usize = 4096;
+/// Payloads up to this size are copied next to their header instead of referenced.
+const COALESCE: usize = 1024;
+/// Chunks per vectored write.
+const MAX_IOV: usize = 64;
+
+/// What a read produced.
+#[derive(Debug)]
+pub(crate) enum WsEvent {
+    /// A complete text (`true`) or binary (`false`) message.
+    Message(Bytes, bool),
+    /// A ping (already answered) or a pong.
+    Control,
+    /// The peer's close frame (already answered): code (1005 when absent) and reason.
+    Close(u16, String),
+}
+
+/// Why reading stopped.
+#[derive(Debug)]
+pub(crate) enum WsError {
+    /// A protocol violation: the close code to send (1002, 1007, 1009) and why.
+    Protocol(u16, &'static str),
+    /// The connection ended or failed.
+    Io(io::Error),
+}
+
+pub(crate) struct WsStream<S> {
+    io: S,
+    rbuf: BytesMut,
+    /// Opcode kind (text?) and payload of a fragmented message being assembled.
+    partial: Option<(bool, BytesMut)>,
+    max_payload: usize,
+    wq: VecDeque<Bytes>,
+    wbuf: BytesMut,
+    close_sent: bool,
+}
+
+fn unmask(buf: &mut [u8], mask: [u8; 4]) {
+    let m64 = u64::from_ne_bytes([
+        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
+    ]);
+    let mut chunks = buf.chunks_exact_mut(8);
+    for c in &mut chunks {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(c);
+        c.copy_from_slice(&(u64::from_ne_bytes(w) ^ m64).to_ne_bytes());
+    }
+    for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+        *b ^= mask[i & 3];
+    }
+}
+
+/// Text is not validated here: the caller turns it into `&str` once (1007 if not UTF-8).
+fn message(payload: Bytes, text: bool) -> Result<WsEvent, WsError> {
+    Ok(WsEvent::Message(payload, text))
+}
+
+enum Parsed {
+    /// A frame: fin, opcode, unmasked payload.
+    Frame(bool, u8, BytesMut),
+    /// This many more bytes are needed.
+    Need(usize),
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
+    pub(crate) fn new(io: S, max_payload: usize) -> Self {
+        WsStream {
+            io,
+            rbuf: BytesMut::new(),
+            partial: None,
+            max_payload,
+            wq: VecDeque::new(),
+            wbuf: BytesMut::new(),
+            close_sent: false,
+        }
+    }
+
+    pub(crate) fn io_mut(&mut self) -> &mut S {
+        &mut self.io
+    }
+
+    fn parse(&mut self) -> Result<Parsed, WsError> {
+        let b = &self.rbuf[..];
+        if b.len() < 2 {
+            return Ok(Parsed::Need(2 - b.len()));
+        }
+        let (b0, b1) = (b[0], b[1]);
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        if b0 & 0x70 != 0 {
+            return Err(WsError::Protocol(1002, "reserved bits set"));
+        }
+        if b1 & 0x80 == 0 {
+            return Err(WsError::Protocol(1002, "client frame not masked"));
+        }
+        let control = opcode >= 8;
+        match opcode {
+            0..=2 | 8..=10 => {}
+            _ => return Err(WsError::Protocol(1002, "unknown opcode")),
+        }
+        let (len, ext) = match b1 & 0x7f {
+            126 => {
+                if b.len() < 4 {
+                    return Ok(Parsed::Need(4 - b.len()));
+                }
+                (u64::from(u16::from_be_bytes([b[2], b[3]])), 2)
+            }
+            127 => {
+                if b.len() < 10 {
+                    return Ok(Parsed::Need(10 - b.len()));
+                }
+                let mut l = [0u8; 8];
+                l.copy_from_slice(&b[2..10]);
+                (u64::from_be_bytes(l), 8)
+            }
+            n => (u64::from(n), 0),
+        };
+        if control && (!fin || len > 125) {
+            return Err(WsError::Protocol(1002, "bad control frame"));
+        }
+        let already = self.partial.as_ref().map_or(0, |(_, p)| p.len() as u64);
+        if !control && already.saturating_add(len) > self.max_payload as u64 {
+            return Err(WsError::Protocol(1009, "Message was too big to process"));
+        }
+        let len = usize::try_from(len).map_err(|_| WsError::Protocol(1009, "too big"))?;
+        let header = 2 + ext + 4;
+        if b.len() < header + len {
+            return Ok(Parsed::Need(header + len - b.len()));
+        }
+        let mask = [b[2 + ext], b[3 + ext], b[4 + ext], b[5 + ext]];
+        self.rbuf.advance(header);
+        let mut payload = self.rbuf.split_to(len);
+        unmask(&mut payload, mask);
+        Ok(Parsed::Frame(fin, opcode, payload))
+    }
+
+    /// Handles one parsed frame; `None` when it only continued a fragmented message.
+    fn on_frame(
+        &mut self,
+        fin: bool,
+        opcode: u8,
+        payload: BytesMut,
+    ) -> Result<Option<WsEvent>, WsError> {
+        match opcode {
+            0 => {
+                let Some((_, p)) = self.partial.as_mut() else {
+                    return Err(WsError::Protocol(1002, "continuation without a message"));
+                };
+                p.extend_from_slice(&payload);
+                if !fin {
+                    return Ok(None);
+                }
+                let Some((text, p)) = self.partial.take() else {
+                    return Ok(None);
+                };
+                message(p.freeze(), text).map(Some)
+            }
+            1 | 2 => {
+                if self.partial.is_some() {
+                    return Err(WsError::Protocol(
+                        1002,
+                        "new message inside a fragmented one",
+                    ));
+                }
+                if fin {
+                    message(payload.freeze(), opcode == 1).map(Some)
+                } else {
+                    self.partial = Some((opcode == 1, payload));
+                    Ok(None)
+                }
+            }
+            8 => {
+                let (code, reason) = if payload.len() >= 2 {
+                    let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    let reason = std::str::from_utf8(&payload[2..])
+                        .map_err(|_| WsError::Protocol(1007, "close reason not UTF-8"))?
+                        .to_owned();
+                    (code, reason)
+                } else {
+                    (1005, String::new())
+                };
+                if !self.close_sent {
+                    let echo = if code == 1005 { None } else { Some(code) };
+                    self.queue_close(echo, "");
+                }
+                Ok(Some(WsEvent::Close(code, reason)))
+            }
+            9 => {
+                self.queue_frame(0xA, payload.freeze());
+                Ok(Some(WsEvent::Control))
+            }
+            _ => Ok(Some(WsEvent::Control)),
+        }
+    }
+
+    pub(crate) fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Result<WsEvent, WsError>> {
+        loop {
+            let need = match self.parse()? {
+                Parsed::Frame(fin, opcode, payload) => {
+                    if self.rbuf.is_empty() {
+                        self.rbuf = BytesMut::new();
+                    }
+                    match self.on_frame(fin, opcode, payload)? {
+                        Some(ev) => return Poll::Ready(Ok(ev)),
+                        None => continue,
+                    }
+                }
+                Parsed::Need(n) => n,
+            };
+            let n = if need > STACK_READ {
+                self.rbuf.reserve(need);
+                let before = self.rbuf.len();
+                let n = ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut self.io),
+                    cx,
+                    &mut self.rbuf
+                ))
+                .map_err(WsError::Io)?;
+                debug_assert_eq!(self.rbuf.len(), before + n);
+                n
+            } else {
+                let mut stack = [0u8; STACK_READ];
+                let mut rb = ReadBuf::new(&mut stack);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WsError::Io)?;
+                let filled = rb.filled();
+                self.rbuf.extend_from_slice(filled);
+                filled.len()
+            };
+            if n == 0 {
+                return Poll::Ready(Err(WsError::Io(io::ErrorKind::UnexpectedEof.into())));
+            }
+        }
+    }
+
+    /// The next message or event (cancel-safe).
+    pub(crate) async fn next(&mut self) -> Result<WsEvent, WsError> {
+        poll_fn(|cx| self.poll_next(cx)).await
+    }
+
+    fn queue_frame(&mut self, opcode: u8, payload: Bytes) {
+        let len = payload.len();
+        let mut header = [0u8; 10];
+        header[0] = 0x80 | opcode;
+        let hlen = if len < 126 {
+            header[1] = len as u8;
+            2
+        } else if let Ok(l) = u16::try_from(len) {
+            header[1] = 126;
+            header[2..4].copy_from_slice(&l.to_be_bytes());
+            4
+        } else {
+            header[1] = 127;
+            header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+            10
+        };
+        self.wbuf.extend_from_slice(&header[..hlen]);
+        if len <= COALESCE {
+            self.wbuf.extend_from_slice(&payload);
+        } else {
+            let head = self.wbuf.split().freeze();
+            self.wq.push_back(head);
+            self.wq.push_back(payload);
+        }
+    }
+
+    /// Queues a text frame (written by the next flush).
+    pub(crate) fn queue_text(&mut self, payload: Bytes) {
+        if !self.close_sent {
+            self.queue_frame(0x1, payload);
+        }
+    }
+
+    /// Queues a close frame; nothing is sent after it.
+    pub(crate) fn queue_close(&mut self, code: Option<u16>, reason: &str) {
+        if self.close_sent {
+            return;
+        }
+        let mut p = Vec::with_capacity(2 + reason.len());
+        if let Some(code) = code {
+            p.extend_from_slice(&code.to_be_bytes());
+            p.extend_from_slice(reason.as_bytes());
+        }
+        self.queue_frame(0x8, Bytes::from(p));
+        self.close_sent = true;
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.wbuf.is_empty() {
+            let chunk = self.wbuf.split().freeze();
+            self.wq.push_back(chunk);
+        }
+        while !self.wq.is_empty() {
+            let n = {
+                let mut iov = [IoSlice::new(&[]); MAX_IOV];
+                let mut count = 0;
+                for (slot, chunk) in iov.iter_mut().zip(self.wq.iter()) {
+                    *slot = IoSlice::new(chunk);
+                    count += 1;
+                }
+                ready!(Pin::new(&mut self.io).poll_write_vectored(cx, &iov[..count]))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let mut left = n;
+            while left > 0 {
+                let Some(front) = self.wq.front_mut() else {
+                    break;
+                };
+                if front.len() <= left {
+                    left -= front.len();
+                    self.wq.pop_front();
+                } else {
+                    front.advance(left);
+                    left = 0;
+                }
+            }
+        }
+        ready!(Pin::new(&mut self.io).poll_flush(cx))?;
+        self.wbuf = BytesMut::new();
+        if self.wq.capacity() > 16 {
+            self.wq = VecDeque::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes everything queued (cancel-safe: what is not written stays queued).
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [1u8, 2, 3, 4];
+        let mut f = vec![(if fin { 0x80 } else { 0 }) | opcode];
+        let len = payload.len();
+        if len < 126 {
+            f.push(0x80 | len as u8);
+        } else if len < 65536 {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(len as u16).to_be_bytes());
+        } else {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        f
+    }
+
+    #[tokio::test]
+    async fn messages_fragments_control_and_limits() {
+        let (a, mut b) = tokio::io::duplex(1 << 20);
+        let mut ws = WsStream::new(a, 100_000);
+        let mut input = client_frame(true, 1, b"hello");
+        input.extend(client_frame(false, 1, "héllo ".as_bytes()));
+        input.extend(client_frame(true, 9, b"p"));
+        input.extend(client_frame(false, 0, b"wor"));
+        input.extend(client_frame(true, 0, b"ld"));
+        let big = vec![b'x'; 70_000];
+        input.extend(client_frame(true, 2, &big));
+        b.write_all(&input).await.unwrap();
+        assert!(
+            matches!(ws.next().await.unwrap(), WsEvent::Message(m, true) if &m[..] == b"hello")
+        );
+        assert!(matches!(ws.next().await.unwrap(), WsEvent::Control));
+        assert!(
+            matches!(ws.next().await.unwrap(), WsEvent::Message(m, true) if &m[..] == "héllo world".as_bytes())
+        );
+        assert!(
+            matches!(ws.next().await.unwrap(), WsEvent::Message(m, false) if m.len() == 70_000)
+        );
+        // The pong and a text frame go out in one flush.
+        ws.queue_text(Bytes::from_static(b"reply"));
+        ws.queue_text(Bytes::from(vec![b'y'; 2000]));
+        ws.flush().await.unwrap();
+        let mut out = vec![0u8; 3 + 7 + 4 + 2000];
+        b.read_exact(&mut out).await.unwrap();
+        assert_eq!(&out[..3], &[0x8A, 1, b'p']);
+        assert_eq!(&out[3..10], &[0x81, 5, b'r', b'e', b'p', b'l', b'y']);
+        assert_eq!(&out[10..14], &[0x81, 126, 0x07, 0xD0]);
+        // Over the limit: 1009 from the header alone.
+        b.write_all(&client_frame(true, 1, &vec![b'z'; 100_001])[..14])
+            .await
+            .unwrap();
+        assert!(matches!(ws.next().await, Err(WsError::Protocol(1009, _))));
+    }
+
+    #[tokio::test]
+    async fn protocol_errors_and_close() {
+        for (bytes, code) in [
+            (vec![0x81, 0x01, b'a'], 1002),       // unmasked
+            (client_frame(true, 3, b"x"), 1002),  // unknown opcode
+            (client_frame(true, 0, b"x"), 1002),  // stray continuation
+            (client_frame(false, 9, b"x"), 1002), // fragmented control
+        ] {
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut ws = WsStream::new(a, 1000);
+            b.write_all(&bytes).await.unwrap();
+            match ws.next().await {
+                Err(WsError::Protocol(c, _)) => assert_eq!(c, code),
+                other => panic!("{other:?}"),
+            }
+        }
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut ws = WsStream::new(a, 1000);
+        let mut close = 4321u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"bye");
+        b.write_all(&client_frame(true, 8, &close)).await.unwrap();
+        assert!(matches!(ws.next().await.unwrap(), WsEvent::Close(4321, r) if r == "bye"));
+        ws.flush().await.unwrap();
+        let mut echo = [0u8; 4];
+        b.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, [0x88, 2, 0x10, 0xE1]);
+        drop(b);
+        assert!(matches!(ws.next().await, Err(WsError::Io(_))));
+    }
+}
