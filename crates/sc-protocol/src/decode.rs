@@ -213,7 +213,143 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de Raw
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// Decodes one packet (a frame or a batch element that starts with `{`): the fast scanner for the
+/// common shapes, serde for everything else.
 fn decode_packet(text: &str) -> Packet<'_> {
+    match decode_packet_fast(text) {
+        Some(packet) => packet,
+        None => decode_packet_slow(text),
+    }
+}
+
+/// The fast path for the shapes nearly every frame has: one flat object whose keys are among
+/// `event`, `data`, `cid`, `rid` and `error` (each once, written without escapes), with an
+/// escape-free string `event` and plain integer `cid`/`rid`. Payloads are still validated and
+/// borrowed by serde_json. `None` means "not this shape": [`decode_packet_slow`] decides, and for
+/// every frame where this returns `Some`, the slow path returns the same packet (tested).
+fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
+    let b = text.as_bytes();
+    let mut i = skip_ws(b, 0);
+    if b.get(i) != Some(&b'{') {
+        return None;
+    }
+    i += 1;
+    let mut event: Option<&str> = None;
+    let mut data: Option<&RawValue> = None;
+    let mut error: Option<&RawValue> = None;
+    let mut cid: Option<Cid> = None;
+    let mut rid: Option<Cid> = None;
+    loop {
+        i = skip_ws(b, i);
+        if b.get(i) != Some(&b'"') {
+            return None;
+        }
+        let key_end = plain_str_end(b, i + 1)?;
+        let key = b.get(i + 1..key_end)?;
+        i = skip_ws(b, key_end + 1);
+        if b.get(i) != Some(&b':') {
+            return None;
+        }
+        i = skip_ws(b, i + 1);
+        match key {
+            b"event" if event.is_none() => {
+                if b.get(i) != Some(&b'"') {
+                    return None;
+                }
+                let end = plain_str_end(b, i + 1)?;
+                event = Some(text.get(i + 1..end)?);
+                i = end + 1;
+            }
+            b"cid" if cid.is_none() => (cid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
+            b"rid" if rid.is_none() => (rid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
+            b"data" if data.is_none() => {
+                (data, i) = raw_value(text, i).map(|(v, i)| (Some(v), i))?
+            }
+            b"error" if error.is_none() => {
+                (error, i) = raw_value(text, i).map(|(v, i)| (Some(v), i))?;
+            }
+            // Other keys and duplicates.
+            _ => return None,
+        }
+        i = skip_ws(b, i);
+        match b.get(i) {
+            Some(b',') => i += 1,
+            Some(b'}') => break,
+            _ => return None,
+        }
+    }
+    if skip_ws(b, i + 1) != b.len() {
+        return None;
+    }
+    match (event, cid, rid) {
+        (Some(event), Some(cid), _) => Some(Packet::Invoke {
+            event: Cow::Borrowed(event),
+            data,
+            cid,
+        }),
+        (Some(event), None, _) => Some(Packet::Transmit {
+            event: Cow::Borrowed(event),
+            data,
+        }),
+        (None, _, Some(rid)) => Some(Packet::Response {
+            rid,
+            data,
+            error: error.filter(|e| e.get() != "null"),
+        }),
+        (None, _, None) => None,
+    }
+}
+
+/// The index after the JSON whitespace from `i`.
+fn skip_ws(b: &[u8], mut i: usize) -> usize {
+    while let Some(b' ' | b'\n' | b'\r' | b'\t') = b.get(i) {
+        i += 1;
+    }
+    i
+}
+
+/// The index of the closing quote of a string whose content starts at `i`, if the string has no
+/// escapes and no control characters (which JSON forbids unescaped).
+fn plain_str_end(b: &[u8], i: usize) -> Option<usize> {
+    let len = b
+        .get(i..)?
+        .iter()
+        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
+    (b.get(i + len) == Some(&b'"')).then_some(i + len)
+}
+
+/// A JSON integer `0|[1-9][0-9]*` that fits a [`Cid`] at `i`, and the index after it. `None` for
+/// anything else (a sign, a fraction, an exponent, an overflow, no number).
+fn integer(b: &[u8], mut i: usize) -> Option<(Cid, usize)> {
+    let mut n: Cid = 0;
+    match b.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                n = n.checked_mul(10)?.checked_add(Cid::from(d - b'0'))?;
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    match b.get(i) {
+        Some(b' ' | b'\n' | b'\r' | b'\t' | b',' | b'}') => Some((n, i)),
+        _ => None,
+    }
+}
+
+/// One JSON value at `i`, validated and borrowed by serde_json, and the index after it.
+fn raw_value(text: &str, i: usize) -> Option<(&RawValue, usize)> {
+    let mut values = serde_json::Deserializer::from_str(text.get(i..)?).into_iter::<&RawValue>();
+    match values.next() {
+        Some(Ok(value)) => Some((value, i + values.byte_offset())),
+        _ => None,
+    }
+}
+
+/// The reference decoder: serde_json with a borrowed struct. It decides every frame the fast path
+/// leaves alone.
+fn decode_packet_slow(text: &str) -> Packet<'_> {
     let Ok(wire) = serde_json::from_str::<Wire<'_>>(text) else {
         return Packet::Raw(text);
     };
