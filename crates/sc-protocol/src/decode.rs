@@ -154,6 +154,20 @@ impl Packet<'_> {
 /// Decodes one text frame. Never fails and never panics: what is not a packet is
 /// [`Packet::Raw`].
 pub fn decode(text: &str) -> Frame<'_> {
+    decode_with(text, decode_packet)
+}
+
+/// The serde-only decoder (the fast scanner switched off), for the fuzz target to compare
+/// [`decode`] against. Only built under `cfg(fuzzing)`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub fn decode_reference(text: &str) -> Frame<'_> {
+    decode_with(text, decode_packet_slow)
+}
+
+/// Classifies a frame, decoding each packet (a text starting with `{`) with `packet`.
+#[inline]
+fn decode_with<'a>(text: &'a str, packet: impl Fn(&'a str) -> Packet<'a>) -> Frame<'a> {
     match text {
         "" => return Frame::Heartbeat,
         "#1" => return Frame::PingV1,
@@ -166,9 +180,21 @@ pub fn decode(text: &str) -> Frame<'_> {
         .as_bytes()
         .first()
     {
-        Some(b'{') => Frame::Packet(decode_packet(text)),
+        Some(b'{') => Frame::Packet(packet(text)),
         Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(items) => Frame::Batch(items.into_iter().map(decode_element).collect()),
+            Ok(items) => Frame::Batch(
+                items
+                    .into_iter()
+                    .map(|raw| {
+                        let text = raw.get();
+                        if text.starts_with('{') {
+                            packet(text)
+                        } else {
+                            Packet::Raw(text)
+                        }
+                    })
+                    .collect(),
+            ),
             Err(_) => Frame::Packet(Packet::Raw(text)),
         },
         _ => Frame::Packet(Packet::Raw(text)),
@@ -181,15 +207,6 @@ pub fn decode_binary(bytes: &[u8]) -> Frame<'_> {
     match std::str::from_utf8(bytes) {
         Ok(text) => decode(text),
         Err(_) => Frame::Packet(Packet::Raw("")),
-    }
-}
-
-fn decode_element(raw: &RawValue) -> Packet<'_> {
-    let text = raw.get();
-    if text.starts_with('{') {
-        decode_packet(text)
-    } else {
-        Packet::Raw(text)
     }
 }
 

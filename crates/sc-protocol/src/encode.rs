@@ -130,6 +130,8 @@ pub fn write_error(buf: &mut Vec<u8>, rid: Cid, error: &crate::ScError) {
 /// Appends the `#publish` transmit a subscriber receives:
 /// `{"event":"#publish","data":{"channel":C[,"data":D]}}`.
 pub fn write_publish(buf: &mut Vec<u8>, channel: &str, data: Option<&RawValue>) {
+    #[cfg(test)]
+    tests::PUBLISH_ENCODES.with(|n| n.set(n.get() + 1));
     buf.extend_from_slice(b"{\"event\":\"#publish\",\"data\":{\"channel\":");
     write_str(buf, channel);
     if let Some(data) = data {
@@ -180,4 +182,102 @@ pub fn write_batch<'a>(buf: &mut Vec<u8>, frames: impl IntoIterator<Item = &'a [
         buf.extend_from_slice(f);
     }
     buf.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::*;
+
+    thread_local! {
+        /// How many `#publish` frames this thread encoded.
+        pub(super) static PUBLISH_ENCODES: Cell<usize> = const { Cell::new(0) };
+    }
+
+    fn encodes() -> usize {
+        PUBLISH_ENCODES.with(Cell::get)
+    }
+
+    fn raw(text: &str) -> &RawValue {
+        serde_json::from_str(text).unwrap()
+    }
+
+    /// One subscriber's outbound queue.
+    #[derive(Default)]
+    struct Subscriber {
+        queue: Vec<Bytes>,
+    }
+
+    #[test]
+    fn publish_to_1000_subscribers_is_encoded_once() {
+        let mut subscribers: Vec<Subscriber> = (0..1000).map(|_| Subscriber::default()).collect();
+        let before = encodes();
+
+        let frame = PublishFrame::new("news", Some(raw(r#"{"headline":"x","n":[1,2,3]}"#)));
+        for subscriber in &mut subscribers {
+            subscriber.queue.push(frame.clone().into_bytes());
+        }
+
+        assert_eq!(
+            encodes() - before,
+            1,
+            "the frame was encoded more than once"
+        );
+        let shared = frame.bytes();
+        for subscriber in &subscribers {
+            let [bytes] = subscriber.queue.as_slice() else {
+                panic!("one frame per subscriber")
+            };
+            assert_eq!(bytes.as_ptr(), shared.as_ptr(), "a subscriber got a copy");
+            assert_eq!(bytes, shared);
+        }
+        assert_eq!(
+            frame.as_str(),
+            r##"{"event":"#publish","data":{"channel":"news","data":{"headline":"x","n":[1,2,3]}}}"##
+        );
+    }
+
+    /// The checks above can fail: encoding per subscriber is counted and gives other pointers.
+    #[test]
+    fn encoding_per_subscriber_would_be_caught() {
+        let before = encodes();
+        let a = PublishFrame::new("news", Some(raw("1")));
+        let b = PublishFrame::new("news", Some(raw("1")));
+        assert_eq!(encodes() - before, 2);
+        assert_eq!(a, b);
+        assert_ne!(a.bytes().as_ptr(), b.bytes().as_ptr());
+        let mut buf = Vec::new();
+        write_publish(&mut buf, "news", None);
+        assert_eq!(encodes() - before, 3);
+    }
+
+    #[test]
+    fn publish_frame_accessors() {
+        let frame = PublishFrame::new("é", None);
+        assert_eq!(
+            frame.as_str(),
+            r##"{"event":"#publish","data":{"channel":"é"}}"##
+        );
+        assert_eq!(frame.bytes().as_ref(), frame.as_str().as_bytes());
+        let bytes = frame.clone().into_bytes();
+        assert_eq!(bytes.as_ptr(), frame.bytes().as_ptr());
+    }
+
+    #[test]
+    fn write_str_escapes_like_json_stringify() {
+        let cases = [
+            ("", r#""""#),
+            ("plain", r#""plain""#),
+            ("q\"b\\s/", r#""q\"b\\s/""#),
+            ("\n\r\t\u{8}\u{c}", r#""\n\r\t\b\f""#),
+            ("\0\u{1}\u{1f}\u{7f}", "\"\\u0000\\u0001\\u001f\u{7f}\""),
+            ("é😀\u{2028}", "\"é😀\u{2028}\""),
+        ];
+        for (input, want) in cases {
+            let mut buf = Vec::new();
+            write_str(&mut buf, input);
+            assert_eq!(std::str::from_utf8(&buf).unwrap(), want, "{input:?}");
+        }
+    }
 }

@@ -147,35 +147,7 @@ fn packet_equality_compares_payload_text() {
 
 /// The whole-frame decoder with the fast path switched off.
 fn decode_slow(text: &str) -> Frame<'_> {
-    match text {
-        "" => return Frame::Heartbeat,
-        "#1" => return Frame::PingV1,
-        "#2" => return Frame::PongV1,
-        _ => {}
-    }
-    match text
-        .trim_start_matches([' ', '\n', '\r', '\t'])
-        .as_bytes()
-        .first()
-    {
-        Some(b'{') => Frame::Packet(decode_packet_slow(text)),
-        Some(b'[') => match serde_json::from_str::<Vec<&RawValue>>(text) {
-            Ok(items) => Frame::Batch(
-                items
-                    .into_iter()
-                    .map(|raw| {
-                        if raw.get().starts_with('{') {
-                            decode_packet_slow(raw.get())
-                        } else {
-                            Packet::Raw(raw.get())
-                        }
-                    })
-                    .collect(),
-            ),
-            Err(_) => Frame::Packet(Packet::Raw(text)),
-        },
-        _ => Frame::Packet(Packet::Raw(text)),
-    }
+    decode_with(text, decode_packet_slow)
 }
 
 fn key() -> impl Strategy<Value = String> {
