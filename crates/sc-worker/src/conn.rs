@@ -196,7 +196,7 @@ where
     /// reading) is abandoned when the socket is dropped as a slow consumer, or after the ping
     /// timeout.
     async fn flush_out(&mut self) -> Result<(), End> {
-        if self.out.is_empty() {
+        if self.out.is_empty() && !self.ws.has_pending() {
             return Ok(());
         }
         for frame in self.out.drain(..) {

@@ -285,6 +285,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
+    /// Whether frames are queued and not yet written (a pong, for instance).
+    pub(crate) fn has_pending(&self) -> bool {
+        !self.wbuf.is_empty() || !self.wq.is_empty()
+    }
+
     /// Queues a text frame (written by the next flush).
     pub(crate) fn queue_text(&mut self, payload: Bytes) {
         if !self.close_sent {

@@ -576,3 +576,27 @@ async fn server_side_subscription() {
     drop(sub);
     assert_eq!(server.handle.subscriber_count("feed"), 0);
 }
+
+#[tokio::test]
+async fn websocket_pings_are_answered_and_large_frames_read() {
+    use futures_util::SinkExt;
+    let server = start(app()).await;
+    let (mut c, _) = Client::connect(&server).await;
+    c.ws.send(tokio_websockets::Message::ping("are you there"))
+        .await
+        .unwrap();
+    let pong = loop {
+        let m = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws))
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        if m.is_pong() {
+            break m;
+        }
+    };
+    assert_eq!(&pong.into_payload()[..], b"are you there");
+    // A 100 KB invoke (a 64-bit length frame, read straight into a buffer of its size).
+    let big = "é".repeat(50_000);
+    assert_eq!(c.invoke("echo", json!(big), 2).await["data"], json!(big));
+}
