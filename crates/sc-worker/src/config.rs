@@ -123,6 +123,15 @@ impl Config {
                 self.engineio_path
             ));
         }
+        if self.websocket
+            && self.engineio
+            && self.engineio_path.trim_end_matches('/') == self.path.trim_end_matches('/')
+        {
+            return err(format!(
+                "engineio_path and path must differ: {:?}",
+                self.engineio_path
+            ));
+        }
         for (name, v) in [
             ("max_payload", self.max_payload as u64),
             ("outbound_queue", self.outbound_queue as u64),
