@@ -3,6 +3,7 @@
 mod bench;
 mod demo;
 mod serve;
+mod store_cmd;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -28,6 +29,8 @@ enum Command {
     GenConfig,
     /// Load generator for SocketCluster (and socket.io) servers: echo, rate, ping, fanout, conns
     Bench(bench::BenchArgs),
+    /// Run a store server process: keys with TTL, maps, lists and pub/sub over the Redis protocol
+    Store(store_cmd::StoreArgs),
 }
 
 /// Exit code of a bad flag or config value (EX_USAGE).
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Store(args) => store_cmd::run(args),
         Command::GenConfig => match serve::gen_config() {
             Ok(text) => {
                 print_line(text.trim_end());

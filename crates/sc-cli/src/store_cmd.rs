@@ -3,11 +3,16 @@
 //! `redis-cli -p 6380` can inspect it and `redis-benchmark` can measure it.
 
 use std::io::Write;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use sc_store::server::{self, ServerConfig};
+use tracing_subscriber::EnvFilter;
+
+/// Exit code of a bad option (EX_USAGE), as for the other subcommands.
+const EXIT_CONFIG: u8 = 64;
 
 /// Options of `socketcluster store`.
 #[derive(Debug, Args)]
@@ -59,11 +64,36 @@ pub(crate) fn config(args: &StoreArgs) -> Result<ServerConfig, String> {
     })
 }
 
-/// Binds the listener, prints `store listening on <addr>` and serves until the process ends.
+/// The `store` subcommand: checks the options (a problem exits with code 64), initialises
+/// tracing, binds the listener, prints `store listening on <addr>` and serves until the process
+/// ends.
 ///
 /// The server runs its own single-threaded runtime: call this outside any tokio runtime.
-pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
-    let config = config(&args).map_err(anyhow::Error::msg)?;
+pub(crate) fn run(args: StoreArgs) -> ExitCode {
+    let config = match config(&args) {
+        Ok(c) => c,
+        Err(m) => {
+            eprintln!("error: {m}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .init();
+    match serve(&args, config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: &StoreArgs, config: ServerConfig) -> anyhow::Result<()> {
     let addr = format!("{}:{}", args.host, args.port);
     let listener =
         std::net::TcpListener::bind(&addr).with_context(|| format!("cannot listen on {addr}"))?;
