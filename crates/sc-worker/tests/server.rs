@@ -81,7 +81,7 @@ async fn handshake_reply_and_greet() {
 
 #[tokio::test]
 async fn strict_handshake_close_codes() {
-    let server = start(app().handshake_timeout(Duration::from_millis(100))).await;
+    let server = start(app().handshake_timeout(Duration::from_millis(1000))).await;
     for frame in ["", r#"{"event":"echo","data":1,"cid":1}"#, "not json", "[]"] {
         let mut c = Client::open(&server).await;
         c.send(frame).await;
@@ -119,8 +119,8 @@ async fn message_over_max_payload_closes_1009_and_others_are_unaffected() {
 async fn pong_timeout_closes_4001_and_pongs_keep_alive() {
     let server = start(
         app()
-            .ping_interval(Duration::from_millis(30))
-            .ping_timeout(Duration::from_millis(150)),
+            .ping_interval(Duration::from_millis(50))
+            .ping_timeout(Duration::from_millis(500)),
     )
     .await;
     // A client that answers: ten pings later it is still usable.
@@ -147,8 +147,8 @@ async fn protocol_v1_heartbeats() {
     let server = start(
         app()
             .protocol_version(1)
-            .ping_interval(Duration::from_millis(30))
-            .ping_timeout(Duration::from_millis(150)),
+            .ping_interval(Duration::from_millis(50))
+            .ping_timeout(Duration::from_millis(500)),
     )
     .await;
     let (mut c, _) = Client::connect(&server).await;
@@ -323,7 +323,7 @@ async fn channel_limit_and_client_publish_switch() {
 
 #[tokio::test]
 async fn server_to_client_invoke_acks_errors_and_timeouts() {
-    let server = start(app().ack_timeout(Duration::from_millis(200))).await;
+    let server = start(app().ack_timeout(Duration::from_millis(1000))).await;
     let (mut c, data) = Client::connect(&server).await;
     let socket = server.handle.socket(data["id"].as_str().unwrap()).unwrap();
     let s2 = socket.clone();
