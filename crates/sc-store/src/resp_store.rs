@@ -51,6 +51,9 @@ pub struct RespConfig {
     pub response_timeout: Duration,
     /// How long one connection attempt may take. Defaults to 2 s.
     pub connect_timeout: Duration,
+    /// How often an idle pub/sub connection is checked with `PING`; a ping without a reply
+    /// within `response_timeout` counts as a lost connection (and so as a gap). Defaults to 5 s.
+    pub ping_interval: Duration,
 }
 
 impl RespConfig {
@@ -64,6 +67,7 @@ impl RespConfig {
             reconnect_max_delay: Duration::from_secs(2),
             response_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            ping_interval: Duration::from_secs(5),
         }
     }
 
@@ -91,6 +95,7 @@ impl fmt::Debug for RespStore {
 }
 
 struct Inner {
+    response_timeout: Duration,
     nodes: Vec<Node>,
     seeds: Vec<u64>,
     tasks: Vec<JoinHandle<()>>,
@@ -193,13 +198,29 @@ async fn pubsub_task(
     config: RespConfig,
     id: String,
 ) {
+    let mut ping = tokio::time::interval(config.ping_interval.max(Duration::from_millis(10)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        while let Some(msg) = stream.next().await {
-            let st = node.state.lock();
-            if let Some(tx) = st.channels.get(msg.get_channel_name()) {
-                let _ = tx.send(StoreEvent::Message(Bytes::copy_from_slice(
-                    msg.get_payload_bytes(),
-                )));
+        ping.reset();
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    let st = node.state.lock();
+                    if let Some(tx) = st.channels.get(msg.get_channel_name()) {
+                        let _ = tx.send(StoreEvent::Message(Bytes::copy_from_slice(
+                            msg.get_payload_bytes(),
+                        )));
+                    }
+                }
+                _ = ping.tick() => {
+                    let sink = node.state.lock().sink.clone();
+                    let Some(mut sink) = sink else { break };
+                    let pong = tokio::time::timeout(config.response_timeout, sink.ping::<Value>());
+                    if !matches!(pong.await, Ok(Ok(_))) {
+                        break;
+                    }
+                }
             }
         }
         node.state.lock().sink = None;
@@ -290,6 +311,7 @@ impl RespStore {
         let seeds = nodes.iter().map(|n| hash::node_seed(&n.id)).collect();
         Ok(RespStore {
             inner: Arc::new(Inner {
+                response_timeout: config.response_timeout,
                 nodes,
                 seeds,
                 tasks,
@@ -544,13 +566,30 @@ impl Store for RespStore {
             };
             // When the connection is being replaced, the re-subscription covers this channel
             // and the subscriber then gets a Gap.
-            if let Some(mut sink) = sink
-                && let Err(e) = sink.subscribe(channel).await
-                && !e.is_connection_dropped()
-                && !e.is_io_error()
-            {
-                node.state.lock().channels.remove(channel);
-                return Err(e.into());
+            if let Some(mut sink) = sink {
+                let failed = match tokio::time::timeout(
+                    self.inner.response_timeout,
+                    sink.subscribe(channel),
+                )
+                .await
+                {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => None,
+                    Ok(Err(e)) => Some(Error::from(e)),
+                    Err(elapsed) => Some(Error::Connection(Box::new(elapsed))),
+                };
+                if let Some(e) = failed {
+                    drop(rx);
+                    let mut st = node.state.lock();
+                    if st
+                        .channels
+                        .get(channel)
+                        .is_some_and(|tx| tx.receiver_count() == 0)
+                    {
+                        st.channels.remove(channel);
+                    }
+                    return Err(e);
+                }
             }
             let owner: Arc<dyn Release> = node.clone();
             Ok(Subscription::new(channel.to_owned(), rx, &owner))
