@@ -65,10 +65,13 @@ async function openSession(server) {
   const hs = JSON.stringify({ event: '#handshake', data: { authToken: null }, cid: 1 });
   const post = await fetch(`${base}&sid=${sid}`, { method: 'POST', body: `4${hs}` });
   assert.equal(post.status, 200);
-  // The handshake reply (and greet) are waiting: this poll returns at once.
-  const reply = await (await fetch(`${base}&sid=${sid}`)).text();
-  assert.match(reply, /"rid":1,"data":\{"id":/);
-  return sid;
+  // Poll until the handshake reply came (the first poll may hold only the engine.io ping, which
+  // is left unanswered: the client is about to vanish).
+  for (let polls = 1; ; polls++) {
+    const payload = await (await fetch(`${base}&sid=${sid}`)).text();
+    if (/"rid":1,"data":\{"id":/.test(payload)) return sid;
+    assert.ok(polls < 5, `no handshake reply after ${polls} polls: ${payload}`);
+  }
 }
 
 /** Opens `n` sessions, `concurrency` at a time. */
