@@ -624,6 +624,8 @@ struct SubStats {
     seq: SeqTracker,
     lat: Latency,
     in_window: u64,
+    /// Why the server closed this subscriber early, if it did.
+    closed: Option<String>,
 }
 
 /// `bench fanout`.
@@ -770,8 +772,13 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     let mut lat = Latency::new();
     let (mut lost, mut dups, mut reordered, mut received, mut in_window) = (0, 0, 0, 0, 0);
     let mut subs_with_loss = 0;
+    let (mut closed, mut close_reason) = (0u64, None);
     for t in tasks {
         let s = t.await.map_err(|e| e.to_string())??;
+        if let Some(why) = s.closed {
+            closed += 1;
+            close_reason.get_or_insert(why);
+        }
         lat.merge(&s.lat);
         let l = s.seq.lost(total);
         if l > 0 {
@@ -806,6 +813,10 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     r.num("duplicated", dups);
     r.num("order_violations", reordered);
     r.num("subscribers_with_loss", subs_with_loss);
+    r.num("subscribers_closed", closed);
+    if let Some(why) = close_reason {
+        r.set("close_reason", Value::from(why));
+    }
     r.set("drained", Value::from(drained));
     r.num("latency_samples", lat.len());
     used.report(&mut r, c.duration, in_window, "delivery");
@@ -830,17 +841,20 @@ async fn subscriber(
         seq: SeqTracker::default(),
         lat: Latency::new(),
         in_window: 0,
+        closed: None,
     };
     loop {
         tokio::select! {
             biased;
             _ = stop.changed() => break,
-            r = conn.read_more() => r.map_err(|e| e.to_string())?,
+            r = conn.read_more() => if let Err(e) = r {
+                s.closed = Some(e.to_string());
+            },
         }
         let now = Instant::now();
         let mut n = 0;
         let in_win = w.contains(now);
-        conn.drain_frames(|m, out| {
+        let drained = conn.drain_frames(|m, out| {
             if let Incoming::Publish(body) = proto.classify(m, out)
                 && let Some(seq) = field_u64(body, b"\"seq\":")
             {
@@ -854,13 +868,32 @@ async fn subscriber(
                     }
                 }
             }
-        })
-        .map_err(|e| e.to_string())?;
-        if let Some(h) = heads.get(index) {
-            h.store(s.seq.next, Relaxed);
+        });
+        if let Err(e) = drained {
+            // A close frame says more than the end of the stream after it.
+            s.closed = Some(e.to_string());
         }
         progress.ops.fetch_add(n, Relaxed);
-        conn.flush().await.map_err(|e| e.to_string())?;
+        if s.closed.is_none()
+            && let Err(e) = conn.flush().await
+        {
+            s.closed = Some(e.to_string());
+        }
+        if let Some(h) = heads.get(index) {
+            // A closed subscriber will get nothing more: the drain does not wait for it.
+            h.store(
+                if s.closed.is_some() {
+                    u64::MAX
+                } else {
+                    s.seq.next
+                },
+                Relaxed,
+            );
+        }
+        if s.closed.is_some() {
+            progress.errors.fetch_add(1, Relaxed);
+            break;
+        }
     }
     Ok(s)
 }
