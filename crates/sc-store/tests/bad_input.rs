@@ -425,6 +425,10 @@ async fn transactions_and_redis_cli_handshake() {
     assert_eq!(c.cmd(&[b"MULTI"]).await, Reply::Simple("OK".into()));
     assert!(is_err(&c.cmd(&[b"NOPE"]).await, "ERR unknown command"));
     assert!(is_err(&c.cmd(&[b"EXEC"]).await, "EXECABORT"));
+    assert_eq!(
+        c.cmd(&[b"DISCARD"]).await,
+        Reply::Error("ERR DISCARD without MULTI".into())
+    );
     // What redis-benchmark and redis-cli send first.
     assert_eq!(
         c.cmd(&[b"CONFIG", b"GET", b"save"]).await,
@@ -461,4 +465,29 @@ async fn expired_keys_are_swept_without_being_accessed() {
         assert!(Instant::now() < deadline, "expired keys were not swept");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_transaction_cannot_queue_more_than_the_query_buffer() {
+    let s = start(ServerConfig {
+        max_query_buffer: 64 << 10,
+        ..ServerConfig::default()
+    });
+    let mut c = Client::connect(s.local_addr()).await;
+    assert_eq!(c.cmd(&[b"MULTI"]).await, Reply::Simple("OK".into()));
+    let value = vec![b'v'; 1 << 10];
+    let mut refused = false;
+    for _ in 0..100 {
+        match c.cmd(&[b"SET", b"k", &value]).await {
+            Reply::Simple(q) if q == "QUEUED" => {}
+            r => {
+                assert!(is_err(&r, "ERR transaction too large"), "{r:?}");
+                refused = true;
+                break;
+            }
+        }
+    }
+    assert!(refused);
+    assert!(is_err(&c.cmd(&[b"EXEC"]).await, "EXECABORT"));
+    assert_eq!(c.cmd(&[b"GET", b"k"]).await, Reply::Bulk(None));
 }

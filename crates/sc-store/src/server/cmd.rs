@@ -236,6 +236,12 @@ pub(crate) fn exec(
             error(out, "ERR Command not allowed inside a transaction");
             return Flow::Continue;
         }
+        c.multi_bytes += raw.len();
+        if c.multi_bytes > cfg.max_query_buffer {
+            c.multi_failed = true;
+            error(out, "ERR transaction too large");
+            return Flow::Continue;
+        }
         queue.push(Queued {
             raw: raw.to_vec(),
             ranges: a.ranges.to_vec(),
@@ -522,6 +528,7 @@ fn run(
             } else {
                 c.multi = Some(Vec::new());
                 c.multi_failed = false;
+                c.multi_bytes = 0;
                 ok(out);
             }
         }

@@ -65,6 +65,8 @@ pub(crate) struct ConnCtx {
     pub(crate) subs: HashSet<Bytes, Hasher>,
     pub(crate) multi: Option<Vec<cmd::Queued>>,
     pub(crate) multi_failed: bool,
+    /// Bytes of the commands queued by the current `MULTI`.
+    pub(crate) multi_bytes: usize,
 }
 
 pub(crate) async fn serve(
@@ -101,6 +103,7 @@ pub(crate) async fn serve(
         subs: HashSet::default(),
         multi: None,
         multi_failed: false,
+        multi_bytes: 0,
     };
     let r = run(&stream, &state, &config, &mut ctx).await;
     tracing::debug!(%peer, id, result = ?r, "store client disconnected");

@@ -49,7 +49,8 @@ pub struct ServerConfig {
     pub max_multibulk_len: usize,
     /// Longest inline (telnet-style) command line. Defaults to 64 KiB.
     pub max_inline_len: usize,
-    /// Largest incomplete request buffered for one connection. Defaults to 64 MiB.
+    /// Largest incomplete request buffered for one connection, and largest total size of the
+    /// commands queued by one `MULTI`. Defaults to 64 MiB.
     pub max_query_buffer: usize,
     /// Most pending output per connection: pushed pub/sub messages plus replies not yet written.
     /// A subscriber above it is disconnected, like Redis's pub/sub output buffer limit. Replies
