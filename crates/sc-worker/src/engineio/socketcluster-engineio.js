@@ -18,9 +18,11 @@
  *     upgrade: true,                          // upgrade polling to WebSocket when possible
  *     url: undefined,                         // base URL; default: taken from the client's URI
  *     engineOptions: {},                      // more engine.io-client options
+ *     engineIoClient: undefined,              // the engine.io-client module or `eio` function
  *     install: true                           // set globalThis.WebSocket
  *   };
- * In Node: const { WebSocket } = require('./socketcluster-engineio.js') (needs engine.io-client).
+ * In Node: const { WebSocket, options } = require('./socketcluster-engineio.js'); it requires
+ * engine.io-client unless options.engineIoClient is set.
  */
 (function (root, factory) {
   'use strict';
@@ -56,6 +58,7 @@
     upgrade: true,
     url: undefined,
     engineOptions: {},
+    engineIoClient: undefined,
     install: true
   };
   Object.keys(preset).forEach(function (k) {
@@ -68,7 +71,7 @@
   }
 
   function createEngine(base, opts) {
-    var lib = loadEngineIo();
+    var lib = options.engineIoClient || loadEngineIo();
     if (typeof lib === 'function') return lib(base, opts);
     return new lib.Socket(base, opts);
   }
