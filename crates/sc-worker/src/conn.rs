@@ -161,7 +161,6 @@ where
         rx,
         socket,
         server,
-        out: Vec::new(),
         last_seen: Instant::now(),
         receivers: None,
     };
@@ -177,8 +176,6 @@ struct Conn<S> {
     rx: mpsc::Receiver<Out>,
     socket: ScSocket,
     server: Arc<ServerInner>,
-    /// Frames to write with the next flush.
-    out: Vec<Bytes>,
     last_seen: Instant,
     /// The last receiver that did not finish inline; later receivers run after it.
     receivers: Option<JoinHandle<()>>,
@@ -196,11 +193,8 @@ where
     /// reading) is abandoned when the socket is dropped as a slow consumer, or after the ping
     /// timeout.
     async fn flush_out(&mut self) -> Result<(), End> {
-        if self.out.is_empty() && !self.ws.has_pending() {
+        if !self.ws.has_pending() {
             return Ok(());
-        }
-        for frame in self.out.drain(..) {
-            self.ws.queue_text(frame);
         }
         let limit = tokio::time::sleep(Duration::from_millis(self.server.cfg.ping_timeout_ms));
         tokio::pin!(limit);
@@ -228,7 +222,7 @@ where
     }
 
     fn push(&mut self, frame: Vec<u8>) {
-        self.out.push(Bytes::from(frame));
+        self.ws.queue_text_vec(frame);
     }
 
     fn push_result(&mut self, cid: u64, result: &Result<Option<Data>, ScError>) {
@@ -444,7 +438,7 @@ where
                     if self.last_seen.elapsed() >= ping_timeout {
                         return End::close(4001, "Client pong timed out");
                     }
-                    self.out.push(Bytes::from_static(ping));
+                    self.ws.queue_text(Bytes::from_static(ping));
                     if let Err(end) = self.flush_out().await {
                         return end;
                     }
@@ -475,9 +469,9 @@ where
         let outbound = self.server.mw.outbound.clone();
         for out in batch.drain(..) {
             match out {
-                Out::Frame(b) => self.out.push(b),
+                Out::Frame(b) => self.ws.queue_text(b),
                 Out::Publish(p) => match &outbound {
-                    None => self.out.push(p.frame.clone()),
+                    None => self.ws.queue_text(p.frame.clone()),
                     Some(mw) => {
                         let action = OutboundAction {
                             socket: self.socket.clone(),
@@ -486,9 +480,10 @@ where
                         };
                         if let Ok(a) = mw(action).await {
                             if a.data == p.data {
-                                self.out.push(p.frame.clone());
+                                self.ws.queue_text(p.frame.clone());
                             } else {
-                                self.out.push(publish_frame(&p.channel, a.data.as_ref()));
+                                self.ws
+                                    .queue_text(publish_frame(&p.channel, a.data.as_ref()));
                             }
                         }
                     }
@@ -894,9 +889,6 @@ where
             End::Close(code, reason) => {
                 let mut reason = reason;
                 truncate_reason(&mut reason);
-                for frame in self.out.drain(..) {
-                    self.ws.queue_text(frame);
-                }
                 let close_code = match code {
                     1005 | 1006 | 1015 => 1000,
                     c => c,

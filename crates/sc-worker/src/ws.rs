@@ -297,6 +297,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
+    /// Queues a text frame given as a `Vec` (small ones are copied next to their header, so no
+    /// `Bytes` is made for them).
+    pub(crate) fn queue_text_vec(&mut self, payload: Vec<u8>) {
+        if self.close_sent {
+            return;
+        }
+        if payload.len() <= COALESCE {
+            self.queue_small(0x1, &payload);
+        } else {
+            self.queue_frame(0x1, Bytes::from(payload));
+        }
+    }
+
+    fn queue_small(&mut self, opcode: u8, payload: &[u8]) {
+        let len = payload.len();
+        if len < 126 {
+            self.wbuf.extend_from_slice(&[0x80 | opcode, len as u8]);
+        } else {
+            self.wbuf.extend_from_slice(&[0x80 | opcode, 126]);
+            self.wbuf.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        self.wbuf.extend_from_slice(payload);
+    }
+
     /// Queues a close frame; nothing is sent after it.
     pub(crate) fn queue_close(&mut self, code: Option<u16>, reason: &str) {
         if self.close_sent {
