@@ -16,7 +16,7 @@ use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
 #[derive(Debug, Clone)]
 pub struct MemoryConfig {
     /// Events buffered per channel for the slowest subscriber before it gets a
-    /// [`StoreEvent::Gap`]. Defaults to 1024.
+    /// [`StoreEvent::Gap`]. Defaults to 1024; at least 1 and at most 2^24 are used.
     pub channel_capacity: usize,
     /// How often expired keys are swept (they are also expired when accessed). Defaults to 100 ms.
     pub sweep_interval: Duration,
@@ -242,7 +242,15 @@ impl Store for MemoryStore {
             .channels
             .lock()
             .entry(channel.to_owned())
-            .or_insert_with(|| broadcast::channel(self.inner.config.channel_capacity.max(1)).0)
+            .or_insert_with(|| {
+                broadcast::channel(
+                    self.inner
+                        .config
+                        .channel_capacity
+                        .clamp(1, crate::resp_store::MAX_CAPACITY),
+                )
+                .0
+            })
             .subscribe();
         let owner: Arc<dyn Release> = self.inner.clone();
         ready(Ok(Subscription::new(channel.to_owned(), rx, &owner)))

@@ -26,6 +26,9 @@ use crate::hash;
 use crate::store::{BoxFuture, Release};
 use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
 
+/// Largest per-channel buffer accepted (larger settings are lowered to it).
+pub(crate) const MAX_CAPACITY: usize = 1 << 24;
+
 /// The client of a store server cluster.
 pub type ClusterStore = RespStore;
 /// The client of Redis (one server, or several sharded like a store cluster).
@@ -41,7 +44,7 @@ pub struct RespConfig {
     /// Defaults to none.
     pub secret: Option<String>,
     /// Events buffered per channel for the slowest local subscriber before it gets a
-    /// [`StoreEvent::Gap`]. Defaults to 1024.
+    /// [`StoreEvent::Gap`]. Defaults to 1024; at least 1 and at most 2^24 are used.
     pub channel_capacity: usize,
     /// First delay before reconnecting; it doubles after each failed attempt. Defaults to 50 ms.
     pub reconnect_min_delay: Duration,
@@ -186,7 +189,10 @@ fn client_for(addr: &str, config: &RespConfig) -> Result<redis::Client> {
 }
 
 fn backoff(delay: Duration, config: &RespConfig) -> Duration {
-    (delay * 2).clamp(config.reconnect_min_delay, config.reconnect_max_delay)
+    delay
+        .saturating_mul(2)
+        .min(config.reconnect_max_delay)
+        .max(config.reconnect_min_delay)
 }
 
 /// Owns a node's pub/sub connection: delivers messages, and after a lost connection reconnects,
@@ -291,7 +297,7 @@ impl RespStore {
                     sink: Some(sink),
                     channels: HashMap::default(),
                 }),
-                capacity: config.channel_capacity.max(1),
+                capacity: config.channel_capacity.clamp(1, MAX_CAPACITY),
                 runtime: runtime.clone(),
                 me: me.clone(),
             });
