@@ -306,3 +306,40 @@ fn the_two_paths_must_differ() {
     };
     assert!(cfg.validate().is_err());
 }
+
+#[tokio::test]
+async fn a_polling_client_that_stops_fetching_is_a_slow_consumer() {
+    let cfg = Config {
+        outbound_queue: 8,
+        ping_interval_ms: 100,
+        ping_timeout_ms: 500,
+        ..Config::default()
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let s = start(app().config(cfg).on_disconnection(move |_, code, _| {
+        tx.send(code).unwrap();
+    }))
+    .await;
+    let (sid, _) = open(s.addr, "").await;
+    post(
+        s.addr,
+        &sid,
+        &[
+            handshake(),
+            msg(&json!({"event": "#subscribe", "data": {"channel": "busy"}, "cid": 2})),
+        ],
+    )
+    .await;
+    let got = messages(s.addr, &sid, 3).await;
+    assert!(got.iter().any(|m| m == r#"{"rid":2}"#), "{got:?}");
+    // The client stops polling while the channel keeps publishing.
+    let payload = "p".repeat(100);
+    for _ in 0..5000 {
+        s.handle.publish("busy", payload.as_str()).unwrap();
+    }
+    let code = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(code, sc_worker::SLOW_CONSUMER);
+}

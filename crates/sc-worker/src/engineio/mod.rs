@@ -243,21 +243,41 @@ enum Inbound {
 /// Per-session data.
 #[derive(Default)]
 struct Session {
-    tx: Mutex<Option<mpsc::Sender<Inbound>>>,
+    tx: Mutex<Option<mpsc::UnboundedSender<Inbound>>>,
+    /// Bytes of client messages handed to the bridge and not yet written to the pipe.
+    queued: AtomicUsize,
+    /// The most bytes `queued` may reach.
+    limit: AtomicUsize,
     /// The close code to give the socket when the server itself ends the session.
     close: Mutex<Option<(u16, String)>>,
 }
 
 impl Session {
-    fn send(&self, msg: Inbound) {
+    /// Hands a client message to the bridge. A client that sends faster than its socket reads
+    /// (more than `limit` bytes waiting) has its socket closed with 1008.
+    fn send(&self, text: Str) {
+        let len = text.len();
+        let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
         let mut tx = self.tx.lock();
-        let full = match tx.as_ref() {
-            Some(t) => t.try_send(msg).is_err(),
-            None => false,
-        };
-        if full {
-            // The socket does not keep up with what the client sends: drop the pipe (1006).
-            *tx = None;
+        if queued > self.limit.load(Ordering::Relaxed) {
+            if let Some(tx) = tx.take() {
+                let _ = tx.send(Inbound::Close(Some((
+                    1008,
+                    "Inbound queue full".to_owned(),
+                ))));
+            }
+            return;
+        }
+        if let Some(t) = tx.as_ref() {
+            let _ = t.send(Inbound::Text(text));
+        }
+    }
+
+    /// Takes the sender and hands it the end of the session.
+    fn end(&self, close: Option<(u16, String)>) {
+        let tx = self.tx.lock().take();
+        if let Some(tx) = tx {
+            let _ = tx.send(Inbound::Close(close));
         }
     }
 }
@@ -305,12 +325,16 @@ impl EngineIoHandler for Handler {
             tokio::spawn(close_after_grace(socket, self.grace));
             return;
         }
-        let (tx, rx) = mpsc::channel(self.server.cfg.outbound_queue.max(16));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let cfg = &self.server.cfg;
+        let limit = 4 * cfg.engineio_max_payload.max(cfg.max_payload);
+        socket.data.limit.store(limit, Ordering::Relaxed);
         *socket.data.tx.lock() = Some(tx);
         let (server_io, bridge_io) = tokio::io::duplex(PIPE_BYTES);
         tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "engine.io session opened");
         tokio::spawn(crate::conn::run(server_io, self.server.clone(), ext));
-        tokio::spawn(bridge(bridge_io, rx, socket, self.grace));
+        let stall = Duration::from_millis(self.server.cfg.ping_timeout_ms);
+        tokio::spawn(bridge(bridge_io, rx, socket, self.grace, stall));
     }
 
     fn on_disconnect(&self, socket: Arc<Socket<Session>>, reason: DisconnectReason) {
@@ -324,29 +348,22 @@ impl EngineIoHandler for Handler {
             | DisconnectReason::PacketParsingError
             | DisconnectReason::TransportError => None,
         });
-        let tx = socket.data.tx.lock().take();
-        if let Some(tx) = tx {
-            let _ = tx.try_send(Inbound::Close(code));
-        }
+        socket.data.end(code);
     }
 
     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<Session>>) {
         match msg.as_str().strip_prefix(CLOSE_PREFIX) {
             Some(rest) => {
-                let (code, reason) = parse_close(rest);
-                let tx = socket.data.tx.lock().take();
-                if let Some(tx) = tx {
-                    let _ = tx.try_send(Inbound::Close(Some((code, reason))));
-                }
+                socket.data.end(Some(parse_close(rest)));
             }
-            None => socket.data.send(Inbound::Text(msg)),
+            None => socket.data.send(msg),
         }
     }
 
     fn on_binary(self: &Arc<Self>, data: Bytes, socket: Arc<Socket<Session>>) {
         // The WebSocket endpoint reads a binary frame as text too.
         let text = String::from_utf8_lossy(&data).into_owned();
-        socket.data.send(Inbound::Text(Str::from(text)));
+        socket.data.send(Str::from(text));
     }
 }
 
@@ -359,12 +376,44 @@ async fn close_after_grace(socket: Arc<Socket<Session>>, grace: Duration) {
     }
 }
 
+/// Queues one message for the client. While the session's buffer is full (a polling client that
+/// has not fetched yet) it waits, so the pipe and then the socket's own outbound queue fill up and
+/// its limits apply as on a WebSocket; a buffer that stays full for `stall` closes the socket as
+/// a slow consumer. False when the session is gone.
+async fn emit(socket: &Socket<Session>, text: Str, stall: Duration) -> bool {
+    let mut text = Some(text);
+    let deadline = tokio::time::Instant::now() + stall;
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match socket.reserve() {
+            Ok(permit) => {
+                if let Some(t) = text.take() {
+                    permit.emit(t);
+                }
+                return true;
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return false,
+            Err(mpsc::error::TrySendError::Full(())) => {
+                if tokio::time::Instant::now() >= deadline {
+                    *socket.data.close.lock() =
+                        Some((crate::socket::SLOW_CONSUMER, "Slow consumer".to_owned()));
+                    socket.close(DisconnectReason::TransportError);
+                    return false;
+                }
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
 /// Carries frames between one engine.io session and its socket until either ends.
 async fn bridge(
     io: DuplexStream,
-    mut rx: mpsc::Receiver<Inbound>,
+    mut rx: mpsc::UnboundedReceiver<Inbound>,
     socket: Arc<Socket<Session>>,
     grace: Duration,
+    stall: Duration,
 ) {
     let (read_half, write_half) = tokio::io::split(io);
     let mut reader_io = tokio::io::BufReader::with_capacity(BUF_BYTES, read_half);
@@ -376,17 +425,11 @@ async fn bridge(
         let mut frames = frame::Reader::default();
         let (code, reason) = loop {
             match frames.read(&mut reader_io).await {
-                Ok(Some(frame::Frame::Text(text))) => match socket.emit(text) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        // A client that does not fetch what it is sent: a slow consumer.
-                        *socket.data.close.lock() =
-                            Some((crate::socket::SLOW_CONSUMER, "Slow consumer".to_owned()));
-                        socket.close(DisconnectReason::TransportError);
+                Ok(Some(frame::Frame::Text(text))) => {
+                    if !emit(&socket, text, stall).await {
                         return;
                     }
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                },
+                }
                 Ok(Some(frame::Frame::Close(code, reason))) => break (code, reason),
                 Ok(None) | Err(_) => break (1006, "Socket hung up".to_owned()),
             }
@@ -412,6 +455,7 @@ async fn bridge(
                         {
                             return;
                         }
+                        socket.data.queued.fetch_sub(s.len(), Ordering::AcqRel);
                     }
                     Inbound::Close(Some((code, reason))) => {
                         let _ = frame::write_close(&mut writer_io, code, &reason).await;
