@@ -357,11 +357,12 @@ fn integer(b: &[u8], mut i: usize) -> Option<(Cid, usize)> {
 
 /// One JSON value at `i`, validated and borrowed by serde_json, and the index after it.
 fn raw_value(text: &str, i: usize) -> Option<(&RawValue, usize)> {
-    let mut values = serde_json::Deserializer::from_str(text.get(i..)?).into_iter::<&RawValue>();
-    match values.next() {
-        Some(Ok(value)) => Some((value, i + values.byte_offset())),
-        _ => None,
-    }
+    let rest = text.get(i..)?;
+    let value = <&RawValue>::deserialize(&mut serde_json::Deserializer::from_str(rest)).ok()?;
+    // `rest` starts with the value (the caller skipped the whitespace), so the value is the first
+    // `len` bytes of `rest`; what follows it is the caller's to check.
+    let value_text = value.get();
+    (value_text.as_ptr() == rest.as_ptr()).then_some((value, i + value_text.len()))
 }
 
 /// The reference decoder: serde_json with a borrowed struct. It decides every frame the fast path

@@ -91,7 +91,13 @@ fn scanner_pieces() {
     let text = r#"x {"a":[1]} ,"#;
     let (value, end) = raw_value(text, 2).unwrap();
     assert_eq!((value.get(), &text[end..]), (r#"{"a":[1]}"#, " ,"));
-    assert!(raw_value("1x", 0).is_none());
+    // What follows the value is the caller's to check.
+    assert_eq!(
+        raw_value("1x", 0).map(|(v, end)| (v.get(), end)),
+        Some(("1", 1))
+    );
+    assert!(raw_value(" 1", 0).is_none());
+    assert!(raw_value("tru", 0).is_none());
     assert!(raw_value("", 0).is_none());
     assert!(raw_value("ab", 5).is_none());
 }
