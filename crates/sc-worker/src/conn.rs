@@ -196,6 +196,10 @@ where
         if !self.ws.has_pending() {
             return Ok(());
         }
+        // Usually the socket takes everything at once: no timer, no select.
+        if let Some(r) = self.ws.flush().now_or_never() {
+            return r.map_err(|_| End::Gone(1006, "Socket hung up".to_owned()));
+        }
         let limit = tokio::time::sleep(Duration::from_millis(self.server.cfg.ping_timeout_ms));
         tokio::pin!(limit);
         let mut renotify = false;
