@@ -47,8 +47,8 @@ const SCRIPT: &str = include_str!("socketcluster-engineio.js");
 /// Capacity of the in-memory pipe between a session and its socket, per direction.
 const PIPE_BYTES: usize = 64 * 1024;
 
-/// Read and write buffers of the bridge side of the pipe.
-const BUF_BYTES: usize = 8 * 1024;
+/// Read and write buffers of the bridge side of the pipe (larger reads and writes bypass them).
+const BUF_BYTES: usize = 1024;
 
 /// A boxed response future of the endpoint.
 pub(crate) type EioFuture = Pin<Box<dyn Future<Output = Response<String>> + Send>>;
