@@ -1,4 +1,4 @@
-//! The `socketcluster` command.
+#![doc = include_str!("../README.md")]
 
 mod bench;
 mod demo;
