@@ -280,10 +280,10 @@ fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
             b"cid" if cid.is_none() => (cid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
             b"rid" if rid.is_none() => (rid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
             b"data" if data.is_none() => {
-                (data, i) = raw_value(text, i).map(|(v, i)| (Some(v), i))?
+                (data, i) = payload(text, i).map(|(v, i)| (Some(v), i))?;
             }
             b"error" if error.is_none() => {
-                (error, i) = raw_value(text, i).map(|(v, i)| (Some(v), i))?;
+                (error, i) = payload(text, i).map(|(v, i)| (Some(v), i))?;
             }
             // Other keys and duplicates.
             _ => return None,
@@ -352,6 +352,209 @@ fn integer(b: &[u8], mut i: usize) -> Option<(Cid, usize)> {
     match b.get(i) {
         Some(b' ' | b'\n' | b'\r' | b'\t' | b',' | b'}') => Some((n, i)),
         _ => None,
+    }
+}
+
+/// The JSON value at `i` (no whitespace before it) and the index after it: checked by
+/// [`skip_value`] and borrowed with [`borrow_checked`] when it can, else by serde_json.
+fn payload(text: &str, i: usize) -> Option<(&RawValue, usize)> {
+    skip_value(text.as_bytes(), i)
+        .and_then(|end| Some((borrow_checked(text.get(i..end)?)?, end)))
+        .or_else(|| raw_value(text, i))
+}
+
+/// Nesting deeper than this is left to serde_json (which has no limit).
+const MAX_FAST_DEPTH: u32 = 64;
+
+/// The end of the JSON value that starts at `i`, if it is valid JSON that nests at most
+/// [`MAX_FAST_DEPTH`] levels. Accepts a subset of what serde_json accepts, with the same extent
+/// (tested): what it rejects goes to serde_json, which decides. What follows the value is the
+/// caller's to check.
+fn skip_value(b: &[u8], mut i: usize) -> Option<usize> {
+    // One bit per open container, set for an object; `depth` of them are in use.
+    let mut objects: u64 = 0;
+    let mut depth: u32 = 0;
+    loop {
+        // A value starts at `i`.
+        match *b.get(i)? {
+            open @ (b'{' | b'[') => {
+                let object = open == b'{';
+                i = skip_ws(b, i + 1);
+                if b.get(i) == Some(if object { &b'}' } else { &b']' }) {
+                    i += 1;
+                } else {
+                    if depth == MAX_FAST_DEPTH {
+                        return None;
+                    }
+                    objects = (objects << 1) | u64::from(object);
+                    depth += 1;
+                    if object {
+                        i = member_value(b, i)?;
+                    }
+                    continue;
+                }
+            }
+            b'"' => i = string_end(b, i + 1)? + 1,
+            b't' => i = literal(b, i, b"true")?,
+            b'f' => i = literal(b, i, b"false")?,
+            b'n' => i = literal(b, i, b"null")?,
+            b'-' | b'0'..=b'9' => i = number_end(b, i)?,
+            _ => return None,
+        }
+        // A value ended at `i`: close containers until another value starts.
+        loop {
+            if depth == 0 {
+                return Some(i);
+            }
+            let object = objects & 1 == 1;
+            i = skip_ws(b, i);
+            match *b.get(i)? {
+                b',' => {
+                    i = skip_ws(b, i + 1);
+                    if object {
+                        i = member_value(b, i)?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            objects >>= 1;
+            depth -= 1;
+            i += 1;
+        }
+    }
+}
+
+/// Skips `"key" :` at `i` and the whitespace after it: the index of the member's value.
+fn member_value(b: &[u8], i: usize) -> Option<usize> {
+    if b.get(i) != Some(&b'"') {
+        return None;
+    }
+    let i = skip_ws(b, string_end(b, i + 1)? + 1);
+    (b.get(i) == Some(&b':')).then(|| skip_ws(b, i + 1))
+}
+
+/// The index of the closing quote of the string whose content starts at `i`: no raw control
+/// characters, escapes as JSON defines them (serde_json, like `JSON.parse`, accepts any `\uXXXX`).
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i),
+            b'\\' => match *b.get(i + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                b'u' if b.get(i + 2..i + 6)?.iter().all(u8::is_ascii_hexdigit) => i += 6,
+                _ => return None,
+            },
+            0..=0x1f => return None,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index after `word` at `i`.
+fn literal(b: &[u8], i: usize, word: &[u8]) -> Option<usize> {
+    (b.get(i..i + word.len())? == word).then_some(i + word.len())
+}
+
+/// The index after the number at `i`: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`.
+fn number_end(b: &[u8], mut i: usize) -> Option<usize> {
+    let digits = |mut i: usize| {
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        (i > start).then_some(i)
+    };
+    if b.get(i) == Some(&b'-') {
+        i += 1;
+    }
+    i = match *b.get(i)? {
+        // serde_json rejects a leading zero followed by a digit outright.
+        b'0' if b.get(i + 1).is_some_and(u8::is_ascii_digit) => return None,
+        b'0' => i + 1,
+        b'1'..=b'9' => digits(i)?,
+        _ => return None,
+    };
+    if b.get(i) == Some(&b'.') {
+        i = digits(i + 1)?;
+    }
+    if let Some(b'e' | b'E') = b.get(i) {
+        i += 1;
+        if let Some(b'+' | b'-') = b.get(i) {
+            i += 1;
+        }
+        i = digits(i)?;
+    }
+    Some(i)
+}
+
+/// Borrows `json`, which [`skip_value`] has checked, as a [`RawValue`] without serde_json
+/// scanning it again.
+///
+/// serde_json deserialises a `&RawValue` by asking for a newtype struct and reading a map with one
+/// entry whose value is the borrowed JSON text; [`Checked`] answers exactly that. Should a
+/// serde_json release do it differently, this returns `None` and the caller lets serde_json parse
+/// the value (a unit test watches for that).
+fn borrow_checked(json: &str) -> Option<&RawValue> {
+    <&RawValue>::deserialize(Checked(json)).ok()
+}
+
+/// A deserializer over JSON text that is known to be valid, see [`borrow_checked`].
+struct Checked<'a>(&'a str);
+
+impl<'de> Deserializer<'de> for Checked<'de> {
+    type Error = serde::de::value::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(
+        self,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_borrowed_str(self.0)
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        visitor.visit_map(CheckedEntry {
+            key: Some(name),
+            json: self.0,
+        })
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct seq tuple tuple_struct map struct enum identifier ignored_any
+    }
+}
+
+/// The one entry `{name: json}` of [`Checked`].
+struct CheckedEntry<'a> {
+    key: Option<&'static str>,
+    json: &'a str,
+}
+
+impl<'de> serde::de::MapAccess<'de> for CheckedEntry<'de> {
+    type Error = serde::de::value::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        self.key
+            .take()
+            .map(|key| seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(key)))
+            .transpose()
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        seed.deserialize(serde::de::value::BorrowedStrDeserializer::new(self.json))
     }
 }
 

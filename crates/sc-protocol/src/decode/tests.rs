@@ -103,6 +103,83 @@ fn scanner_pieces() {
 }
 
 #[test]
+fn borrow_checked_borrows_without_copying() {
+    // If a serde_json release changes how it deserialises `&RawValue`, this fails (and decoding
+    // silently takes the slower serde path).
+    let text = r#"{"a":[1,"x"]}"#;
+    let value = borrow_checked(text).expect("serde_json's RawValue protocol changed");
+    assert_eq!(value.get(), text);
+    assert_eq!(value.get().as_ptr(), text.as_ptr());
+}
+
+#[test]
+fn skip_value_finds_the_end_of_valid_json() {
+    let cases = [
+        ("null", 4),
+        ("true,", 4),
+        ("false]", 5),
+        ("0", 1),
+        ("-0.5e+10 ", 8),
+        ("12E3}", 4),
+        (r#""a\"\\\/\b\f\n\r\t\u00E9\ud800""#, 31),
+        (r#""é😀""#, 8),
+        ("[]", 2),
+        ("{}", 2),
+        ("[ 1 , [ ] , { } ]x", 17),
+        (r#"{ "a" : [ 1 , { "b" : null } ] , "c" : "d" }"#, 44),
+        ("0x", 1),
+        ("1.5.", 3),
+    ];
+    for (text, end) in cases {
+        assert_eq!(skip_value(text.as_bytes(), 0), Some(end), "{text}");
+    }
+    let depth = MAX_FAST_DEPTH as usize;
+    let nested = "[".repeat(depth) + &"]".repeat(depth);
+    assert_eq!(skip_value(nested.as_bytes(), 0), Some(nested.len()));
+    // Left to serde_json: too deep (65 open containers), or not JSON.
+    let deeper = "[".repeat(depth + 2) + &"]".repeat(depth + 2);
+    assert_eq!(skip_value(deeper.as_bytes(), 0), None);
+    for text in [
+        "",
+        " 1",
+        "tru",
+        "nul",
+        "True",
+        "-",
+        "00",
+        "-01",
+        "1.",
+        ".5",
+        "1e",
+        "1e+",
+        "+1",
+        "--1",
+        "\"a",
+        r#""\u12""#,
+        r#""\x""#,
+        "\"a\u{1}\"",
+        "[1,]",
+        "[1 2]",
+        "{\"a\"}",
+        "{\"a\":1,}",
+        "{a:1}",
+        "{\"a\" 1}",
+        "[",
+        "{",
+        "[1",
+        "{\"a\":1",
+        "]",
+        "}",
+        "[}",
+        "{]",
+        "{1:1}",
+        "NaN",
+    ] {
+        assert_eq!(skip_value(text.as_bytes(), 0), None, "{text}");
+    }
+}
+
+#[test]
 fn json_str_borrows_when_it_can() {
     assert!(matches!(
         json_str(raw(r#""abc""#)),
@@ -320,8 +397,68 @@ fn any_frame() -> impl Strategy<Value = String> {
     ]
 }
 
+/// JSON values with every kind of token, and whitespace, as text.
+fn json_text() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just(serde_json::Value::Null),
+        any::<bool>().prop_map(serde_json::Value::from),
+        any::<i64>().prop_map(serde_json::Value::from),
+        any::<f64>().prop_map(serde_json::Value::from),
+        any::<String>().prop_map(serde_json::Value::from),
+    ];
+    let value = leaf.prop_recursive(8, 64, 5, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..5).prop_map(serde_json::Value::Array),
+            prop::collection::btree_map(any::<String>(), inner, 0..5)
+                .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+        ]
+    });
+    (value, any::<bool>()).prop_map(|(v, pretty)| {
+        if pretty {
+            serde_json::to_string_pretty(&v).unwrap()
+        } else {
+            serde_json::to_string(&v).unwrap()
+        }
+    })
+}
+
+/// Text that is nearly JSON.
+fn json_like() -> impl Strategy<Value = String> {
+    prop_oneof![
+        r#"[ \[\]{}",:0-9a-z\\.eE+\-\n]{0,48}"#,
+        (
+            json_text(),
+            any::<prop::sample::Index>(),
+            r#"[ \[\]{}",:0-9\\.eEu+\-]{0,3}"#
+        )
+            .prop_map(|(text, at, junk)| {
+                let cut = text
+                    .char_indices()
+                    .map(|(i, _)| i)
+                    .nth(at.index(text.chars().count().max(1)))
+                    .unwrap_or(text.len());
+                format!("{}{junk}{}", &text[..cut], &text[cut..])
+            }),
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 4096, ..ProptestConfig::default() })]
+
+    /// Whatever `skip_value` accepts, serde_json accepts with the same extent.
+    #[test]
+    fn skip_value_is_a_subset_of_serde(text in json_like()) {
+        if let Some(end) = skip_value(text.as_bytes(), 0) {
+            let serde = raw_value(&text, 0).map(|(v, end)| (v.get(), end));
+            prop_assert_eq!(serde, Some((&text[..end], end)));
+        }
+    }
+
+    /// And it accepts all valid JSON that is not too deep.
+    #[test]
+    fn skip_value_accepts_json(text in json_text()) {
+        prop_assert_eq!(skip_value(text.as_bytes(), 0), Some(text.len()));
+    }
 
     /// The fast scanner never changes a decision: `decode` equals the serde-only decoder.
     #[test]
