@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// |---|---|---|
 /// | `path` | `/socketcluster/` | the exact path of the WebSocket endpoint (query strings allowed) |
 /// | `max_payload` | 2 MiB | largest inbound message; a larger one closes the socket with 1009 |
-/// | `outbound_queue` | 1024 frames | frames queued for a socket before it counts as a slow consumer and is closed with 4100 |
+/// | `outbound_queue` | 4096 frames | frames queued for a socket before it counts as a slow consumer and is closed with 4100 |
 /// | `handshake_timeout_ms` | 10000 | no `#handshake` by then closes with 4005 |
 /// | `ping_interval_ms` | 8000 | how often the server pings (`''`, or `#1` in protocol v1) |
 /// | `ping_timeout_ms` | 30000 | sent in the handshake reply; no message from the client for that long closes with 4001 |
@@ -33,7 +33,7 @@ pub struct Config {
     pub path: String,
     /// The largest inbound message in bytes. Defaults to 2 MiB.
     pub max_payload: usize,
-    /// Frames queued per socket before it is dropped as a slow consumer. Defaults to 1024.
+    /// Frames queued per socket before it is dropped as a slow consumer. Defaults to 4096.
     pub outbound_queue: usize,
     /// Milliseconds a new socket has to send `#handshake`. Defaults to 10000.
     pub handshake_timeout_ms: u64,
@@ -76,7 +76,7 @@ impl Default for Config {
         Config {
             path: "/socketcluster/".to_owned(),
             max_payload: 2 * 1024 * 1024,
-            outbound_queue: 1024,
+            outbound_queue: 4096,
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 8_000,
             ping_timeout_ms: 30_000,

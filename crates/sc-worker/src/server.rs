@@ -126,7 +126,7 @@ impl ScServerBuilder {
         self
     }
 
-    /// Frames queued per socket before it is closed as a slow consumer (4100). Defaults to 1024.
+    /// Frames queued per socket before it is closed as a slow consumer (4100). Defaults to 4096.
     pub fn outbound_queue(mut self, frames: usize) -> Self {
         self.cfg.outbound_queue = frames;
         self
