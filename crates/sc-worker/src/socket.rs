@@ -233,6 +233,26 @@ impl ScSocket {
         self.send_frame(frame)
     }
 
+    /// Like [`set_auth_token`](Self::set_auth_token), but sends `#setAuthToken` as an invoke and
+    /// waits until the client confirms it stored the token (socketcluster-server's
+    /// `rejectOnFailedDelivery`); fails with the client's error or a `TimeoutError`.
+    pub async fn set_auth_token_confirmed(&self, payload: Value) -> Result<(), ScError> {
+        let (signed, claims) = match self.0.server.auth.sign(payload) {
+            Ok(t) => t,
+            Err(e) => {
+                self.close_with(4002, "Server failed to sign auth token", false);
+                return Err(e);
+            }
+        };
+        self.set_verified_token(Arc::from(signed.as_str()), claims);
+        self.invoke(
+            events::SET_AUTH_TOKEN,
+            crate::Json(serde_json::json!({ "token": signed })),
+        )
+        .await
+        .map(|_| ())
+    }
+
     pub(crate) fn set_verified_token(&self, signed: Arc<str>, claims: Value) {
         let exp = claims.get("exp").and_then(Value::as_u64);
         let mut s = self.0.state.lock();

@@ -600,3 +600,19 @@ async fn websocket_pings_are_answered_and_large_frames_read() {
     let big = "é".repeat(50_000);
     assert_eq!(c.invoke("echo", json!(big), 2).await["data"], json!(big));
 }
+
+#[tokio::test]
+async fn set_auth_token_confirmed_waits_for_the_client() {
+    let server = start(app()).await;
+    let (mut c, data) = Client::connect(&server).await;
+    let socket = server.handle.socket(data["id"].as_str().unwrap()).unwrap();
+    let s2 = socket.clone();
+    let call =
+        tokio::spawn(async move { s2.set_auth_token_confirmed(json!({"username":"kim"})).await });
+    let frame = c.next_matching(|v| v["event"] == "#setAuthToken").await;
+    assert!(frame["data"]["token"].is_string());
+    let cid = frame["cid"].as_u64().unwrap();
+    c.send_json(json!({ "rid": cid })).await;
+    call.await.unwrap().unwrap();
+    assert_eq!(socket.auth_token().unwrap()["username"], "kim");
+}
