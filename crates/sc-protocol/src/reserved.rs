@@ -155,6 +155,25 @@ pub struct InvalidAction {
 }
 
 impl InvalidAction {
+    /// A `#handshake` without a `cid`: socketcluster-server emits this error and closes the
+    /// socket with 4008 ([`CloseCode::HANDSHAKE_REJECTED`](crate::CloseCode::HANDSHAKE_REJECTED)).
+    pub const HANDSHAKE_WITHOUT_CID: InvalidAction = InvalidAction {
+        event: HANDSHAKE,
+        reason: "Handshake request was malformatted",
+    };
+    /// An `#authenticate` without a `cid`: socketcluster-server emits this error and closes the
+    /// socket with 4008.
+    pub const AUTHENTICATE_WITHOUT_CID: InvalidAction = InvalidAction {
+        event: AUTHENTICATE,
+        reason: "Authenticate request was malformatted",
+    };
+    /// A `#publish` from a client when the server does not allow client publishes
+    /// (`allowClientPublish: false`).
+    pub const PUBLISH_DISABLED: InvalidAction = InvalidAction {
+        event: PUBLISH,
+        reason: "Client publish feature is disabled",
+    };
+
     /// The message socketcluster-server v20 gives (the [`reason`](Self::reason)). The v20
     /// messages do not name the socket, so `socket_id` is not used.
     pub fn message(&self, socket_id: &str) -> String {

@@ -786,6 +786,38 @@ fn reserved_remove_auth_token() {
 }
 
 #[test]
+fn invalid_actions_decided_outside_parse() {
+    // Checked by the server against the packet kind or its config, not the payload.
+    let cases = [
+        (
+            InvalidAction::HANDSHAKE_WITHOUT_CID,
+            "#handshake",
+            "Handshake request was malformatted",
+        ),
+        (
+            InvalidAction::AUTHENTICATE_WITHOUT_CID,
+            "#authenticate",
+            "Authenticate request was malformatted",
+        ),
+        (
+            InvalidAction::PUBLISH_DISABLED,
+            "#publish",
+            "Client publish feature is disabled",
+        ),
+    ];
+    for (action, event, message) in cases {
+        assert_eq!(
+            (action.event, action.message("sid")),
+            (event, message.to_owned())
+        );
+        assert_eq!(
+            action.to_error("sid").to_json(),
+            format!(r#"{{"message":"{message}","name":"InvalidActionError"}}"#)
+        );
+    }
+}
+
+#[test]
 fn invalid_action_display_and_message() {
     let e = InvalidAction {
         event: "#publish",
