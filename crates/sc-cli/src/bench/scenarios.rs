@@ -45,10 +45,20 @@ async fn setup(c: &Common, scenario: &str) -> Result<(Target, Report), String> {
 }
 
 /// Opens one connection and completes the handshake.
+/// A refused TCP connection is tried again (5 times, 200 ms apart): a server that has just
+/// started, or whose accept queue overflowed, may refuse a few.
 async fn open(target: &Target, proto: Protocol, source: Option<IpAddr>) -> Result<Conn, String> {
-    let mut conn = Conn::connect(target, source)
-        .await
-        .map_err(|e| format!("connect to {}: {e}", target.addr))?;
+    let mut tries = 0;
+    let mut conn = loop {
+        match Conn::connect(target, source).await {
+            Ok(c) => break c,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 5 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(format!("connect to {}: {e}", target.addr)),
+        }
+    };
     proto.handshake(&mut conn).await?;
     Ok(conn)
 }
