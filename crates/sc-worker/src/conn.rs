@@ -310,7 +310,10 @@ where
                     claims = Some(c);
                     signed = Some(t);
                 }
-                Err(e) => auth_error = Some(e),
+                Err(e) => {
+                    self.socket.emit(&crate::ScEvent::BadAuthToken(e.clone()));
+                    auth_error = Some(e);
+                }
             }
         }
         if let Some(mw) = self.server.mw.handshake_sc.clone() {
@@ -804,6 +807,8 @@ where
                     self.server
                         .broker
                         .subscribe(&channel, Sub::Socket(self.socket.clone()));
+                    self.socket
+                        .emit(&crate::ScEvent::Subscribe(channel.to_string()));
                 }
                 self.push_result(cid, &Ok(None));
             }
@@ -834,6 +839,9 @@ where
             Some(t) => self.server.auth.verify(&t).map(|c| (t, c)),
             None => Err(missing_token_error()),
         };
+        if let Err(e) = &verified {
+            self.socket.emit(&crate::ScEvent::BadAuthToken(e.clone()));
+        }
         let (token, claims) = match verified {
             Ok(v) => v,
             Err(e) if is_bad_token(&e) => {
@@ -954,6 +962,7 @@ where
         drop(acks);
         for c in channels {
             self.server.broker.unsubscribe(&c, socket.key());
+            socket.emit(&crate::ScEvent::Unsubscribe(c.to_string()));
         }
         if was_open {
             self.server.clients.write().remove(socket.id());

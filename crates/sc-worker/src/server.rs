@@ -37,6 +37,7 @@ pub(crate) type ProcedureFn =
 pub(crate) type ReceiverFn = dyn Fn(ScSocket, Option<Data>) -> BoxFut<()> + Send + Sync;
 pub(crate) type ConnectFn = dyn Fn(&ScSocket) + Send + Sync;
 pub(crate) type DisconnectFn = dyn Fn(&ScSocket, u16, &str) + Send + Sync;
+pub(crate) type EventFn = dyn Fn(&ScSocket, &ScEvent) + Send + Sync;
 type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 
 pub(crate) struct ServerInner {
@@ -47,6 +48,7 @@ pub(crate) struct ServerInner {
     pub(crate) mw: Middlewares,
     pub(crate) on_connection: Option<Arc<ConnectFn>>,
     pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
+    pub(crate) on_event: Option<Arc<EventFn>>,
     pub(crate) broker: Box<dyn Broker>,
     /// Open sockets by id.
     pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
@@ -80,6 +82,7 @@ impl ScServer {
             mw: Middlewares::default(),
             on_connection: None,
             on_disconnection: None,
+            on_event: None,
         }
     }
 }
@@ -94,6 +97,7 @@ pub struct ScServerBuilder {
     mw: Middlewares,
     on_connection: Option<Arc<ConnectFn>>,
     on_disconnection: Option<Arc<DisconnectFn>>,
+    on_event: Option<Arc<EventFn>>,
 }
 
 impl std::fmt::Debug for ScServerBuilder {
@@ -253,6 +257,14 @@ impl ScServerBuilder {
         self
     }
 
+    /// Called on a socket's subscription, unsubscription, authentication, deauthentication and
+    /// rejected tokens (socketcluster-server's `subscription`, `unsubscription`,
+    /// `authentication`, `deauthentication` and `badSocketAuthToken` events). Keep it quick.
+    pub fn on_event(mut self, f: impl Fn(&ScSocket, &ScEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
     /// HTTP handshake middleware: sees the upgrade request; `Err` answers HTTP 401 with the
     /// error's message. It may put typed values into the socket's extensions (the transform).
     pub fn handshake_ws<F>(mut self, f: F) -> Self
@@ -334,6 +346,7 @@ impl ScServerBuilder {
             mw: self.mw,
             on_connection: self.on_connection,
             on_disconnection: self.on_disconnection,
+            on_event: self.on_event,
             broker: Box::new(LocalBroker::default()),
             clients: RwLock::default(),
             sockets: RwLock::default(),
@@ -383,6 +396,7 @@ impl ScServerBuilder {
             mw: self.mw.clone(),
             on_connection: self.on_connection.clone(),
             on_disconnection: self.on_disconnection.clone(),
+            on_event: self.on_event.clone(),
         }
     }
 }
@@ -534,4 +548,20 @@ impl Drop for Subscription {
     fn drop(&mut self) {
         self.server.broker.unsubscribe(&self.channel, self.key);
     }
+}
+
+/// A socket event passed to [`ScServerBuilder::on_event`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ScEvent {
+    /// The socket subscribed to a channel.
+    Subscribe(String),
+    /// The socket left a channel (`#unsubscribe`, kick out, or the socket closed).
+    Unsubscribe(String),
+    /// The socket became authenticated (or got a new token).
+    Authenticate,
+    /// The socket lost its token.
+    Deauthenticate,
+    /// A token the socket sent was rejected (the error is the one the client gets).
+    BadAuthToken(ScError),
 }

@@ -255,18 +255,33 @@ impl ScSocket {
 
     pub(crate) fn set_verified_token(&self, signed: Arc<str>, claims: Value) {
         let exp = claims.get("exp").and_then(Value::as_u64);
-        let mut s = self.0.state.lock();
-        s.auth_token = Some(Arc::new(claims));
-        s.signed_token = Some(signed);
-        s.exp = exp;
+        {
+            let mut s = self.0.state.lock();
+            s.auth_token = Some(Arc::new(claims));
+            s.signed_token = Some(signed);
+            s.exp = exp;
+        }
+        self.emit(&crate::ScEvent::Authenticate);
+    }
+
+    pub(crate) fn emit(&self, event: &crate::ScEvent) {
+        if let Some(hook) = &self.0.server.on_event {
+            hook(self, event);
+        }
     }
 
     /// Drops the auth token on the server side only (the client keeps its copy).
     pub(crate) fn deauthenticate_self(&self) -> bool {
-        let mut s = self.0.state.lock();
-        s.exp = None;
-        s.signed_token = None;
-        s.auth_token.take().is_some()
+        let had = {
+            let mut s = self.0.state.lock();
+            s.exp = None;
+            s.signed_token = None;
+            s.auth_token.take().is_some()
+        };
+        if had {
+            self.emit(&crate::ScEvent::Deauthenticate);
+        }
+        had
     }
 
     /// Drops the socket's auth token and tells the client (`#removeAuthToken`).
@@ -301,6 +316,7 @@ impl ScSocket {
         };
         if removed {
             self.0.server.broker.unsubscribe(channel, self.key());
+            self.emit(&crate::ScEvent::Unsubscribe(channel.to_owned()));
         }
         removed
     }

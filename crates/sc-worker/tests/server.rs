@@ -616,3 +616,35 @@ async fn set_auth_token_confirmed_waits_for_the_client() {
     call.await.unwrap().unwrap();
     assert_eq!(socket.auth_token().unwrap()["username"], "kim");
 }
+
+#[tokio::test]
+async fn socket_events() {
+    use futures_util::SinkExt;
+    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let server = start(app().on_event(move |_, ev| {
+        let _ = tx.send(format!("{ev:?}"));
+    }))
+    .await;
+    let (mut c, _) = Client::connect(&server).await;
+    let mut next = async || {
+        tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    c.invoke("#subscribe", json!({"channel":"a"}), 2).await;
+    assert_eq!(next().await, r#"Subscribe("a")"#);
+    c.invoke("#unsubscribe", json!("a"), 3).await;
+    assert_eq!(next().await, r#"Unsubscribe("a")"#);
+    c.invoke("login", json!("lee"), 4).await;
+    assert_eq!(next().await, "Authenticate");
+    c.send(r##"{"event":"#removeAuthToken"}"##).await;
+    assert_eq!(next().await, "Deauthenticate");
+    c.send(r##"{"event":"#authenticate","data":"bad","cid":5}"##)
+        .await;
+    assert!(next().await.starts_with("BadAuthToken"));
+    c.invoke("#subscribe", json!({"channel":"b"}), 6).await;
+    assert_eq!(next().await, r#"Subscribe("b")"#);
+    c.ws.close().await.unwrap();
+    assert_eq!(next().await, r#"Unsubscribe("b")"#);
+}
