@@ -21,10 +21,25 @@ use proto::Protocol;
 /// Options of `socketcluster bench`.
 #[derive(Debug, Args)]
 #[deny(missing_docs)]
+#[command(after_help = AFTER_HELP)]
 pub(crate) struct BenchArgs {
     #[command(subcommand)]
     scenario: Scenario,
 }
+
+const AFTER_HELP: &str = "\
+Every scenario takes --url (default ws://127.0.0.1:8000/socketcluster/), --duration, --warmup,
+--json (one JSON line instead of the table), --server-pid PID (the server's CPU time per message
+from /proc, and its memory for `conns`) and --protocol socketio (socket.io servers running the
+same app: `echo`/`count` with acks, `ping`, `subscribe`/`publish` with rooms). A progress line
+goes to stderr. The generator reports its own CPU (gen_cpu_pct): near 100% means it, not the
+server, set the pace. Pin the server and the generator to different cores (taskset) to compare
+servers; scripts/bench does it for the project's peers.
+
+Examples:
+  socketcluster bench echo -c 100 -k 8 --duration 10s --server-pid $(pgrep -n socketcluster)
+  socketcluster bench fanout -s 1000 -p 1000 --json
+  socketcluster bench conns -n max --server-pid 1234";
 
 /// The scenarios.
 #[derive(Debug, Subcommand)]
