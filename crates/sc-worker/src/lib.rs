@@ -41,3 +41,5 @@ pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScSocket};
 pub use jsonwebtoken::Algorithm;
 /// Re-exported: the wire error object and names.
 pub use sc_protocol::{CloseCode, ErrorName, ScError};
+/// Re-exported: the store crate, for [`ScServerBuilder::store`].
+pub use sc_store;

@@ -13,7 +13,7 @@ use sc_protocol::ScError;
 use crate::auth::{Auth, AuthKey};
 use crate::config::{Config, ConfigError};
 use crate::data::{Data, IntoData};
-use crate::exchange::{Broker, LocalBroker, Published};
+use crate::exchange::{Broker, GapFn, LocalBroker, Published, StoreBroker};
 use crate::middleware::Blocked;
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, Middlewares, OutboundAction, RawAction,
@@ -50,6 +50,7 @@ pub(crate) struct ServerInner {
     pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
     pub(crate) on_event: Option<Arc<EventFn>>,
     pub(crate) broker: Box<dyn Broker>,
+    pub(crate) has_store: bool,
     /// Open sockets by id.
     pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
     /// Every socket, handshaking or open, by key.
@@ -83,6 +84,8 @@ impl ScServer {
             on_connection: None,
             on_disconnection: None,
             on_event: None,
+            store: None,
+            on_store_gap: None,
         }
     }
 }
@@ -98,6 +101,8 @@ pub struct ScServerBuilder {
     on_connection: Option<Arc<ConnectFn>>,
     on_disconnection: Option<Arc<DisconnectFn>>,
     on_event: Option<Arc<EventFn>>,
+    store: Option<Arc<dyn sc_store::Store>>,
+    on_store_gap: Option<Arc<GapFn>>,
 }
 
 impl std::fmt::Debug for ScServerBuilder {
@@ -265,6 +270,28 @@ impl ScServerBuilder {
         self
     }
 
+    /// Shares channels with every other server using `store` (a [`sc_store::RespStore`] on
+    /// the store cluster or Redis): the first local subscriber of a channel subscribes it on
+    /// the store and the last one leaving unsubscribes; every publish (from clients or
+    /// [`ScHandle::publish`]) goes to the store and reaches the local subscribers when it comes
+    /// back, so all servers see a channel in the store's order and a publisher gets its own
+    /// publish once. On the store a publish is the raw JSON text of its data (empty for none).
+    ///
+    /// Without a store (the default) the exchange is in-process only. Building with a store
+    /// needs a tokio runtime (the exchange spawns its tasks on it).
+    pub fn store(mut self, store: Arc<dyn sc_store::Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Called with a channel name when messages of it may have been lost between the store and
+    /// this server (a [`sc_store::StoreEvent::Gap`]: a store connection was lost and restored,
+    /// or this server fell behind). A warning is logged in any case. Keep it quick.
+    pub fn on_store_gap(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
+        self.on_store_gap = Some(Arc::new(f));
+        self
+    }
+
     /// HTTP handshake middleware: sees the upgrade request; `Err` answers HTTP 401 with the
     /// error's message. It may put typed values into the socket's extensions (the transform).
     pub fn handshake_ws<F>(mut self, f: F) -> Self
@@ -338,6 +365,13 @@ impl ScServerBuilder {
         self.cfg.validate()?;
         let key = self.auth_key.unwrap_or_else(AuthKey::random);
         let auth = Auth::new(&key, self.cfg.auth_default_expiry_s).map_err(ConfigError)?;
+        let has_store = self.store.is_some();
+        let broker: Box<dyn Broker> = match self.store {
+            Some(store) => Box::new(StoreBroker::new(store, self.on_store_gap).map_err(|_| {
+                ConfigError("a server with a store must be built inside a tokio runtime".into())
+            })?),
+            None => Box::new(LocalBroker::default()),
+        };
         Ok(Arc::new(ServerInner {
             cfg: self.cfg,
             auth,
@@ -347,7 +381,8 @@ impl ScServerBuilder {
             on_connection: self.on_connection,
             on_disconnection: self.on_disconnection,
             on_event: self.on_event,
-            broker: Box::new(LocalBroker::default()),
+            broker,
+            has_store,
             clients: RwLock::default(),
             sockets: RwLock::default(),
             connections: AtomicUsize::new(0),
@@ -397,6 +432,8 @@ impl ScServerBuilder {
             on_connection: self.on_connection.clone(),
             on_disconnection: self.on_disconnection.clone(),
             on_event: self.on_event.clone(),
+            store: self.store.clone(),
+            on_store_gap: self.on_store_gap.clone(),
         }
     }
 }
@@ -438,6 +475,18 @@ impl ScHandle {
             key,
             rx,
         }
+    }
+
+    /// Resolves once publishes made on other servers reach this server's subscribers of
+    /// `channel`, that is once the store has confirmed the channel's subscription. Resolves at
+    /// once without a store or when the channel has no local subscriber.
+    pub fn subscription_ready(&self, channel: &str) -> impl Future<Output = ()> + Send + 'static {
+        self.0.broker.ready(channel)
+    }
+
+    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]).
+    pub fn has_store(&self) -> bool {
+        self.0.has_store
     }
 
     /// Open sockets (handshake done).
