@@ -230,7 +230,17 @@ where
     }
 
     fn push_result(&mut self, cid: u64, result: &Result<Option<Data>, ScError>) {
-        self.push(encode_result(cid, result));
+        // The common replies are written straight into the write buffer.
+        let mut rid = itoa::Buffer::new();
+        let rid = rid.format(cid).as_bytes();
+        match result {
+            Ok(Some(d)) => {
+                self.ws
+                    .queue_text_parts(&[b"{\"rid\":", rid, b",\"data\":", d.as_bytes(), b"}"])
+            }
+            Ok(None) => self.ws.queue_text_parts(&[b"{\"rid\":", rid, b"}"]),
+            Err(_) => self.push(encode_result(cid, result)),
+        }
     }
 
     fn push_error(&mut self, cid: u64, e: &ScError) {

@@ -25,6 +25,9 @@ const STACK_READ: usize = 4096;
 const COALESCE: usize = 1024;
 /// Chunks per vectored write.
 const MAX_IOV: usize = 64;
+/// The write buffer's first allocation of a batch (released after the flush), so a batch of
+/// small frames does not grow it step by step.
+const WBUF_FIRST: usize = 2048;
 
 /// What a read produced.
 #[derive(Debug)]
@@ -241,8 +244,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 debug_assert_eq!(self.rbuf.len(), before + n);
                 n
             } else {
-                let mut stack = [0u8; STACK_READ];
-                let mut rb = ReadBuf::new(&mut stack);
+                // Not zeroed: the reader only writes into it, and only the filled part is read.
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); STACK_READ];
+                let mut rb = ReadBuf::uninit(&mut stack);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WsError::Io)?;
                 let filled = rb.filled();
                 self.rbuf.extend_from_slice(filled);
@@ -275,6 +279,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
             10
         };
+        if self.wbuf.capacity() == 0 && len <= COALESCE {
+            self.wbuf.reserve(WBUF_FIRST.max(len + hlen));
+        }
         self.wbuf.extend_from_slice(&header[..hlen]);
         if len <= COALESCE {
             self.wbuf.extend_from_slice(&payload);
@@ -311,14 +318,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     fn queue_small(&mut self, opcode: u8, payload: &[u8]) {
-        let len = payload.len();
+        self.small_header(opcode, payload.len());
+        self.wbuf.extend_from_slice(payload);
+    }
+
+    /// Writes the header of a frame whose payload (`len` ≤ [`COALESCE`]) follows in `wbuf`.
+    fn small_header(&mut self, opcode: u8, len: usize) {
+        if self.wbuf.capacity() == 0 {
+            self.wbuf.reserve(WBUF_FIRST.max(len + 4));
+        }
         if len < 126 {
             self.wbuf.extend_from_slice(&[0x80 | opcode, len as u8]);
         } else {
             self.wbuf.extend_from_slice(&[0x80 | opcode, 126]);
             self.wbuf.extend_from_slice(&(len as u16).to_be_bytes());
         }
-        self.wbuf.extend_from_slice(payload);
+    }
+
+    /// Queues a text frame whose payload is the concatenation of `parts`, written straight into
+    /// the write buffer (no intermediate allocation for small frames).
+    pub(crate) fn queue_text_parts(&mut self, parts: &[&[u8]]) {
+        if self.close_sent {
+            return;
+        }
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len <= COALESCE {
+            self.small_header(0x1, len);
+            for p in parts {
+                self.wbuf.extend_from_slice(p);
+            }
+        } else {
+            self.queue_frame(0x1, Bytes::from(parts.concat()));
+        }
     }
 
     /// Queues a close frame; nothing is sent after it.
@@ -336,6 +367,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // Only small frames queued (the usual case): write the buffer as it is.
+        while self.wq.is_empty() && !self.wbuf.is_empty() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.wbuf.advance(n);
+        }
         if !self.wbuf.is_empty() {
             let chunk = self.wbuf.split().freeze();
             self.wq.push_back(chunk);
