@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 #[deny(missing_docs)]
 enum Command {
-    /// Run the server with the demo app (one process, in-memory exchange)
+    /// Run the server with the demo app (channels in process, or shared through --store)
     Serve(serve::ServeArgs),
     /// Print the default config file (TOML) for `serve --config`
     GenConfig,

@@ -27,6 +27,62 @@ pub(crate) struct ServeArgs {
     /// TOML config file (see `socketcluster gen-config`); flags override it
     #[arg(long, value_name = "FILE")]
     pub(crate) config: Option<PathBuf>,
+    /// Where channels are shared with other processes: `local` (in-process only),
+    /// `sc://HOST:PORT[,HOST:PORT...]` (store processes run by `socketcluster store`) or
+    /// `redis://HOST:PORT[/DB]` (one Redis; several comma-separated are sharded like store
+    /// processes). Every process must list the same nodes in the same spelling [default: local]
+    #[arg(long, value_name = "URL")]
+    pub(crate) store: Option<String>,
+    /// Secret sent with AUTH to the store nodes (`socketcluster store --secret`, or Redis's
+    /// requirepass)
+    #[arg(long, env = "SC_STORE_SECRET", hide_env_values = true)]
+    pub(crate) store_secret: Option<String>,
+}
+
+/// Where `serve` shares channels: parsed from `--store` / `store`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StoreSpec {
+    /// In-process only.
+    Local,
+    /// RESP nodes (store processes or Redis), as passed to `RespConfig::new`.
+    Resp(Vec<String>),
+}
+
+impl StoreSpec {
+    /// Parses `local`, `sc://A,B` or `redis://A[,B]`.
+    pub(crate) fn parse(text: &str) -> Result<Self, ConfigProblem> {
+        let text = text.trim();
+        if text.is_empty() || text == "local" {
+            return Ok(StoreSpec::Local);
+        }
+        let bad = |why: &str| {
+            ConfigProblem(format!(
+                "--store {text:?}: {why} (expected local, sc://HOST:PORT[,HOST:PORT...] or \
+                 redis://HOST:PORT[,HOST:PORT...])"
+            ))
+        };
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| bad("missing scheme"))?;
+        let parts: Vec<&str> = rest.split(',').map(str::trim).collect();
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(bad("empty node"));
+        }
+        match scheme {
+            "sc" => {
+                for p in &parts {
+                    if p.contains('/') || p.contains('@') || p.rsplit_once(':').is_none() {
+                        return Err(bad("a node is HOST:PORT"));
+                    }
+                }
+                Ok(StoreSpec::Resp(parts.into_iter().map(Into::into).collect()))
+            }
+            "redis" => Ok(StoreSpec::Resp(
+                parts.into_iter().map(|p| format!("redis://{p}")).collect(),
+            )),
+            _ => Err(bad("unknown scheme")),
+        }
+    }
 }
 
 /// The config file: listener, auth key and the worker's options.
@@ -40,6 +96,11 @@ pub(crate) struct FileConfig {
     /// Token signing secret (prefer `--auth-key` or `SC_AUTH_KEY`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) auth_key: Option<String>,
+    /// Where channels are shared: `local`, `sc://HOST:PORT,...` or `redis://HOST:PORT,...`.
+    pub(crate) store: String,
+    /// Secret for the store nodes (prefer `--store-secret` or `SC_STORE_SECRET`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) store_secret: Option<String>,
     /// The server's options and limits.
     pub(crate) worker: WorkerConfig,
 }
@@ -50,6 +111,8 @@ impl Default for FileConfig {
             host: "127.0.0.1".to_owned(),
             port: 8000,
             auth_key: None,
+            store: "local".to_owned(),
+            store_secret: None,
             worker: WorkerConfig::default(),
         }
     }
@@ -60,7 +123,8 @@ pub(crate) fn gen_config() -> Result<String, String> {
     let body = toml::to_string_pretty(&FileConfig::default()).map_err(|e| e.to_string())?;
     Ok(format!(
         "# socketcluster serve --config FILE; flags and SC_AUTH_KEY override these values.\n\
-         # auth_key = \"a long random secret\"\n{body}"
+         # auth_key = \"a long random secret\"\n\
+         # store: local, sc://127.0.0.1:6380,127.0.0.1:6381 or redis://127.0.0.1:6379\n{body}"
     ))
 }
 
@@ -90,6 +154,13 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
     if let Some(k) = args.auth_key {
         cfg.auth_key = Some(k);
     }
+    if let Some(s) = args.store {
+        cfg.store = s;
+    }
+    if let Some(s) = args.store_secret {
+        cfg.store_secret = Some(s);
+    }
+    StoreSpec::parse(&cfg.store)?;
     if cfg.auth_key.as_deref() == Some("") {
         return Err(ConfigProblem("--auth-key must not be empty".to_owned()));
     }
@@ -124,6 +195,18 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
             "no --auth-key given: using a random key, so tokens will not survive a restart \
              and other processes will reject them"
         ),
+    }
+    match StoreSpec::parse(&cfg.store).map_err(|e| e.0)? {
+        StoreSpec::Local => {}
+        StoreSpec::Resp(nodes) => {
+            let mut rc = sc_store::RespConfig::new(nodes);
+            rc.secret = cfg.store_secret.clone();
+            let store = sc_store::RespStore::connect(rc)
+                .await
+                .map_err(|e| format!("cannot connect to the store {}: {e}", cfg.store))?;
+            tracing::info!(store = %cfg.store, "channels are shared through the store");
+            builder = builder.store(std::sync::Arc::new(store));
+        }
     }
     let (layer, handle) = crate::demo::app(builder)
         .try_build_layer()
@@ -171,5 +254,35 @@ async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StoreSpec;
+
+    #[test]
+    fn store_specs() {
+        assert_eq!(StoreSpec::parse("local").ok(), Some(StoreSpec::Local));
+        assert_eq!(
+            StoreSpec::parse("sc://127.0.0.1:6380,127.0.0.1:6381").ok(),
+            Some(StoreSpec::Resp(vec![
+                "127.0.0.1:6380".into(),
+                "127.0.0.1:6381".into()
+            ]))
+        );
+        assert_eq!(
+            StoreSpec::parse("redis://127.0.0.1:6379").ok(),
+            Some(StoreSpec::Resp(vec!["redis://127.0.0.1:6379".into()]))
+        );
+        for bad in [
+            "127.0.0.1:6379",
+            "sc://",
+            "sc://a:1,",
+            "sc://host",
+            "http://a:1",
+        ] {
+            assert!(StoreSpec::parse(bad).is_err(), "{bad}");
+        }
     }
 }
