@@ -328,11 +328,51 @@ fn skip_ws(b: &[u8], mut i: usize) -> usize {
 /// The index of the closing quote of a string whose content starts at `i`, if the string has no
 /// escapes and no control characters (which JSON forbids unescaped).
 fn plain_str_end(b: &[u8], i: usize) -> Option<usize> {
-    let len = b
-        .get(i..)?
+    let end = i + plain_run(b.get(i..)?);
+    (b.get(end) == Some(&b'"')).then_some(end)
+}
+
+/// Whether a byte ends the plain run of a JSON string: `"`, `\` and the control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut stop = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        stop[c] = true;
+        c += 1;
+    }
+    stop[b'"' as usize] = true;
+    stop[b'\\' as usize] = true;
+    stop
+};
+
+/// The length of the run of string bytes at the start of `s` that need no attention (no `"`, `\`
+/// or control character), eight bytes at a time where it can.
+fn plain_run(s: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = s.chunks_exact(8);
+    let mut n = 0;
+    for chunk in &mut chunks {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // The high bit of each byte of `v` that is zero, of `x` that is below 0x20. A borrow can
+        // only flag bytes above a flagged one, so the lowest flag is exact.
+        let zero = |v: u64| v.wrapping_sub(ONES) & !v;
+        let quote = zero(x ^ (ONES * u64::from(b'"')));
+        let backslash = zero(x ^ (ONES * u64::from(b'\\')));
+        let control = x.wrapping_sub(ONES * 0x20) & !x;
+        let hits = (quote | backslash | control) & HIGH;
+        if hits != 0 {
+            return n + (hits.trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    let rest = chunks.remainder();
+    n + rest
         .iter()
-        .position(|&c| c == b'"' || c == b'\\' || c < 0x20)?;
-    (b.get(i + len) == Some(&b'"')).then_some(i + len)
+        .position(|&c| STRING_STOP[usize::from(c)])
+        .unwrap_or(rest.len())
 }
 
 /// A JSON integer `0|[1-9][0-9]*` that fits a [`Cid`] at `i`, and the index after it. `None` for
@@ -440,6 +480,7 @@ fn member_value(b: &[u8], i: usize) -> Option<usize> {
 /// characters, escapes as JSON defines them (serde_json, like `JSON.parse`, accepts any `\uXXXX`).
 fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
     loop {
+        i += plain_run(b.get(i..)?);
         match *b.get(i)? {
             b'"' => return Some(i),
             b'\\' => match *b.get(i + 1)? {

@@ -180,6 +180,29 @@ fn skip_value_finds_the_end_of_valid_json() {
 }
 
 #[test]
+fn plain_run_stops_at_the_first_special_byte() {
+    for len in 0..40 {
+        for special in [b'"', b'\\', 0, 0x1f, b'\n'] {
+            for filler in [b'a', b' ', 0x7f, 0xc3, 0x20, 0x21, 0x5b, 0x5d, 0xff] {
+                let mut s = vec![filler; len];
+                assert_eq!(plain_run(&s), len);
+                s.push(special);
+                s.extend_from_slice(b"\"\\\x01xyzxyzxyz");
+                assert_eq!(plain_run(&s), len, "{len} {special} {filler}");
+            }
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn plain_run_matches_a_byte_loop(s in prop::collection::vec(any::<u8>(), 0..64)) {
+        let want = s.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20).unwrap_or(s.len());
+        prop_assert_eq!(plain_run(&s), want);
+    }
+}
+
+#[test]
 fn json_str_borrows_when_it_can() {
     assert!(matches!(
         json_str(raw(r#""abc""#)),
