@@ -80,21 +80,26 @@ async fn two_servers(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>, node: &st
     assert!(a.handle.has_store());
 
     let (mut ca, _) = Client::connect(&a).await;
+    let (mut ca2, _) = Client::connect(&a).await;
     let (mut cb, _) = Client::connect(&b).await;
     subscribe(&mut ca, &a, channel, 2).await;
+    subscribe(&mut ca2, &a, channel, 2).await;
     subscribe(&mut cb, &b, channel, 2).await;
+    assert_eq!(a.handle.subscriber_count(channel), 2);
 
     // Both servers hold one store subscription, whatever their local subscriber count; a
     // publish from outside (raw JSON text on the store) reaches both clients.
     assert_eq!(raw_publish(node, channel, r#"{"from":"outside"}"#).await, 2);
     let expected = json!({"channel": channel, "data": {"from": "outside"}});
-    assert_eq!(next_publish(&mut ca).await, expected);
-    assert_eq!(next_publish(&mut cb).await, expected);
+    for c in [&mut ca, &mut ca2, &mut cb] {
+        assert_eq!(next_publish(c).await, expected);
+    }
     // An empty payload is a publish without data; a payload that is not JSON is dropped.
     assert_eq!(raw_publish(node, channel, "not json").await, 2);
     assert_eq!(raw_publish(node, channel, "").await, 2);
-    assert_eq!(next_publish(&mut ca).await, json!({ "channel": channel }));
-    assert_eq!(next_publish(&mut cb).await, json!({ "channel": channel }));
+    for c in [&mut ca, &mut ca2, &mut cb] {
+        assert_eq!(next_publish(c).await, json!({ "channel": channel }));
+    }
 
     // A client of B publishes: the client of A gets every message in order, exactly once, and
     // the publisher gets its own echo once (it is delivered from the store, not locally too).
@@ -104,7 +109,7 @@ async fn two_servers(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>, node: &st
     }
     cb.send_json(json!({"event":"#publish","data":{"channel":channel,"data":"end"}}))
         .await;
-    for c in [&mut ca, &mut cb] {
+    for c in [&mut ca, &mut ca2, &mut cb] {
         for i in 0..MESSAGES {
             assert_eq!(next_publish(c).await["data"], json!(i));
         }
@@ -114,7 +119,7 @@ async fn two_servers(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>, node: &st
     // A server-side publish on A and a server-side subscriber on B.
     let mut server_sub = b.handle.subscribe(channel);
     a.handle.publish(channel, json!({"n": 1})).unwrap();
-    for c in [&mut ca, &mut cb] {
+    for c in [&mut ca, &mut ca2, &mut cb] {
         assert_eq!(next_publish(c).await["data"], json!({"n": 1}));
     }
     let got = tokio::time::timeout(WAIT, server_sub.recv())
@@ -127,6 +132,11 @@ async fn two_servers(store_a: Arc<dyn Store>, store_b: Arc<dyn Store>, node: &st
 
     // A keeps its store subscription while a local subscriber remains, and only then drops it.
     ca.invoke("#unsubscribe", json!(channel), 3).await;
+    assert_eq!(a.handle.subscriber_count(channel), 1);
+    b.handle.publish(channel, "still").unwrap();
+    assert_eq!(next_publish(&mut ca2).await["data"], json!("still"));
+    assert_eq!(next_publish(&mut cb).await["data"], json!("still"));
+    ca2.invoke("#unsubscribe", json!(channel), 3).await;
     assert_eq!(a.handle.subscriber_count(channel), 0);
     cb.invoke("#unsubscribe", json!(channel), 3).await;
     assert_eq!(b.handle.subscriber_count(channel), 0);
