@@ -195,9 +195,9 @@ struct Link {
 /// Pub/sub over a [`Store`] shared by several processes, with local fan-out.
 ///
 /// Publishes are sent to the store in the order they were made (per channel, one publisher task
-/// sends them one after the other), and delivered locally only when they
-/// come back from the store, so every process sees a channel in the store's order and a
-/// publisher sees its own publish exactly once. On the store, a publish is the raw JSON text of
+/// sends them one after the other), and delivered locally only when they come back from the
+/// store, so every process sees a channel in the store's order and a publisher sees its own
+/// publish exactly once. On the store, a publish is the raw JSON text of
 /// its data, or empty bytes for a publish without data.
 pub(crate) struct StoreBroker {
     local: Arc<LocalBroker>,
@@ -212,7 +212,7 @@ pub(crate) struct StoreBroker {
 }
 
 impl StoreBroker {
-    /// A broker over `store`; spawns its publisher task on the current tokio runtime.
+    /// A broker over `store`; spawns its publisher tasks on the current tokio runtime.
     pub(crate) fn new(
         store: Arc<dyn Store>,
         on_gap: Option<Arc<GapFn>>,
