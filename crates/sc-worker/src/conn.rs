@@ -250,14 +250,9 @@ where
     /// Maps a WebSocket read result; `None` = nothing to handle.
     fn classify(&mut self, m: Result<WsEvent, WsError>) -> Result<Option<(Bytes, bool)>, End> {
         match m {
-            Ok(WsEvent::Message(bytes, text)) => {
-                self.last_seen = Instant::now();
-                Ok(Some((bytes, text)))
-            }
-            Ok(WsEvent::Control) => {
-                self.last_seen = Instant::now();
-                Ok(None)
-            }
+            // `last_seen` is updated once per read burst by the main loop.
+            Ok(WsEvent::Message(bytes, text)) => Ok(Some((bytes, text))),
+            Ok(WsEvent::Control) => Ok(None),
             Ok(WsEvent::Close(code, reason)) => Err(End::Peer(code, reason)),
             Err(WsError::Protocol(code, reason)) => {
                 tracing::debug!(sid = %self.socket.id(), code, reason, "WebSocket protocol error");
@@ -411,6 +406,7 @@ where
         let tick = tokio::time::sleep(interval);
         tokio::pin!(tick);
         let mut batch = Vec::new();
+        self.last_seen = Instant::now();
         loop {
             tokio::select! {
                 biased;
@@ -447,6 +443,7 @@ where
                             return end;
                         }
                     }
+                    self.last_seen = Instant::now();
                     if let Err(end) = self.flush_out().await {
                         return end;
                     }
@@ -484,11 +481,22 @@ where
 
     async fn write_outs(&mut self, batch: &mut Vec<Out>) -> Result<(), End> {
         let outbound = self.server.mw.outbound.clone();
+        // One allocation for the batch's small frames (they are copied into the write buffer).
+        let small: usize = batch
+            .iter()
+            .map(|o| match o {
+                Out::Frame(b) => b.len(),
+                Out::Publish(p) => p.frame.len(),
+            })
+            .filter(|&n| n <= crate::ws::COALESCE)
+            .map(|n| n + 4)
+            .sum();
+        self.ws.reserve(small);
         for out in batch.drain(..) {
             match out {
                 Out::Frame(b) => self.ws.queue_text(b),
                 Out::Publish(p) => match &outbound {
-                    None => self.ws.queue_text(p.frame.clone()),
+                    None => self.ws.queue_text_ref(&p.frame),
                     Some(mw) => {
                         let action = OutboundAction {
                             socket: self.socket.clone(),

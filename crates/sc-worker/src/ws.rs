@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Reads smaller than this go through the stack buffer.
 const STACK_READ: usize = 4096;
 /// Payloads up to this size are copied next to their header instead of referenced.
-const COALESCE: usize = 1024;
+pub(crate) const COALESCE: usize = 1024;
 /// Chunks per vectored write.
 const MAX_IOV: usize = 64;
 /// The write buffer's first allocation of a batch (released after the flush), so a batch of
@@ -301,6 +301,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     pub(crate) fn queue_text(&mut self, payload: Bytes) {
         if !self.close_sent {
             self.queue_frame(0x1, payload);
+        }
+    }
+
+    /// Queues a text frame from shared bytes: small ones are copied (the reference is not
+    /// cloned), large ones referenced.
+    pub(crate) fn queue_text_ref(&mut self, payload: &Bytes) {
+        if self.close_sent {
+            return;
+        }
+        if payload.len() <= COALESCE {
+            self.queue_small(0x1, payload);
+        } else {
+            self.queue_frame(0x1, payload.clone());
+        }
+    }
+
+    /// Makes room for `additional` more bytes of small frames in the write buffer (at most
+    /// 64 KiB are reserved at once).
+    pub(crate) fn reserve(&mut self, additional: usize) {
+        let additional = additional.min(64 * 1024);
+        if self.wbuf.capacity() - self.wbuf.len() < additional {
+            self.wbuf.reserve(additional.max(WBUF_FIRST));
         }
     }
 
