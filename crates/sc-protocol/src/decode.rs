@@ -241,9 +241,10 @@ fn decode_packet(text: &str) -> Packet<'_> {
 
 /// The fast path for the shapes nearly every frame has: one flat object whose keys are among
 /// `event`, `data`, `cid`, `rid` and `error` (each once, written without escapes), with an
-/// escape-free string `event` and plain integer `cid`/`rid`. Payloads are still validated and
-/// borrowed by serde_json. `None` means "not this shape": [`decode_packet_slow`] decides, and for
-/// every frame where this returns `Some`, the slow path returns the same packet (tested).
+/// escape-free string `event` and plain integer `cid`/`rid`. Payloads are validated (by
+/// [`skip_value`], or serde_json when that declines) and borrowed. `None` means "not this shape":
+/// [`decode_packet_slow`] decides, and for every frame where this returns `Some`, the slow path
+/// returns the same packet (tested).
 fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
