@@ -174,6 +174,18 @@ struct EchoStats {
     unanswered: u64,
 }
 
+impl EchoStats {
+    fn new() -> Self {
+        EchoStats {
+            lat: Latency::new(),
+            replies: 0,
+            sent: 0,
+            errors: 0,
+            unanswered: 0,
+        }
+    }
+}
+
 /// Requests in flight, oldest first (replies normally come in order).
 #[derive(Debug, Default)]
 struct InFlight(VecDeque<(u64, Instant)>);
@@ -211,13 +223,7 @@ pub(super) async fn echo(a: EchoArgs) -> Result<Report, String> {
     }
     let cpu = cpu_at_start(w, c.server_pid).await;
     tokio::time::sleep_until(w.to).await;
-    let mut total = EchoStats {
-        lat: Latency::new(),
-        replies: 0,
-        sent: 0,
-        errors: 0,
-        unanswered: 0,
-    };
+    let mut total = EchoStats::new();
     let mut replies_in_window = 0;
     let used = cpu.end();
     for t in tasks {
@@ -251,13 +257,7 @@ async fn echo_worker(
     payload: Arc<[u8]>,
     progress: Arc<Progress>,
 ) -> Result<EchoStats, String> {
-    let mut s = EchoStats {
-        lat: Latency::new(),
-        replies: 0,
-        sent: 0,
-        errors: 0,
-        unanswered: 0,
-    };
+    let mut s = EchoStats::new();
     let mut next_id = proto.first_id();
     let mut inflight = InFlight::default();
     let start = Instant::now();
@@ -372,13 +372,7 @@ async fn rate_worker(
     payload: Arc<[u8]>,
     progress: Arc<Progress>,
 ) -> Result<EchoStats, String> {
-    let mut s = EchoStats {
-        lat: Latency::new(),
-        replies: 0,
-        sent: 0,
-        errors: 0,
-        unanswered: 0,
-    };
+    let mut s = EchoStats::new();
     let mut next_id = proto.first_id();
     let mut inflight = InFlight::default();
     let mut next = first;
