@@ -825,13 +825,15 @@ where
                     self.server
                         .broker
                         .subscribe(&channel, Sub::Socket(self.socket.clone()));
-                    // With a store, answer once publishes made elsewhere reach this socket
-                    // (immediate for the in-process broker); bounded so a store outage cannot
-                    // stall the socket.
-                    let ready = self.server.broker.ready(&channel);
-                    let wait = Duration::from_millis(self.server.cfg.ack_timeout_ms);
-                    if tokio::time::timeout(wait, ready).await.is_err() {
-                        tracing::warn!(sid = %self.socket.id(), %channel, "store subscription not confirmed in time");
+                    // With a store, answer once publishes made elsewhere reach this socket;
+                    // bounded so a store outage cannot stall the socket. The in-process broker
+                    // is ready at once, so it skips the wait (no box, no timer).
+                    if self.server.has_store {
+                        let ready = self.server.broker.ready(&channel);
+                        let wait = Duration::from_millis(self.server.cfg.ack_timeout_ms);
+                        if tokio::time::timeout(wait, ready).await.is_err() {
+                            tracing::warn!(sid = %self.socket.id(), %channel, "store subscription not confirmed in time");
+                        }
                     }
                     self.socket
                         .emit(&crate::ScEvent::Subscribe(channel.to_string()));
