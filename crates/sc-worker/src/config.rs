@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 /// | `path` | `/socketcluster/` | the exact path of the WebSocket endpoint (query strings allowed) |
 /// | `max_payload` | 2 MiB | largest inbound message; a larger one closes the socket with 1009 |
 /// | `outbound_queue` | 4096 frames | frames queued for a socket before it counts as a slow consumer and is closed with 4100 |
+/// | `publish_batch_ms` | 5 | a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once |
 /// | `handshake_timeout_ms` | 10000 | no `#handshake` by then closes with 4005 |
 /// | `ping_interval_ms` | 8000 | how often the server pings (`''`, or `#1` in protocol v1) |
 /// | `ping_timeout_ms` | 30000 | sent in the handshake reply; no message from the client for that long closes with 4001 |
@@ -35,6 +36,12 @@ pub struct Config {
     pub max_payload: usize,
     /// Frames queued per socket before it is dropped as a slow consumer. Defaults to 4096.
     pub outbound_queue: usize,
+    /// Milliseconds between two writes of publishes to one socket: publishes that arrive sooner
+    /// after a write are held and written together when the interval ends (one syscall for
+    /// many, which is what lets a socket take a high publish rate), while the first publish after
+    /// a quiet spell is written at once. Replies and other frames are never held. 0 writes every
+    /// publish at once. Defaults to 5.
+    pub publish_batch_ms: u64,
     /// Milliseconds a new socket has to send `#handshake`. Defaults to 10000.
     pub handshake_timeout_ms: u64,
     /// Milliseconds between server pings. Defaults to 8000.
@@ -77,6 +84,7 @@ impl Default for Config {
             path: "/socketcluster/".to_owned(),
             max_payload: 2 * 1024 * 1024,
             outbound_queue: 4096,
+            publish_batch_ms: 5,
             handshake_timeout_ms: 10_000,
             ping_interval_ms: 8_000,
             ping_timeout_ms: 30_000,

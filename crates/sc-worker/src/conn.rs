@@ -16,7 +16,7 @@ use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -133,12 +133,14 @@ impl Src<'_> {
 }
 
 /// Runs one upgraded connection to its end.
-pub(crate) async fn run<S>(io: S, server: Arc<ServerInner>, ext: http::Extensions)
+///
+/// `read` holds bytes of the WebSocket stream already read off `io` (none for most upgrades).
+pub(crate) async fn run<S>(io: S, read: Bytes, server: Arc<ServerInner>, ext: http::Extensions)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let cfg = &server.cfg;
-    let ws = WsStream::new(io, cfg.max_payload);
+    let ws = WsStream::new(io, read, cfg.max_payload);
     let (tx, rx) = mpsc::channel(cfg.outbound_queue);
     let key = server.next_key.fetch_add(1, Ordering::Relaxed);
     let socket = ScSocket(Arc::new(SocketShared {
@@ -150,7 +152,7 @@ where
         ext: Mutex::new(ext),
         next_cid: Default::default(),
         inflight: Default::default(),
-        control: Notify::new(),
+        control: Default::default(),
     }));
     server.sockets.write().insert(key, socket.clone());
     if server.shutting_down.load(Ordering::Acquire) {
@@ -405,6 +407,14 @@ where
         };
         let tick = tokio::time::sleep(interval);
         tokio::pin!(tick);
+        // Publishes are written at most every `publish_batch` per socket: the first one after a
+        // quiet spell goes at once, those that follow within the interval are held and written
+        // together when it ends (one syscall for many). Replies and other frames are never held.
+        let publish_batch = Duration::from_millis(self.server.cfg.publish_batch_ms);
+        let hold = tokio::time::sleep(Duration::ZERO);
+        tokio::pin!(hold);
+        let mut holding = false;
+        let mut last_publish_write: Option<Instant> = None;
         let mut batch = Vec::new();
         self.last_seen = Instant::now();
         loop {
@@ -425,15 +435,44 @@ where
                         return End::Close(code, reason);
                     }
                 }
-                n = self.rx.recv_many(&mut batch, BATCH) => {
+                n = self.rx.recv_many(&mut batch, BATCH), if batch.len() < BATCH => {
                     if n == 0 {
                         return End::close(1011, "Outbound queue closed");
+                    }
+                    if !publish_batch.is_zero()
+                        && batch.len() < BATCH
+                        && batch.iter().all(|o| matches!(o, Out::Publish(_)))
+                    {
+                        let now = Instant::now();
+                        if let Some(last) = last_publish_write
+                            && now < last + publish_batch
+                        {
+                            if !holding {
+                                hold.as_mut().reset(last + publish_batch);
+                                holding = true;
+                            }
+                            continue;
+                        }
+                        last_publish_write = Some(now);
+                    }
+                    holding = false;
+                    if let Err(end) = self.write_outs(&mut batch).await {
+                        return end;
+                    }
+                }
+                () = &mut hold, if holding => {
+                    holding = false;
+                    last_publish_write = Some(Instant::now());
+                    while batch.len() < BATCH && let Ok(out) = self.rx.try_recv() {
+                        batch.push(out);
                     }
                     if let Err(end) = self.write_outs(&mut batch).await {
                         return end;
                     }
                 }
                 m = self.ws.next() => {
+                    // Once per read burst: the burst is handled within microseconds.
+                    self.check_expiry();
                     if let Err(end) = self.on_ws(m).await {
                         return end;
                     }
@@ -529,11 +568,7 @@ where
         }
     }
 
-    fn on_pong(&mut self) {
-        self.check_expiry();
-    }
-
-    /// Deauthenticates a socket whose token expired (rechecked on every inbound message).
+    /// Deauthenticates a socket whose token expired (rechecked on every inbound read burst).
     fn check_expiry(&mut self) {
         let expired = {
             let s = self.socket.0.state.lock();
@@ -548,7 +583,6 @@ where
     async fn on_text(&mut self, bytes: &Bytes, text: &str) -> Result<(), End> {
         let v1 = self.server.cfg.protocol_version == 1;
         if (!v1 && text.is_empty()) || (v1 && text == "#2") {
-            self.on_pong();
             return Ok(());
         }
         if let Some(mw) = self.server.mw.inbound_raw.clone() {
@@ -574,7 +608,6 @@ where
     }
 
     async fn on_decoded(&mut self, src: Src<'_>) -> Result<(), End> {
-        self.check_expiry();
         match decode(src.text) {
             Frame::Heartbeat | Frame::PingV1 | Frame::PongV1 => Ok(()),
             Frame::Packet(p) => self.on_packet(src, p).await,
@@ -746,24 +779,27 @@ where
                 _ => {}
             }
         }
-        let handler = self.server.procedures.get(event).cloned();
-        if handler.is_none() && !self.has_inbound(InboundKind::Invoke) {
-            return Ok(());
-        }
-        let data = raw.map(|d| src.data(d));
-        let data = match self.inbound(InboundKind::Invoke, event, data).await {
-            Ok(d) => d,
-            Err(e) => {
-                self.push_error(cid, &e);
-                return Ok(());
+        let data = if self.has_inbound(InboundKind::Invoke) {
+            match self
+                .inbound(InboundKind::Invoke, event, raw.map(|d| src.data(d)))
+                .await
+            {
+                Ok(d) => d,
+                Err(e) => {
+                    self.push_error(cid, &e);
+                    return Ok(());
+                }
             }
+        } else {
+            raw.map(|d| src.data(d))
         };
-        let Some((procedure, h)) = handler else {
+        // Borrowed, not cloned: the handler is only called here.
+        let Some((procedure, h)) = self.server.procedures.get(event) else {
             return Ok(());
         };
         let mut fut = h(Request {
             socket: self.socket.clone(),
-            procedure,
+            procedure: procedure.clone(),
             data,
         });
         match poll_once(&mut fut) {

@@ -141,6 +141,14 @@ impl ScServerBuilder {
         self
     }
 
+    /// How long a socket that receives publishes in quick succession holds them to write them
+    /// together (see [`Config::publish_batch_ms`](crate::Config::publish_batch_ms)); zero writes
+    /// each at once. Defaults to 5 ms.
+    pub fn publish_batch(mut self, interval: Duration) -> Self {
+        self.cfg.publish_batch_ms = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+        self
+    }
+
     /// Time a socket has to send `#handshake` (then 4005). Defaults to 10 seconds.
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.cfg.handshake_timeout_ms = t.as_millis().max(1) as u64;

@@ -354,7 +354,18 @@ fn try_upgrade<ReqBody, ResBody: From<String>>(
     let server = server.clone();
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => crate::conn::run(TokioIo::new(upgraded), server, ext).await,
+            // Served by hyper straight over TCP (the standalone server): run on the plain
+            // `TcpStream`, skipping the upgrade wrappers on every read and write. Any other
+            // transport (TLS, a stack that rewinds the stream) keeps the `Upgraded` wrapper.
+            Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
+                Ok(parts) => {
+                    crate::conn::run(parts.io.into_inner(), parts.read_buf, server, ext).await;
+                }
+                Err(upgraded) => {
+                    crate::conn::run(TokioIo::new(upgraded), bytes::Bytes::new(), server, ext)
+                        .await;
+                }
+            },
             Err(e) => {
                 server.connections.fetch_sub(1, Ordering::AcqRel);
                 tracing::debug!(error = %e, "WebSocket upgrade failed");

@@ -3,13 +3,15 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 use sc_protocol::{ErrorName, ScError, events};
 
@@ -23,6 +25,40 @@ pub const SLOW_CONSUMER: u16 = 4100;
 /// The close code sent to every socket on graceful shutdown (1001, going away): clients reconnect
 /// (elsewhere, or here once the server is back) and raise no error for it.
 pub const SHUTDOWN: u16 = 1001;
+
+/// Wakes the socket's task to look at its state (a close was requested, say). One waiter, so
+/// an atomic flag and waker: checking it, which the task does on every wake-up, takes no lock.
+#[derive(Default)]
+pub(crate) struct Signal {
+    set: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl Signal {
+    /// Sets the signal and wakes the task; a signal set while nobody waits is kept for the next
+    /// wait.
+    pub(crate) fn notify_one(&self) {
+        self.set.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.set.swap(false, Ordering::AcqRel) {
+            return Poll::Ready(());
+        }
+        self.waker.register(cx.waker());
+        if self.set.swap(false, Ordering::AcqRel) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// Completes once the signal is set (and clears it).
+    pub(crate) fn notified(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |cx| self.poll(cx))
+    }
+}
 
 /// An item of a socket's outbound queue.
 pub(crate) enum Out {
@@ -55,7 +91,7 @@ pub(crate) struct SocketShared {
     pub(crate) ext: Mutex<http::Extensions>,
     pub(crate) next_cid: AtomicU64,
     pub(crate) inflight: AtomicUsize,
-    pub(crate) control: Notify,
+    pub(crate) control: Signal,
 }
 
 /// A connected socket: a cheap, cloneable handle for handlers and the server handle.

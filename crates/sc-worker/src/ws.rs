@@ -88,10 +88,16 @@ enum Parsed {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    pub(crate) fn new(io: S, max_payload: usize) -> Self {
+    /// `read` holds bytes the peer sent that were already read off `io` (after the HTTP
+    /// upgrade request, say).
+    pub(crate) fn new(io: S, read: Bytes, max_payload: usize) -> Self {
         WsStream {
             io,
-            rbuf: BytesMut::new(),
+            rbuf: if read.is_empty() {
+                BytesMut::new()
+            } else {
+                BytesMut::from(read)
+            },
             partial: None,
             max_payload,
             wq: VecDeque::new(),
@@ -468,7 +474,7 @@ mod tests {
     #[tokio::test]
     async fn messages_fragments_control_and_limits() {
         let (a, mut b) = tokio::io::duplex(1 << 20);
-        let mut ws = WsStream::new(a, 100_000);
+        let mut ws = WsStream::new(a, Bytes::new(), 100_000);
         let mut input = client_frame(true, 1, b"hello");
         input.extend(client_frame(false, 1, "héllo ".as_bytes()));
         input.extend(client_frame(true, 9, b"p"));
@@ -512,7 +518,7 @@ mod tests {
             (client_frame(false, 9, b"x"), 1002), // fragmented control
         ] {
             let (a, mut b) = tokio::io::duplex(1024);
-            let mut ws = WsStream::new(a, 1000);
+            let mut ws = WsStream::new(a, Bytes::new(), 1000);
             b.write_all(&bytes).await.unwrap();
             match ws.next().await {
                 Err(WsError::Protocol(c, _)) => assert_eq!(c, code),
@@ -520,7 +526,7 @@ mod tests {
             }
         }
         let (a, mut b) = tokio::io::duplex(1024);
-        let mut ws = WsStream::new(a, 1000);
+        let mut ws = WsStream::new(a, Bytes::new(), 1000);
         let mut close = 4321u16.to_be_bytes().to_vec();
         close.extend_from_slice(b"bye");
         b.write_all(&client_frame(true, 8, &close)).await.unwrap();

@@ -648,3 +648,61 @@ async fn socket_events() {
     c.ws.close().await.unwrap();
     assert_eq!(next().await, r#"Unsubscribe("b")"#);
 }
+
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_not_lost() {
+    use tokio::io::AsyncReadExt;
+    let server = start(app()).await;
+    let mut s = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    // The request and the first WebSocket frame in one write: the server reads both at once.
+    let mut bytes = format!(
+        "GET /socketcluster/ HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+        server.addr
+    )
+    .into_bytes();
+    let payload = br##"{"event":"#handshake","data":{},"cid":1}"##;
+    let mask = [1u8, 2, 3, 4];
+    bytes.extend_from_slice(&[0x81, 0x80 | payload.len() as u8]);
+    bytes.extend_from_slice(&mask);
+    bytes.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(8).any(|w| w == br#"{"rid":1"#) {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("no handshake reply")
+            .unwrap();
+        assert!(n > 0, "closed before the handshake reply");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&got).starts_with("HTTP/1.1 101"));
+}
+
+#[tokio::test]
+async fn publishes_in_quick_succession_are_written_together_and_replies_are_not_held() {
+    let server = start(app().publish_batch(Duration::from_secs(2))).await;
+    let (mut c, _) = Client::connect(&server).await;
+    assert_eq!(
+        c.invoke("#subscribe", json!({"channel":"news"}), 2).await,
+        json!({"rid":2})
+    );
+    // The first publish after a quiet spell is written at once.
+    server.handle.publish("news", 0).unwrap();
+    assert_eq!(
+        c.next_matching(|v| v["event"] == "#publish").await["data"]["data"],
+        0
+    );
+    // Those that follow within the interval are held; a reply is not held behind them.
+    for i in 1..=50 {
+        server.handle.publish("news", i).unwrap();
+    }
+    c.send_json(json!({"event":"echo","data":"now","cid":3}))
+        .await;
+    assert_eq!(c.next().await, json!({"rid":3,"data":"now"}));
+    // Then all of them arrive, in order, when the interval ends.
+    for i in 1..=50 {
+        assert_eq!(c.next().await["data"]["data"], i);
+    }
+}

@@ -332,7 +332,12 @@ impl EngineIoHandler for Handler {
         *socket.data.tx.lock() = Some(tx);
         let (server_io, bridge_io) = tokio::io::duplex(PIPE_BYTES);
         tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "engine.io session opened");
-        tokio::spawn(crate::conn::run(server_io, self.server.clone(), ext));
+        tokio::spawn(crate::conn::run(
+            server_io,
+            bytes::Bytes::new(),
+            self.server.clone(),
+            ext,
+        ));
         let stall = Duration::from_millis(self.server.cfg.ping_timeout_ms);
         tokio::spawn(bridge(bridge_io, rx, socket, self.grace, stall));
     }
