@@ -40,16 +40,13 @@ pub(crate) fn app(builder: ScServerBuilder) -> ScServerBuilder {
             }
             std::future::ready(())
         })
-        .procedure("echo", |req| std::future::ready(Ok(req.data)))
-        .procedure("fail", |_| {
-            std::future::ready(Err::<(), _>(bad_request("fail requested")))
-        })
-        .procedure("count", |req| {
-            let n = req
+        .procedure_sync("echo", |req| Ok(req.data))
+        .procedure_sync("fail", |_| Err::<(), _>(bad_request("fail requested")))
+        .procedure_sync("count", |req| {
+            Ok(req
                 .socket
                 .get::<PingCount>()
-                .map_or(0, |c| c.0.load(Ordering::Relaxed));
-            std::future::ready(Ok(n))
+                .map_or(0, |c| c.0.load(Ordering::Relaxed)))
         })
         .procedure("login", |req| {
             let result = match req.data.as_ref().and_then(|d| d.parse::<Login>().ok()) {

@@ -28,7 +28,7 @@ use crate::exchange::{Published, Sub, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
-use crate::server::{Request, ServerInner};
+use crate::server::{Procedure, Request, ServerInner};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
 use crate::ws::{WsError, WsEvent, WsStream};
 
@@ -797,11 +797,19 @@ where
         let Some((procedure, h)) = self.server.procedures.get(event) else {
             return Ok(());
         };
-        let mut fut = h(Request {
+        let req = Request {
             socket: self.socket.clone(),
             procedure: procedure.clone(),
             data,
-        });
+        };
+        let mut fut = match h {
+            Procedure::Sync(f) => {
+                let result = f(req);
+                self.push_result(cid, &result);
+                return Ok(());
+            }
+            Procedure::Async(f) => f(req),
+        };
         match poll_once(&mut fut) {
             Poll::Ready(result) => self.push_result(cid, &result),
             Poll::Pending => {

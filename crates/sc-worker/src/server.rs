@@ -34,6 +34,14 @@ pub struct Request {
 
 pub(crate) type ProcedureFn =
     dyn Fn(Request) -> BoxFut<Result<Option<Data>, ScError>> + Send + Sync;
+pub(crate) type SyncProcedureFn = dyn Fn(Request) -> Result<Option<Data>, ScError> + Send + Sync;
+
+/// A registered procedure: one that answers at once, or one that returns a future.
+#[derive(Clone)]
+pub(crate) enum Procedure {
+    Sync(Arc<SyncProcedureFn>),
+    Async(Arc<ProcedureFn>),
+}
 pub(crate) type ReceiverFn = dyn Fn(ScSocket, Option<Data>) -> BoxFut<()> + Send + Sync;
 pub(crate) type ConnectFn = dyn Fn(&ScSocket) + Send + Sync;
 pub(crate) type DisconnectFn = dyn Fn(&ScSocket, u16, &str) + Send + Sync;
@@ -43,7 +51,7 @@ type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
 pub(crate) struct ServerInner {
     pub(crate) cfg: Config,
     pub(crate) auth: Auth,
-    pub(crate) procedures: Map<(Arc<str>, Arc<ProcedureFn>)>,
+    pub(crate) procedures: Map<(Arc<str>, Procedure)>,
     pub(crate) receivers: Map<Arc<ReceiverFn>>,
     pub(crate) mw: Middlewares,
     pub(crate) on_connection: Option<Arc<ConnectFn>>,
@@ -95,7 +103,7 @@ impl ScServer {
 pub struct ScServerBuilder {
     cfg: Config,
     auth_key: Option<AuthKey>,
-    procedures: Map<(Arc<str>, Arc<ProcedureFn>)>,
+    procedures: Map<(Arc<str>, Procedure)>,
     receivers: Map<Arc<ReceiverFn>>,
     mw: Middlewares,
     on_connection: Option<Arc<ConnectFn>>,
@@ -237,7 +245,24 @@ impl ScServerBuilder {
             let fut = handler(req);
             Box::pin(async move { fut.await.and_then(IntoData::into_data) })
         });
-        self.procedures.insert(name.into(), (Arc::from(name), f));
+        self.procedures
+            .insert(name.into(), (Arc::from(name), Procedure::Async(f)));
+        self
+    }
+
+    /// Registers a procedure that answers without waiting: `handler` is called on the socket's
+    /// task and its result is the reply, with no future to allocate or poll (the cheapest kind
+    /// of handler, for lookups, echoes, counters). Use [`procedure`](Self::procedure) for
+    /// anything that waits.
+    pub fn procedure_sync<F, R>(mut self, name: &str, handler: F) -> Self
+    where
+        F: Fn(Request) -> Result<R, ScError> + Send + Sync + 'static,
+        R: IntoData + 'static,
+    {
+        let f: Arc<SyncProcedureFn> =
+            Arc::new(move |req| handler(req).and_then(IntoData::into_data));
+        self.procedures
+            .insert(name.into(), (Arc::from(name), Procedure::Sync(f)));
         self
     }
 

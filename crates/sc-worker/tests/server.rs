@@ -25,6 +25,10 @@ fn app() -> ScServerBuilder {
             s.transmit("greet", "hello").unwrap();
         })
         .procedure("echo", |req| async move { Ok(req.data) })
+        .procedure_sync("echoSync", |req| Ok(req.data))
+        .procedure_sync("failSync", |req| {
+            Err::<(), _>(ScError::new("BadRequest", format!("no {}", req.procedure)))
+        })
         .procedure("fail", |_| async {
             Err::<(), _>(ScError::new("BadRequest", "fail requested").with("code", 7))
         })
@@ -705,4 +709,22 @@ async fn publishes_in_quick_succession_are_written_together_and_replies_are_not_
     for i in 1..=50 {
         assert_eq!(c.next().await["data"]["data"], i);
     }
+}
+
+#[tokio::test]
+async fn sync_procedures_answer_inline() {
+    let server = start(app()).await;
+    let (mut c, _) = Client::connect(&server).await;
+    assert_eq!(
+        c.invoke("echoSync", json!({"a":[1,2]}), 2).await,
+        json!({"rid":2,"data":{"a":[1,2]}})
+    );
+    assert_eq!(
+        c.invoke("echoSync", Value::Null, 3).await,
+        json!({"rid":3,"data":null})
+    );
+    let failed = c.invoke("failSync", json!(1), 4).await;
+    assert_eq!(failed["rid"], 4);
+    assert_eq!(failed["error"]["name"], "BadRequest");
+    assert_eq!(failed["error"]["message"], "no failSync");
 }
