@@ -435,7 +435,7 @@ where
                         return End::Close(code, reason);
                     }
                 }
-                n = self.rx.recv_many(&mut batch, BATCH), if batch.len() < BATCH => {
+                n = self.rx.recv_many(&mut batch, BATCH) => {
                     if n == 0 {
                         return End::close(1011, "Outbound queue closed");
                     }
