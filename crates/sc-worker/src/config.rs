@@ -39,7 +39,8 @@ pub struct Config {
     /// Milliseconds between two writes of publishes to one socket: publishes that arrive sooner
     /// after a write are held and written together when the interval ends (one syscall for
     /// many, which is what lets a socket take a high publish rate), while the first publish after
-    /// a quiet spell is written at once. Replies and other frames are never held. 0 writes every
+    /// a quiet spell is written at once. Replies and other frames are never held, and held
+    /// publishes are written before the socket's next inbound message is handled. 0 writes every
     /// publish at once. Defaults to 5.
     pub publish_batch_ms: u64,
     /// Milliseconds a new socket has to send `#handshake`. Defaults to 10000.

@@ -471,6 +471,16 @@ where
                     }
                 }
                 m = self.ws.next() => {
+                    // Publishes held for this socket go out before its next messages are
+                    // handled: what the server sent before an `#unsubscribe` (say) arrives
+                    // before the client could subscribe again.
+                    if holding {
+                        holding = false;
+                        last_publish_write = Some(Instant::now());
+                        if let Err(end) = self.write_outs(&mut batch).await {
+                            return end;
+                        }
+                    }
                     // Once per read burst: the burst is handled within microseconds.
                     self.check_expiry();
                     if let Err(end) = self.on_ws(m).await {

@@ -685,7 +685,7 @@ async fn frames_sent_with_the_upgrade_request_are_not_lost() {
 }
 
 #[tokio::test]
-async fn publishes_in_quick_succession_are_written_together_and_replies_are_not_held() {
+async fn publishes_in_quick_succession_are_held_until_the_interval_ends_or_the_client_speaks() {
     let server = start(app().publish_batch(Duration::from_secs(2))).await;
     let (mut c, _) = Client::connect(&server).await;
     assert_eq!(
@@ -698,17 +698,30 @@ async fn publishes_in_quick_succession_are_written_together_and_replies_are_not_
         c.next_matching(|v| v["event"] == "#publish").await["data"]["data"],
         0
     );
-    // Those that follow within the interval are held; a reply is not held behind them.
+    // Those that follow within the interval are held...
     for i in 1..=50 {
+        server.handle.publish("news", i).unwrap();
+    }
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), c.next())
+            .await
+            .is_err(),
+        "a publish was written within the interval"
+    );
+    // ...and all arrive, in order, when it ends.
+    for i in 1..=50 {
+        assert_eq!(c.next().await["data"]["data"], i);
+    }
+    // Held publishes go out before the client's next message is answered.
+    for i in 51..=60 {
         server.handle.publish("news", i).unwrap();
     }
     c.send_json(json!({"event":"echo","data":"now","cid":3}))
         .await;
-    assert_eq!(c.next().await, json!({"rid":3,"data":"now"}));
-    // Then all of them arrive, in order, when the interval ends.
-    for i in 1..=50 {
+    for i in 51..=60 {
         assert_eq!(c.next().await["data"]["data"], i);
     }
+    assert_eq!(c.next().await, json!({"rid":3,"data":"now"}));
 }
 
 #[tokio::test]
