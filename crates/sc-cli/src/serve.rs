@@ -37,6 +37,11 @@ pub(crate) struct ServeArgs {
     /// requirepass)
     #[arg(long, env = "SC_STORE_SECRET", hide_env_values = true)]
     pub(crate) store_secret: Option<String>,
+    /// Threads that serve sockets; 0 starts one per core this process may run on (see
+    /// `taskset`). With 1, everything runs on one thread, which costs less per message than a
+    /// work-stealing pool of one [default: 0]
+    #[arg(long, value_name = "N")]
+    pub(crate) threads: Option<usize>,
 }
 
 /// Where `serve` shares channels: parsed from `--store` / `store`.
@@ -101,6 +106,8 @@ pub(crate) struct FileConfig {
     /// Secret for the store nodes (prefer `--store-secret` or `SC_STORE_SECRET`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) store_secret: Option<String>,
+    /// Threads that serve sockets; 0 = one per core this process may run on.
+    pub(crate) threads: usize,
     /// The server's options and limits.
     pub(crate) worker: WorkerConfig,
 }
@@ -113,6 +120,7 @@ impl Default for FileConfig {
             auth_key: None,
             store: "local".to_owned(),
             store_secret: None,
+            threads: 0,
             worker: WorkerConfig::default(),
         }
     }
@@ -160,6 +168,15 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
     if let Some(s) = args.store_secret {
         cfg.store_secret = Some(s);
     }
+    if let Some(t) = args.threads {
+        cfg.threads = t;
+    }
+    if cfg.threads > MAX_THREADS {
+        return Err(ConfigProblem(format!(
+            "--threads {} is more than {MAX_THREADS}",
+            cfg.threads
+        )));
+    }
     StoreSpec::parse(&cfg.store)?;
     if cfg.auth_key.as_deref() == Some("") {
         return Err(ConfigProblem("--auth-key must not be empty".to_owned()));
@@ -169,6 +186,32 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
         .map_err(|e| ConfigProblem(format!("invalid worker config: {e}")))?;
     addr(&cfg)?;
     Ok(cfg)
+}
+
+/// Upper bound for `threads`: far above any core count, low enough to catch a typo.
+const MAX_THREADS: usize = 1024;
+
+impl FileConfig {
+    /// The number of threads to start: `threads`, or one per core this process may run on.
+    pub(crate) fn thread_count(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+
+    /// The runtime `serve` runs on: one thread (no work stealing) when `thread_count` is 1.
+    pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.thread_count() {
+            1 => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
+                .enable_all()
+                .build(),
+        }
+    }
 }
 
 fn addr(cfg: &FileConfig) -> Result<SocketAddr, ConfigProblem> {
@@ -226,7 +269,7 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
         "socketcluster listening on ws://{shown}{}",
         cfg.worker.path
     ));
-    tracing::info!(addr = %local, path = %cfg.worker.path, "serving");
+    tracing::info!(addr = %local, path = %cfg.worker.path, threads = cfg.thread_count(), "serving");
 
     let server = tokio::spawn(sc_worker::serve(listener, service, handle.clone()));
     shutdown_signal().await;

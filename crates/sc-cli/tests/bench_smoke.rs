@@ -144,3 +144,76 @@ fn echo_and_fanout() {
     assert_eq!(ping["exact"], true, "{ping}");
     assert!(ping["sent"].as_u64().unwrap() > 0, "{ping}");
 }
+
+/// A bare WebSocket echo server (no protocol) on a thread of its own; returns its URL.
+fn bare_echo_server() -> String {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while let Ok((tcp, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    let Ok((_, mut ws)) = tokio_websockets::ServerBuilder::new().accept(tcp).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(m)) = ws.next().await {
+                        if (m.is_text() || m.is_binary()) && ws.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+    });
+    url
+}
+
+/// `--protocol ws-echo` takes each echoed invoke as its reply, and refuses the scenarios a bare
+/// echo server cannot run.
+#[test]
+fn ws_echo_protocol_measures_a_bare_echo_server() {
+    let url = bare_echo_server();
+    let run = |args: &[&str]| {
+        Command::new(BIN)
+            .arg("bench")
+            .args(args)
+            .args(["--protocol", "ws-echo", "--url", &url, "--json", "--quiet"])
+            .output()
+            .unwrap()
+    };
+    let out = run(&[
+        "echo",
+        "--duration",
+        "1s",
+        "--warmup",
+        "200ms",
+        "-c",
+        "4",
+        "-k",
+        "2",
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let echo: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(echo["protocol"], "ws-echo");
+    assert!(echo["round_trips"].as_u64().unwrap() > 0, "{echo}");
+    assert_eq!(echo["errors"], 0, "{echo}");
+    assert!(echo["p50_us"].as_f64().unwrap() > 0.0, "{echo}");
+
+    let out = run(&["fanout", "--duration", "1s", "-s", "2", "-p", "10"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bare echo server"), "{err}");
+}

@@ -114,6 +114,7 @@ async fn bad_flags_and_config_exit_64() {
         &["serve", "--host", "not an ip"],
         &["serve", "--auth-key", ""],
         &["serve", "--config", "/nonexistent/sc.toml"],
+        &["serve", "--threads", "5000"],
     ] {
         let out = run(args).await;
         assert_eq!(out.status.code(), Some(64), "{args:?}");
@@ -126,6 +127,53 @@ async fn bad_flags_and_config_exit_64() {
     let out = run(&["serve", "--config", bad.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ping_interval_ms"));
+}
+
+/// `--threads N` starts N threads that serve sockets (one: everything on the main thread), and
+/// the demo app works the same on each.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn threads_sets_how_many_threads_serve() {
+    for (threads, expected) in [("1", 1), ("3", 4)] {
+        let mut server = serve(&["--threads", threads]).await;
+        let pid = server.child.id().unwrap();
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .count();
+        assert_eq!(
+            tasks, expected,
+            "--threads {threads}: threads of the process"
+        );
+        let mut ws = connect(&server.url).await;
+        send(
+            &mut ws,
+            json!({"event":"echo","data":{"n":threads},"cid":2}),
+        )
+        .await;
+        assert_eq!(
+            reply(&mut ws, 2).await,
+            json!({"rid":2,"data":{"n":threads}})
+        );
+        send(
+            &mut ws,
+            json!({"event":"#subscribe","data":{"channel":"c"},"cid":3}),
+        )
+        .await;
+        assert!(reply(&mut ws, 3).await.get("error").is_none());
+        send(
+            &mut ws,
+            json!({"event":"#publish","data":{"channel":"c","data":7}}),
+        )
+        .await;
+        loop {
+            let v = next(&mut ws).await;
+            if v["event"] == "#publish" {
+                assert_eq!(v["data"], json!({"channel":"c","data":7}));
+                break;
+            }
+        }
+        server.child.kill().await.unwrap();
+    }
 }
 
 #[tokio::test]

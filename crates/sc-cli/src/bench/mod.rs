@@ -1,5 +1,6 @@
 //! `socketcluster bench`: a load generator for SocketCluster-protocol servers (and, with
-//! `--protocol socketio`, for socket.io servers running the same demo app).
+//! `--protocol socketio`, for socket.io servers running the same demo app; with
+//! `--protocol ws-echo`, for a bare WebSocket echo server).
 //!
 //! Every scenario runs `--warmup`, then measures for `--duration`, prints a progress line on
 //! stderr while it runs, and ends with a table (or one JSON line with `--json`). The generator
@@ -31,7 +32,9 @@ const AFTER_HELP: &str = "\
 Every scenario takes --url (default ws://127.0.0.1:8000/socketcluster/), --duration, --warmup,
 --json (one JSON line instead of the table), --server-pid PID (the server's CPU time per message
 from /proc, and its memory for `conns`) and --protocol socketio (socket.io servers running the
-same app: `echo`/`count` with acks, `ping`, `subscribe`/`publish` with rooms). A progress line
+same app: `echo`/`count` with acks, `ping`, `subscribe`/`publish` with rooms) or --protocol ws-echo
+(a bare WebSocket echo server: echo, rate and conns; an invoke comes back as its own reply, which
+shows what the machine and the framing cost with no protocol at all). A progress line
 goes to stderr. The generator reports its own CPU (gen_cpu_pct): near 100% means it, not the
 server, set the pace. Pin the server and the generator to different cores (taskset) to compare
 servers; scripts/bench does it for the project's peers.
@@ -67,7 +70,7 @@ enum Scenario {
 #[deny(missing_docs)]
 pub(crate) struct Common {
     /// Server URL [default: ws://127.0.0.1:8000/socketcluster/, or ws://127.0.0.1:8000/socket.io/
-    /// with --protocol socketio]
+    /// with --protocol socketio, or ws://127.0.0.1:8000/ with --protocol ws-echo]
     #[arg(long)]
     url: Option<String>,
     /// Wire protocol of the server

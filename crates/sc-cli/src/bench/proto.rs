@@ -1,5 +1,8 @@
-//! The two wire protocols the generator speaks: SocketCluster (protocol v2) and a minimal
-//! socket.io v5 client over the engine.io v4 WebSocket transport.
+//! The wire protocols the generator speaks: SocketCluster (protocol v2), a minimal socket.io v5
+//! client over the engine.io v4 WebSocket transport, and `ws-echo`: no protocol at all, for a bare
+//! WebSocket echo server (the SocketCluster frames are sent and come back unchanged, so an invoke's
+//! reply is the invoke itself). `ws-echo` measures the floor: what the machine, the TCP stack and
+//! the WebSocket framing cost before any server does protocol work.
 //!
 //! | action | SocketCluster | socket.io |
 //! | --- | --- | --- |
@@ -22,6 +25,9 @@ pub(crate) enum Protocol {
     Sc,
     /// socket.io v5 over the engine.io v4 WebSocket transport (socket.io 4, socketioxide)
     Socketio,
+    /// A bare WebSocket echo server (no handshake; every message comes back unchanged): the
+    /// floor for `echo`, `rate` and `conns`
+    WsEcho,
 }
 
 /// A message from the server, classified.
@@ -48,13 +54,14 @@ impl Protocol {
         match self {
             Protocol::Sc => "ws://127.0.0.1:8000/socketcluster/",
             Protocol::Socketio => "ws://127.0.0.1:8000/socket.io/",
+            Protocol::WsEcho => "ws://127.0.0.1:8000/",
         }
     }
 
     /// The query the transport needs.
     pub(crate) fn extra_query(self) -> &'static str {
         match self {
-            Protocol::Sc => "",
+            Protocol::Sc | Protocol::WsEcho => "",
             Protocol::Socketio => "EIO=4&transport=websocket",
         }
     }
@@ -63,13 +70,29 @@ impl Protocol {
     pub(crate) fn first_id(self) -> u64 {
         match self {
             Protocol::Sc => 2,
-            Protocol::Socketio => 1,
+            Protocol::Socketio | Protocol::WsEcho => 1,
         }
+    }
+
+    /// The protocol's name in reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Protocol::Sc => "sc",
+            Protocol::Socketio => "socketio",
+            Protocol::WsEcho => "ws-echo",
+        }
+    }
+
+    /// Whether `scenario` means anything with this protocol: a bare echo server has no channels
+    /// and no counter.
+    pub(crate) fn supports(self, scenario: &str) -> bool {
+        self != Protocol::WsEcho || matches!(scenario, "echo" | "rate" | "conns")
     }
 
     /// Completes the protocol handshake on a fresh WebSocket.
     pub(crate) async fn handshake(self, conn: &mut Conn) -> Result<(), String> {
         match self {
+            Protocol::WsEcho => Ok(()),
             Protocol::Sc => {
                 self.invoke(&mut conn.out, "#handshake", b"{\"authToken\":null}", 1);
                 conn.flush().await.map_err(|e| e.to_string())?;
@@ -92,7 +115,7 @@ impl Protocol {
         let mut n = itoa::Buffer::new();
         let id = n.format(id).as_bytes();
         match self {
-            Protocol::Sc => out.text_with(|b| {
+            Protocol::Sc | Protocol::WsEcho => out.text_with(|b| {
                 b.extend_from_slice(b"{\"event\":\"");
                 b.extend_from_slice(event.as_bytes());
                 b.extend_from_slice(b"\",\"data\":");
@@ -116,7 +139,7 @@ impl Protocol {
     /// Appends a transmit (no ack).
     pub(crate) fn transmit(self, out: &mut Out, event: &str, data: &[u8]) {
         match self {
-            Protocol::Sc => out.text_with(|b| {
+            Protocol::Sc | Protocol::WsEcho => out.text_with(|b| {
                 b.extend_from_slice(b"{\"event\":\"");
                 b.extend_from_slice(event.as_bytes());
                 b.extend_from_slice(b"\",\"data\":");
@@ -137,7 +160,7 @@ impl Protocol {
     pub(crate) fn subscribe(self, out: &mut Out, channel: &str, id: u64) {
         let chan = json_string(channel);
         match self {
-            Protocol::Sc => {
+            Protocol::Sc | Protocol::WsEcho => {
                 let data = format!("{{\"channel\":{chan}}}");
                 self.invoke(out, "#subscribe", data.as_bytes(), id);
             }
@@ -154,7 +177,7 @@ impl Protocol {
     ) {
         out.text_with(|b| {
             match self {
-                Protocol::Sc => {
+                Protocol::Sc | Protocol::WsEcho => {
                     b.extend_from_slice(b"{\"event\":\"#publish\",\"data\":{\"channel\":")
                 }
                 Protocol::Socketio => b.extend_from_slice(b"42[\"publish\",{\"channel\":"),
@@ -163,7 +186,7 @@ impl Protocol {
             b.extend_from_slice(b",\"data\":");
             fill(b);
             match self {
-                Protocol::Sc => b.extend_from_slice(b"}}"),
+                Protocol::Sc | Protocol::WsEcho => b.extend_from_slice(b"}}"),
                 Protocol::Socketio => b.extend_from_slice(b"}]"),
             }
         });
@@ -172,6 +195,22 @@ impl Protocol {
     /// Classifies a server message; answers heartbeats into `out`.
     pub(crate) fn classify<'a>(self, msg: &'a [u8], out: &mut Out) -> Incoming<'a> {
         match self {
+            // The invoke came back: its id is the last `"cid":` (the data comes before it).
+            Protocol::WsEcho => match rfind(msg, b",\"cid\":") {
+                Some(at) => {
+                    let (id, used) = parse_u64(&msg[at + 7..]);
+                    if used > 0 {
+                        Incoming::Reply {
+                            id,
+                            error: false,
+                            body: msg,
+                        }
+                    } else {
+                        Incoming::Other
+                    }
+                }
+                None => Incoming::Other,
+            },
             Protocol::Sc => {
                 if msg.is_empty() {
                     out.text(b"");
@@ -272,6 +311,11 @@ async fn wait_for(conn: &mut Conn, done: impl Fn(&[u8]) -> bool) -> Result<(), S
         .map_err(|_| "handshake timed out after 10 s".to_owned())?
 }
 
+/// The position of the last occurrence of `needle` in `hay`.
+fn rfind(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
 /// Parses leading ASCII digits; returns the value and how many bytes were used.
 pub(crate) fn parse_u64(b: &[u8]) -> (u64, usize) {
     let mut v: u64 = 0;
@@ -355,5 +399,34 @@ mod tests {
         ));
         assert_eq!(field_u64(br#"{"seq":123,"t":5}"#, b"\"seq\":"), Some(123));
         assert_eq!(field_u64(br#"{"seq":123,"t":5}"#, b"\"t\":"), Some(5));
+    }
+
+    #[test]
+    fn ws_echo_takes_the_echoed_invoke_as_its_reply() {
+        let mut o = out();
+        let p = Protocol::WsEcho;
+        p.invoke(&mut o, "echo", br#"{"x":1,"cid":9}"#, 31);
+        let frame = o.buf.clone();
+        // A client frame: 2 header bytes, 4 mask bytes, then the masked text.
+        let mask = [frame[2], frame[3], frame[4], frame[5]];
+        let text: Vec<u8> = frame[6..]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| b ^ mask[i % 4])
+            .collect();
+        assert!(matches!(
+            p.classify(&text, &mut o),
+            Incoming::Reply {
+                id: 31,
+                error: false,
+                ..
+            }
+        ));
+        assert!(matches!(p.classify(b"hello", &mut o), Incoming::Other));
+        assert!(matches!(
+            p.classify(br#"{"x":1,"cid":}"#, &mut o),
+            Incoming::Other
+        ));
+        assert!(!p.supports("fanout") && !p.supports("ping") && p.supports("echo"));
     }
 }

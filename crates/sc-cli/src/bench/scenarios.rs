@@ -31,15 +31,15 @@ async fn setup(c: &Common, scenario: &str) -> Result<(Target, Report), String> {
         .url
         .clone()
         .unwrap_or_else(|| c.protocol.default_url().to_owned());
+    if !c.protocol.supports(scenario) {
+        return Err(format!(
+            "--protocol {} drives a bare echo server: it has no `{scenario}` (use echo, rate or conns)",
+            c.protocol.name()
+        ));
+    }
     let target = Target::resolve(&url, c.protocol.extra_query()).await?;
     let mut r = Report::new(scenario);
-    r.set(
-        "protocol",
-        Value::from(match c.protocol {
-            Protocol::Sc => "sc",
-            Protocol::Socketio => "socketio",
-        }),
-    );
+    r.set("protocol", Value::from(c.protocol.name()));
     r.set("url", Value::from(url));
     Ok((target, r))
 }
@@ -564,6 +564,7 @@ async fn ping_worker(
 fn reply_number(proto: Protocol, body: &[u8]) -> Option<u64> {
     match proto {
         Protocol::Sc => field_u64(body, b"\"data\":"),
+        Protocol::WsEcho => None,
         Protocol::Socketio => {
             let at = body.iter().position(|&b| b == b'[')?;
             let (v, used) = parse_u64(&body[at + 1..]);

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 /// A latency histogram in nanoseconds (1 ns to 100 s, 3 significant digits).
 #[derive(Debug, Clone)]
-pub(crate) struct Latency(Histogram<u64>);
+pub(crate) struct Latency(pub(crate) Histogram<u64>);
 
 impl Latency {
     /// An empty histogram.
@@ -38,7 +38,13 @@ impl Latency {
     pub(crate) fn report(&self, r: &mut Report, prefix: &str) {
         let us = |v: u64| (v as f64 / 1000.0 * 10.0).round() / 10.0;
         let empty = self.0.is_empty();
-        for (name, q) in [("p50", 0.5), ("p99", 0.99), ("p999", 0.999)] {
+        let mean = if empty {
+            0
+        } else {
+            self.0.mean().round() as u64
+        };
+        r.num(&format!("{prefix}mean_us"), us(mean));
+        for (name, q) in [("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p999", 0.999)] {
             let v = if empty {
                 0
             } else {
