@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::proto::{Incoming, Protocol, field_u64, json_string, parse_u64};
-use super::stats::{CpuWindow, Latency, Report, round1, rss_kib};
+use super::stats::{CpuWindow, Report, SharedLatency, round1, rss_kib};
 use super::ws::{Conn, Target};
 use super::{Common, ConnsArgs, EchoArgs, FanoutArgs, PingArgs, RateArgs};
 
@@ -167,7 +167,7 @@ fn echo_payload(size: usize) -> Vec<u8> {
 /// What one echo or rate worker measured.
 #[derive(Debug)]
 struct EchoStats {
-    lat: Latency,
+    lat: SharedLatency,
     replies: u64,
     sent: u64,
     errors: u64,
@@ -175,9 +175,9 @@ struct EchoStats {
 }
 
 impl EchoStats {
-    fn new() -> Self {
+    fn new(lat: SharedLatency) -> Self {
         EchoStats {
-            lat: Latency::new(),
+            lat,
             replies: 0,
             sent: 0,
             errors: 0,
@@ -213,23 +213,29 @@ pub(super) async fn echo(a: EchoArgs) -> Result<Report, String> {
     let conns = open_many(&target, c.protocol, a.connections, &progress).await?;
     let w = Window::new(c);
     let payload: Arc<[u8]> = echo_payload(a.payload).into();
+    let lat = SharedLatency::new();
     let mut tasks = Vec::new();
     for conn in conns {
         let (payload, progress) = (payload.clone(), progress.clone());
         let (proto, k) = (c.protocol, a.in_flight);
         tasks.push(tokio::spawn(echo_worker(
-            conn, proto, w, k, payload, progress,
+            conn,
+            proto,
+            w,
+            k,
+            payload,
+            progress,
+            lat.clone(),
         )));
     }
     let cpu = cpu_at_start(w, c.server_pid).await;
     tokio::time::sleep_until(w.to).await;
-    let mut total = EchoStats::new();
+    let mut errors = 0;
     let mut replies_in_window = 0;
     let used = cpu.end();
     for t in tasks {
         let s = t.await.map_err(|e| e.to_string())??;
-        total.lat.merge(&s.lat);
-        total.errors += s.errors;
+        errors += s.errors;
         replies_in_window += s.replies;
     }
     stop.store(true, Relaxed);
@@ -240,8 +246,8 @@ pub(super) async fn echo(a: EchoArgs) -> Result<Report, String> {
     r.num("duration_s", secs);
     r.num("round_trips", replies_in_window);
     r.num("rt_per_s", (replies_in_window as f64 / secs).round());
-    total.lat.report(&mut r, "");
-    r.num("errors", total.errors);
+    lat.snapshot().report(&mut r, "");
+    r.num("errors", errors);
     used.report(&mut r, c.duration, replies_in_window, "rt");
     if let Some(p) = pr {
         let _ = p.await;
@@ -256,8 +262,9 @@ async fn echo_worker(
     k: usize,
     payload: Arc<[u8]>,
     progress: Arc<Progress>,
+    lat: SharedLatency,
 ) -> Result<EchoStats, String> {
-    let mut s = EchoStats::new();
+    let mut s = EchoStats::new(lat);
     let mut next_id = proto.first_id();
     let mut inflight = InFlight::default();
     let start = Instant::now();
@@ -319,6 +326,7 @@ pub(super) async fn rate(a: RateArgs) -> Result<Report, String> {
     let period = Duration::from_secs_f64(1.0 / a.rate as f64);
     let n = conns.len();
     let t0 = Instant::now();
+    let lat = SharedLatency::new();
     let mut tasks = Vec::new();
     for (i, conn) in conns.into_iter().enumerate() {
         let (payload, progress) = (payload.clone(), progress.clone());
@@ -326,17 +334,23 @@ pub(super) async fn rate(a: RateArgs) -> Result<Report, String> {
         let proto = c.protocol;
         let drain = a.drain;
         tasks.push(tokio::spawn(rate_worker(
-            conn, proto, w, first, period, drain, payload, progress,
+            conn,
+            proto,
+            w,
+            first,
+            period,
+            drain,
+            payload,
+            progress,
+            lat.clone(),
         )));
     }
     let cpu = cpu_at_start(w, c.server_pid).await;
     tokio::time::sleep_until(w.to).await;
     let used = cpu.end();
-    let mut lat = Latency::new();
     let (mut replies, mut sent, mut errors, mut unanswered) = (0, 0, 0, 0);
     for t in tasks {
         let s = t.await.map_err(|e| e.to_string())??;
-        lat.merge(&s.lat);
         replies += s.replies;
         sent += s.sent;
         errors += s.errors;
@@ -351,7 +365,7 @@ pub(super) async fn rate(a: RateArgs) -> Result<Report, String> {
     r.num("target_per_s", a.rate * a.connections as u64);
     r.num("sent_per_s", (sent as f64 / secs).round());
     r.num("replies_per_s", (replies as f64 / secs).round());
-    lat.report(&mut r, "");
+    lat.snapshot().report(&mut r, "");
     r.num("errors", errors);
     r.num("unanswered", unanswered);
     used.report(&mut r, c.duration, replies, "rt");
@@ -371,8 +385,9 @@ async fn rate_worker(
     drain: Duration,
     payload: Arc<[u8]>,
     progress: Arc<Progress>,
+    lat: SharedLatency,
 ) -> Result<EchoStats, String> {
-    let mut s = EchoStats::new();
+    let mut s = EchoStats::new(lat);
     let mut next_id = proto.first_id();
     let mut inflight = InFlight::default();
     let mut next = first;
@@ -627,7 +642,7 @@ impl SeqTracker {
 #[derive(Debug)]
 struct SubStats {
     seq: SeqTracker,
-    lat: Latency,
+    lat: SharedLatency,
     in_window: u64,
     /// Why the server closed this subscriber early, if it did.
     closed: Option<String>,
@@ -704,13 +719,22 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     let mut publisher = open(&target, proto, None).await?;
     let w = Window::new(c);
     let t0 = Instant::now();
+    let lat = SharedLatency::new();
     let (stop_tx, stop_rx) = watch::channel(false);
     let heads: Arc<Vec<AtomicU64>> = Arc::new((0..subs.len()).map(|_| AtomicU64::new(0)).collect());
     let mut tasks = Vec::new();
     for (i, conn) in subs.into_iter().enumerate() {
         let (progress, heads, stop) = (progress.clone(), heads.clone(), stop_rx.clone());
         tasks.push(tokio::spawn(subscriber(
-            conn, proto, w, t0, i, heads, stop, progress,
+            conn,
+            proto,
+            w,
+            t0,
+            i,
+            heads,
+            stop,
+            progress,
+            lat.clone(),
         )));
     }
     // The publisher runs in this task.
@@ -774,7 +798,6 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
         let _ = publisher.flush().await;
     }
     let _ = stop_tx.send(true);
-    let mut lat = Latency::new();
     let (mut lost, mut dups, mut reordered, mut received, mut in_window) = (0, 0, 0, 0, 0);
     let mut subs_with_loss = 0;
     let (mut closed, mut close_reason) = (0u64, None);
@@ -784,7 +807,6 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
             closed += 1;
             close_reason.get_or_insert(why);
         }
-        lat.merge(&s.lat);
         let l = s.seq.lost(total);
         if l > 0 {
             subs_with_loss += 1;
@@ -810,6 +832,7 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
         (published_in_window as f64 / secs).round(),
     );
     r.num("deliveries_per_s", (in_window as f64 / secs).round());
+    let lat = lat.snapshot();
     lat.report(&mut r, "");
     r.num("published", total);
     r.num("expected_deliveries", total * a.subscribers as u64);
@@ -841,10 +864,11 @@ async fn subscriber(
     heads: Arc<Vec<AtomicU64>>,
     mut stop: watch::Receiver<bool>,
     progress: Arc<Progress>,
+    lat: SharedLatency,
 ) -> Result<SubStats, String> {
     let mut s = SubStats {
         seq: SeqTracker::default(),
-        lat: Latency::new(),
+        lat,
         in_window: 0,
         closed: None,
     };

@@ -1,9 +1,11 @@
 //! Measurements: latency histograms, process CPU time and memory from `/proc`, and the report
 //! (a human table or one JSON line).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
+use parking_lot::Mutex;
 use serde_json::{Map, Value};
 
 /// A latency histogram in nanoseconds (1 ns to 100 s, 3 significant digits).
@@ -22,11 +24,6 @@ impl Latency {
     #[inline]
     pub(crate) fn record(&mut self, d: Duration) {
         self.0.saturating_record((d.as_nanos() as u64).max(1));
-    }
-
-    /// Adds another histogram.
-    pub(crate) fn merge(&mut self, other: &Latency) {
-        let _ = self.0.add(&other.0);
     }
 
     /// Number of samples.
@@ -56,6 +53,30 @@ impl Latency {
             &format!("{prefix}max_us"),
             us(if empty { 0 } else { self.0.max() }),
         );
+    }
+}
+
+/// The histogram every worker of a run records into. One histogram stays in cache; one per
+/// connection did not (a record was a cache miss at 100,000s of records per second, which made
+/// the generator, not the server, set the pace sooner).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedLatency(Arc<Mutex<Latency>>);
+
+impl SharedLatency {
+    /// An empty shared histogram.
+    pub(crate) fn new() -> SharedLatency {
+        SharedLatency(Arc::new(Mutex::new(Latency::new())))
+    }
+
+    /// Records one latency.
+    #[inline]
+    pub(crate) fn record(&self, d: Duration) {
+        self.0.lock().record(d);
+    }
+
+    /// What was recorded so far.
+    pub(crate) fn snapshot(&self) -> Latency {
+        self.0.lock().clone()
     }
 }
 
