@@ -37,9 +37,8 @@ pub(crate) struct ServeArgs {
     /// requirepass)
     #[arg(long, env = "SC_STORE_SECRET", hide_env_values = true)]
     pub(crate) store_secret: Option<String>,
-    /// Threads that serve sockets; 0 starts one per core this process may run on (see
-    /// `taskset`). With 1, everything runs on one thread, which costs less per message than a
-    /// work-stealing pool of one [default: 0]
+    /// Threads that serve sockets; 0 starts a work-stealing pool with one per core this process
+    /// may run on (see `taskset`); 1 runs everything on a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
 }
@@ -200,14 +199,15 @@ impl FileConfig {
         }
     }
 
-    /// The runtime `serve` runs on: one thread (no work stealing) when `thread_count` is 1.
+    /// The runtime `serve` runs on: a single-threaded one (no work stealing) when `threads` is
+    /// 1, else a work-stealing pool of `thread_count` threads.
     pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self.thread_count() {
+        match self.threads {
             1 => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
-            n => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
+            _ => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(self.thread_count())
                 .enable_all()
                 .build(),
         }

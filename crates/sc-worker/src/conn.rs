@@ -487,6 +487,9 @@ where
                         return end;
                     }
                     for _ in 0..BURST {
+                        if !self.ws.may_have_more() {
+                            break;
+                        }
                         let Some(m) = self.ws.next().now_or_never() else { break };
                         if let Err(end) = self.on_ws(m).await {
                             return end;

@@ -27,7 +27,7 @@ pub(crate) const COALESCE: usize = 1024;
 const MAX_IOV: usize = 64;
 /// The write buffer's first allocation of a batch (released after the flush), so a batch of
 /// small frames does not grow it step by step.
-const WBUF_FIRST: usize = 2048;
+const WBUF_FIRST: usize = 1024;
 
 /// What a read produced.
 #[derive(Debug)]
@@ -58,6 +58,8 @@ pub(crate) struct WsStream<S> {
     wq: VecDeque<Bytes>,
     wbuf: BytesMut,
     close_sent: bool,
+    /// The last read filled all the room it was given: more may be waiting in the socket.
+    read_was_full: bool,
 }
 
 fn unmask(buf: &mut [u8], mask: [u8; 4]) {
@@ -103,6 +105,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             wq: VecDeque::new(),
             wbuf: BytesMut::new(),
             close_sent: false,
+            read_was_full: false,
         }
     }
 
@@ -160,7 +163,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
         let mask = [b[2 + ext], b[3 + ext], b[4 + ext], b[5 + ext]];
         self.rbuf.advance(header);
-        let mut payload = self.rbuf.split_to(len);
+        // One frame per read is the usual case: the frame takes the buffer whole, which spares
+        // `split_to` promoting it to a shared buffer (one more allocation).
+        let mut payload = if self.rbuf.len() == len {
+            std::mem::take(&mut self.rbuf)
+        } else {
+            self.rbuf.split_to(len)
+        };
         unmask(&mut payload, mask);
         Ok(Parsed::Frame(fin, opcode, payload))
     }
@@ -248,6 +257,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 ))
                 .map_err(WsError::Io)?;
                 debug_assert_eq!(self.rbuf.len(), before + n);
+                self.read_was_full = self.rbuf.len() == self.rbuf.capacity();
                 n
             } else {
                 // Not zeroed: the reader only writes into it, and only the filled part is read.
@@ -255,13 +265,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 let mut rb = ReadBuf::uninit(&mut stack);
                 ready!(Pin::new(&mut self.io).poll_read(cx, &mut rb)).map_err(WsError::Io)?;
                 let filled = rb.filled();
-                self.rbuf.extend_from_slice(filled);
+                self.read_was_full = filled.len() == STACK_READ;
+                if self.rbuf.is_empty() {
+                    self.rbuf = BytesMut::from(filled);
+                } else {
+                    self.rbuf.extend_from_slice(filled);
+                }
                 filled.len()
             };
             if n == 0 {
                 return Poll::Ready(Err(WsError::Io(io::ErrorKind::UnexpectedEof.into())));
             }
         }
+    }
+
+    /// Whether polling for the next message may find one without waiting: bytes are buffered,
+    /// or the last read was not short. After a short read the socket is drained (tokio clears its
+    /// readiness then, so a poll would only register for the next wake-up).
+    pub(crate) fn may_have_more(&self) -> bool {
+        !self.rbuf.is_empty() || self.read_was_full
     }
 
     /// The next message or event (cancel-safe).
@@ -286,7 +308,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             10
         };
         if self.wbuf.capacity() == 0 && len <= COALESCE {
-            self.wbuf.reserve(WBUF_FIRST.max(len + hlen));
+            self.wbuf = BytesMut::with_capacity(WBUF_FIRST.max(len + hlen));
         }
         self.wbuf.extend_from_slice(&header[..hlen]);
         if len <= COALESCE {
@@ -353,7 +375,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// Writes the header of a frame whose payload (`len` ≤ [`COALESCE`]) follows in `wbuf`.
     fn small_header(&mut self, opcode: u8, len: usize) {
         if self.wbuf.capacity() == 0 {
-            self.wbuf.reserve(WBUF_FIRST.max(len + 4));
+            self.wbuf = BytesMut::with_capacity(WBUF_FIRST.max(len + 4));
         }
         if len < 126 {
             self.wbuf.extend_from_slice(&[0x80 | opcode, len as u8]);
@@ -507,6 +529,49 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(ws.next().await, Err(WsError::Protocol(1009, _))));
+    }
+
+    /// One frame per read (the frame takes the read buffer whole), several per read, and a frame
+    /// split across reads all come out intact; `may_have_more` is false only once a short read
+    /// has been consumed.
+    #[tokio::test]
+    async fn frames_whole_batched_and_split_across_reads() {
+        use futures_util::FutureExt;
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut ws = WsStream::new(a, Bytes::new(), 100_000);
+        assert!(!ws.may_have_more());
+        b.write_all(&client_frame(true, 1, b"one")).await.unwrap();
+        let first = ws.next().await.unwrap();
+        assert!(matches!(&first, WsEvent::Message(m, true) if &m[..] == b"one"));
+        assert!(!ws.may_have_more(), "the short read was consumed whole");
+        let mut two = client_frame(true, 1, b"two");
+        two.extend(client_frame(true, 1, b"three"));
+        let split = client_frame(true, 1, b"four, split");
+        two.extend_from_slice(&split[..5]);
+        b.write_all(&two).await.unwrap();
+        assert!(matches!(ws.next().await.unwrap(), WsEvent::Message(m, true) if &m[..] == b"two"));
+        assert!(ws.may_have_more(), "a frame and a half are buffered");
+        assert!(
+            matches!(ws.next().await.unwrap(), WsEvent::Message(m, true) if &m[..] == b"three")
+        );
+        assert!(ws.may_have_more(), "half a frame is buffered");
+        assert!(
+            ws.next().now_or_never().is_none(),
+            "half a frame is not a message"
+        );
+        b.write_all(&split[5..]).await.unwrap();
+        assert!(
+            matches!(ws.next().await.unwrap(), WsEvent::Message(m, true) if &m[..] == b"four, split")
+        );
+        // The first message is still intact after the buffer was reused.
+        assert!(matches!(first, WsEvent::Message(m, true) if &m[..] == b"one"));
+        // A read that fills the stack buffer says more may be waiting.
+        let big: Vec<u8> = (0..3)
+            .flat_map(|_| client_frame(true, 2, &[7u8; 2000]))
+            .collect();
+        b.write_all(&big).await.unwrap();
+        assert!(matches!(ws.next().await.unwrap(), WsEvent::Message(m, false) if m.len() == 2000));
+        assert!(ws.may_have_more());
     }
 
     #[tokio::test]
