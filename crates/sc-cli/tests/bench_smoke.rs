@@ -10,6 +10,19 @@ use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_socketcluster");
 
+/// A one-second echo run: 4 connections × 2 in flight.
+const SHORT_ECHO: [&str; 9] = [
+    "echo",
+    "--duration",
+    "1s",
+    "--warmup",
+    "200ms",
+    "-c",
+    "4",
+    "-k",
+    "2",
+];
+
 /// The server, killed on drop.
 struct Serve {
     child: Child,
@@ -78,20 +91,7 @@ fn bench(server: &Serve, args: &[&str]) -> Value {
 fn echo_and_fanout() {
     let server = serve();
 
-    let echo = bench(
-        &server,
-        &[
-            "echo",
-            "--duration",
-            "1s",
-            "--warmup",
-            "200ms",
-            "-c",
-            "4",
-            "-k",
-            "2",
-        ],
-    );
+    let echo = bench(&server, &SHORT_ECHO);
     assert_eq!(echo["scenario"], "echo");
     assert!(echo["rt_per_s"].as_f64().unwrap() > 0.0, "{echo}");
     assert_eq!(echo["errors"], 0, "{echo}");
@@ -189,17 +189,7 @@ fn ws_echo_protocol_measures_a_bare_echo_server() {
             .output()
             .unwrap()
     };
-    let out = run(&[
-        "echo",
-        "--duration",
-        "1s",
-        "--warmup",
-        "200ms",
-        "-c",
-        "4",
-        "-k",
-        "2",
-    ]);
+    let out = run(&SHORT_ECHO);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
