@@ -26,7 +26,8 @@ pub(crate) const COALESCE: usize = 1024;
 /// Chunks per vectored write.
 const MAX_IOV: usize = 64;
 /// The write buffer's first allocation of a batch (released after the flush), so a batch of
-/// small frames does not grow it step by step.
+/// small frames does not grow it step by step. At most 1 KiB (a little more for a frame of
+/// `COALESCE` bytes) so that glibc serves it from its per-thread cache, not its bins.
 const WBUF_FIRST: usize = 1024;
 
 /// What a read produced.

@@ -33,8 +33,8 @@ Every scenario takes --url (default ws://127.0.0.1:8000/socketcluster/), --durat
 --json (one JSON line instead of the table), --server-pid PID (the server's CPU time per message
 from /proc, and its memory for `conns`) and --protocol socketio (socket.io servers running the
 same app: `echo`/`count` with acks, `ping`, `subscribe`/`publish` with rooms) or --protocol ws-echo
-(a bare WebSocket echo server: echo, rate and conns; an invoke comes back as its own reply, which
-shows what the machine and the framing cost with no protocol at all). A progress line
+(a bare WebSocket echo server, a reference with no protocol work: echo, rate and conns; an
+invoke comes back as its own reply). A progress line
 goes to stderr. The generator reports its own CPU (gen_cpu_pct): near 100% means it, not the
 server, set the pace. Pin the server and the generator to different cores (taskset) to compare
 servers; scripts/bench does it for the project's peers.

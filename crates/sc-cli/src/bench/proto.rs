@@ -1,8 +1,7 @@
 //! The wire protocols the generator speaks: SocketCluster (protocol v2), a minimal socket.io v5
 //! client over the engine.io v4 WebSocket transport, and `ws-echo`: no protocol at all, for a bare
 //! WebSocket echo server (the SocketCluster frames are sent and come back unchanged, so an invoke's
-//! reply is the invoke itself). `ws-echo` measures the floor: what the machine, the TCP stack and
-//! the WebSocket framing cost before any server does protocol work.
+//! reply is the invoke itself): a reference with no protocol work, for scale.
 //!
 //! | action | SocketCluster | socket.io |
 //! | --- | --- | --- |
@@ -25,8 +24,8 @@ pub(crate) enum Protocol {
     Sc,
     /// socket.io v5 over the engine.io v4 WebSocket transport (socket.io 4, socketioxide)
     Socketio,
-    /// A bare WebSocket echo server (no handshake; every message comes back unchanged): the
-    /// floor for `echo`, `rate` and `conns`
+    /// A bare WebSocket echo server (no handshake; every message comes back unchanged): a
+    /// reference with no protocol work, for `echo`, `rate` and `conns`
     WsEcho,
 }
 
