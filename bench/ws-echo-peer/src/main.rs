@@ -1,8 +1,9 @@
-//! Benchmark floor: the minimal tokio WebSocket echo server, with no protocol at all. Every text or
-//! binary message comes back unchanged on the same connection; nothing else is parsed, counted or
-//! routed. `socketcluster bench --protocol ws-echo` drives it with the same frames it sends a
-//! SocketCluster server (an invoke comes back as itself), so the report can show what the machine
-//! and the WebSocket framing alone cost beside each real server.
+//! Benchmark reference for scale: a minimal tokio WebSocket echo server (tokio-tungstenite with its
+//! default settings), with no protocol at all. Every text or binary message comes back unchanged
+//! on the same connection; nothing else is parsed, counted or routed. `socketcluster bench
+//! --protocol ws-echo` drives it with the same frames it sends a SocketCluster server (an invoke
+//! comes back as itself), so the report can show a server with no protocol work beside the real
+//! ones.
 //!
 //! Usage: `ws-echo-peer [--port 8000]`; prints `listening on ws://127.0.0.1:PORT/`.
 
@@ -15,10 +16,10 @@ async fn echo(stream: TcpStream) {
     let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
-    let (mut tx, mut rx) = ws.split();
+    let (mut tx, rx) = ws.split();
     // `forward` writes each message as it comes and flushes when the reader has nothing more: a
     // burst of messages goes out with one write.
-    let echoed = rx.by_ref().filter_map(|m| async move {
+    let echoed = rx.filter_map(|m| async move {
         match m {
             Ok(m @ (Message::Text(_) | Message::Binary(_))) => Some(Ok(m)),
             Ok(_) => None,
