@@ -233,10 +233,47 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de Raw
 /// Decodes one packet (a frame or a batch element that starts with `{`): the fast scanner for the
 /// common shapes, serde for everything else.
 fn decode_packet(text: &str) -> Packet<'_> {
-    match decode_packet_fast(text) {
+    match decode_canonical(text).or_else(|| decode_packet_fast(text)) {
         Some(packet) => packet,
         None => decode_packet_slow(text),
     }
+}
+
+/// A transmit or an invoke exactly as socketcluster-client writes one (`JSON.stringify` of
+/// `{event, data, cid}`: no whitespace, keys in this order, `data` and `cid` optional), with an
+/// escape-free `event`: checked with three fixed comparisons instead of a key scan. `None` for any
+/// other text, which [`decode_packet_fast`] then reads; where this returns `Some`, so would it,
+/// with the same packet (tested).
+#[inline]
+fn decode_canonical(text: &str) -> Option<Packet<'_>> {
+    const EVENT: &[u8] = b"{\"event\":\"";
+    const DATA: &[u8] = b",\"data\":";
+    const CID: &[u8] = b",\"cid\":";
+    let b = text.as_bytes();
+    if !b.starts_with(EVENT) {
+        return None;
+    }
+    let end = plain_str_end(b, EVENT.len())?;
+    let event = Cow::Borrowed(text.get(EVENT.len()..end)?);
+    let mut i = end + 1;
+    let mut data = None;
+    if b.get(i..)?.starts_with(DATA) {
+        let (value, after) = payload(text, i + DATA.len())?;
+        (data, i) = (Some(value), after);
+    }
+    let rest = b.get(i..)?;
+    if rest == b"}" {
+        return Some(Packet::Transmit { event, data });
+    }
+    if !rest.starts_with(CID) {
+        return None;
+    }
+    let (cid, after) = integer(b, i + CID.len())?;
+    (after + 1 == b.len() && b.get(after) == Some(&b'}')).then_some(Packet::Invoke {
+        event,
+        data,
+        cid,
+    })
 }
 
 /// The fast path for the shapes nearly every frame has: one flat object whose keys are among
@@ -262,15 +299,14 @@ fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
         if b.get(i) != Some(&b'"') {
             return None;
         }
-        let key_end = plain_str_end(b, i + 1)?;
-        let key = b.get(i + 1..key_end)?;
+        let (key, key_end) = packet_key(b, i + 1)?;
         i = skip_ws(b, key_end + 1);
         if b.get(i) != Some(&b':') {
             return None;
         }
         i = skip_ws(b, i + 1);
         match key {
-            b"event" if event.is_none() => {
+            Key::Event if event.is_none() => {
                 if b.get(i) != Some(&b'"') {
                     return None;
                 }
@@ -278,15 +314,15 @@ fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
                 event = Some(text.get(i + 1..end)?);
                 i = end + 1;
             }
-            b"cid" if cid.is_none() => (cid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
-            b"rid" if rid.is_none() => (rid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
-            b"data" if data.is_none() => {
+            Key::Cid if cid.is_none() => (cid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
+            Key::Rid if rid.is_none() => (rid, i) = integer(b, i).map(|(n, i)| (Some(n), i))?,
+            Key::Data if data.is_none() => {
                 (data, i) = payload(text, i).map(|(v, i)| (Some(v), i))?;
             }
-            b"error" if error.is_none() => {
+            Key::Error if error.is_none() => {
                 (error, i) = payload(text, i).map(|(v, i)| (Some(v), i))?;
             }
-            // Other keys and duplicates.
+            // Duplicates.
             _ => return None,
         }
         i = skip_ws(b, i);
@@ -316,6 +352,32 @@ fn decode_packet_fast(text: &str) -> Option<Packet<'_>> {
         }),
         (None, _, None) => None,
     }
+}
+
+/// The keys a packet may have.
+#[derive(Clone, Copy)]
+enum Key {
+    Event,
+    Data,
+    Cid,
+    Rid,
+    Error,
+}
+
+/// The packet key whose name starts at `i` (just after its opening quote), written without
+/// escapes, and the index of its closing quote. `None` for any other key: the slow path decides.
+#[inline]
+fn packet_key(b: &[u8], i: usize) -> Option<(Key, usize)> {
+    let name = b.get(i..)?;
+    let (key, len) = match *name.first()? {
+        b'e' if name.starts_with(b"event\"") => (Key::Event, 5),
+        b'e' if name.starts_with(b"error\"") => (Key::Error, 5),
+        b'd' if name.starts_with(b"data\"") => (Key::Data, 4),
+        b'c' if name.starts_with(b"cid\"") => (Key::Cid, 3),
+        b'r' if name.starts_with(b"rid\"") => (Key::Rid, 3),
+        _ => return None,
+    };
+    Some((key, i + len))
 }
 
 /// The index after the JSON whitespace from `i`.
@@ -383,9 +445,16 @@ fn integer(b: &[u8], mut i: usize) -> Option<(Cid, usize)> {
     match b.get(i) {
         Some(b'0') => i += 1,
         Some(b'1'..=b'9') => {
+            let start = i;
             while let Some(&d @ b'0'..=b'9') = b.get(i) {
-                n = n.checked_mul(10)?.checked_add(Cid::from(d - b'0'))?;
+                n = n.wrapping_mul(10).wrapping_add(Cid::from(d - b'0'));
                 i += 1;
+            }
+            // Up to 19 digits always fit a u64; longer ones are counted again with checks.
+            if i - start > 19 {
+                n = b.get(start..i)?.iter().try_fold(0, |n: Cid, &d| {
+                    n.checked_mul(10)?.checked_add(Cid::from(d - b'0'))
+                })?;
             }
         }
         _ => return None,

@@ -30,6 +30,57 @@ fn fast_path_takes_the_common_shapes() {
 }
 
 #[test]
+fn canonical_path_takes_what_the_client_writes() {
+    let cases = [
+        r#"{"event":"echo","data":"abcdefghijklmnop","cid":123456}"#,
+        r#"{"event":"echo","data":{"a":[1,{"b":null}]},"cid":1}"#,
+        r#"{"event":"echo","cid":0}"#,
+        r#"{"event":"echo","data":null}"#,
+        r##"{"event":"#publish","data":{"channel":"c","data":"\u0000\"x"}}"##,
+        r#"{"event":"","data":1}"#,
+        r#"{"event":"é😀","cid":18446744073709551615}"#,
+        r#"{"event":"x","cid":1234567890123456789}"#,
+    ];
+    for text in cases {
+        let canonical = decode_canonical(text);
+        assert!(canonical.is_some(), "{text}");
+        assert_eq!(canonical, decode_packet_fast(text), "{text}");
+        assert_eq!(canonical, Some(decode_packet_slow(text)), "{text}");
+    }
+}
+
+#[test]
+fn canonical_path_declines_every_other_shape() {
+    let cases = [
+        // Other shapes the general scanner or serde read.
+        r#"{"cid":7,"event":"echo"}"#,
+        r#"{"data":1,"event":"echo"}"#,
+        r#"{ "event":"echo"}"#,
+        r#"{"event":"echo" }"#,
+        r#"{"event":"echo","data":1 }"#,
+        r#"{"event":"echo","cid":7 }"#,
+        r#"{"event":"echo"} "#,
+        r#"{"event":"echo","cid":7,"data":1}"#,
+        r#"{"rid":7,"data":1}"#,
+        r#"{"event":"a"b"}"#,
+        // What is no packet at all.
+        r#"{"event":"a","cid":18446744073709551616}"#,
+        r#"{"event":"a","cid":99999999999999999999}"#,
+        r#"{"event":"a","cid":-1}"#,
+        r#"{"event":"a","cid":07}"#,
+        r#"{"event":"a","cid":7}x"#,
+        r#"{"event":"a","cid":7"#,
+        r#"{"event":"a","data":tru}"#,
+        r#"{"event":"a","data":"#,
+        r#"{"event":"a""#,
+        r#"{"event":"#,
+    ];
+    for text in cases {
+        assert_eq!(decode_canonical(text), None, "{text}");
+    }
+}
+
+#[test]
 fn fast_path_leaves_the_rest_to_serde() {
     let cases = [
         "{}",
@@ -406,9 +457,35 @@ fn hostile_object() -> impl Strategy<Value = String> {
         })
 }
 
+/// Frames in the client's own shape (`{"event":E[,"data":D][,"cid":N]}`, no whitespace), with a
+/// value, a cid or an ending that may be wrong.
+fn client_frame() -> impl Strategy<Value = String> {
+    let cid = prop_oneof![
+        4 => any::<u64>().prop_map(|n| n.to_string()),
+        1 => prop::sample::select(vec![
+            "0", "07", "-1", "7.5", "1e3", "18446744073709551616", "99999999999999999999", "\"7\"", "",
+        ])
+        .prop_map(str::to_owned),
+    ];
+    let end = prop::sample::select(vec!["}", "}", "}", "} ", " }", "}x", "", ",}", "}}"]);
+    let event = prop_oneof![
+        4 => prop::sample::select(vec![r#""echo""#, r##""#publish""##, r#""""#, r#""é😀""#])
+            .prop_map(str::to_owned),
+        1 => value(),
+    ];
+    (event, prop::option::of(value()), prop::option::of(cid), end).prop_map(
+        |(event, data, cid, end)| {
+            let data = data.map_or(String::new(), |d| format!(",\"data\":{d}"));
+            let cid = cid.map_or(String::new(), |c| format!(",\"cid\":{c}"));
+            format!("{{\"event\":{event}{data}{cid}{end}")
+        },
+    )
+}
+
 fn any_frame() -> impl Strategy<Value = String> {
     prop_oneof![
         6 => object_frame(),
+        3 => client_frame(),
         2 => prop::collection::vec(prop_oneof![4 => object_frame(), 1 => value()], 0..5)
             .prop_map(|items| format!("[{}]", items.join(","))),
         1 => any::<String>(),
@@ -490,6 +567,9 @@ proptest! {
         if let Some(fast) = decode_packet_fast(&text) {
             prop_assert_eq!(fast, decode_packet_slow(&text));
         }
+        if let Some(canonical) = decode_canonical(&text) {
+            prop_assert_eq!(canonical, decode_packet_slow(&text));
+        }
     }
 }
 
@@ -509,5 +589,27 @@ fn generator_reaches_both_paths() {
     assert!(
         packets >= fast + 20,
         "{packets} packets, {fast} on the fast path"
+    );
+}
+
+/// The client-shaped frames reach the canonical path often, and miss it often too.
+#[test]
+fn client_frames_reach_the_canonical_path() {
+    use proptest::strategy::ValueTree;
+    let mut runner = proptest::test_runner::TestRunner::deterministic();
+    let strategy = client_frame();
+    let (mut canonical, mut packets) = (0, 0);
+    for _ in 0..2000 {
+        let text = strategy.new_tree(&mut runner).unwrap().current();
+        canonical += usize::from(decode_canonical(&text).is_some());
+        packets += usize::from(!matches!(decode_packet_slow(&text), Packet::Raw(_)));
+    }
+    assert!(
+        canonical > 200,
+        "canonical path taken {canonical} times in 2000"
+    );
+    assert!(
+        packets >= canonical + 20,
+        "{packets} packets, {canonical} on the canonical path"
     );
 }
