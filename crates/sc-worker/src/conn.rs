@@ -417,6 +417,12 @@ where
         let mut last_publish_write: Option<Instant> = None;
         let mut batch = Vec::new();
         self.last_seen = Instant::now();
+        // A branch that returned `Pending` keeps its waker registered until it fires, so the
+        // outbound queue and the ping timer are polled again only when they may be ready (an item
+        // is queued, the timer fired), not on every wake-up: most wake-ups are reads.
+        // (Checked on every poll: a `select!` precondition would only be read on entry.)
+        let mut rx_armed = false;
+        let mut tick_armed = false;
         loop {
             tokio::select! {
                 biased;
@@ -435,7 +441,14 @@ where
                         return End::Close(code, reason);
                     }
                 }
-                n = self.rx.recv_many(&mut batch, BATCH) => {
+                n = std::future::poll_fn(|cx| {
+                    if rx_armed && self.rx.is_empty() {
+                        return Poll::Pending;
+                    }
+                    let poll = self.rx.poll_recv_many(cx, &mut batch, BATCH);
+                    rx_armed = poll.is_pending();
+                    poll
+                }) => {
                     if n == 0 {
                         return End::close(1011, "Outbound queue closed");
                     }
@@ -466,6 +479,8 @@ where
                     while batch.len() < BATCH && let Ok(out) = self.rx.try_recv() {
                         batch.push(out);
                     }
+                    // What woke the queue may have been taken here: poll it again.
+                    rx_armed = false;
                     if let Err(end) = self.write_outs(&mut batch).await {
                         return end;
                     }
@@ -500,7 +515,14 @@ where
                         return end;
                     }
                 }
-                () = &mut tick => {
+                () = std::future::poll_fn(|cx| {
+                    if tick_armed && !tick.is_elapsed() {
+                        return Poll::Pending;
+                    }
+                    let poll = tick.as_mut().poll(cx);
+                    tick_armed = poll.is_pending();
+                    poll
+                }) => {
                     if self.last_seen.elapsed() >= ping_timeout {
                         return End::close(4001, "Client pong timed out");
                     }
@@ -509,6 +531,7 @@ where
                         return end;
                     }
                     tick.as_mut().reset(Instant::now() + interval);
+                    tick_armed = false;
                 }
             }
         }
