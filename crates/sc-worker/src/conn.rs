@@ -598,6 +598,19 @@ where
             return Ok(());
         };
         match std::str::from_utf8(&bytes) {
+            Ok(text) if self.server.mw.inbound_raw.is_none() => {
+                let src = Src {
+                    bytes: &bytes,
+                    text,
+                };
+                let frame = decode(text);
+                if let Frame::Packet(Packet::Invoke { event, data, cid }) = &frame
+                    && self.sync_invoke(src, event, *data, *cid)
+                {
+                    return Ok(());
+                }
+                self.on_frame(src, frame).await
+            }
             Ok(text) => self.on_text(&bytes, text).await,
             Err(_) if is_text => Err(End::close(1007, "Message format was incorrect")),
             Err(_) => Ok(()),
@@ -644,7 +657,29 @@ where
     }
 
     async fn on_decoded(&mut self, src: Src<'_>) -> Result<(), End> {
-        match decode(src.text) {
+        self.on_frame(src, decode(src.text)).await
+    }
+
+    /// The hot path without the async machinery: an invoke of a sync procedure, when no middleware
+    /// looks at invokes. `false` when this is not that case (nothing was done).
+    fn sync_invoke(&mut self, src: Src<'_>, event: &str, raw: Option<&RawValue>, cid: u64) -> bool {
+        if event.starts_with('#') || self.has_inbound(InboundKind::Invoke) {
+            return false;
+        }
+        let Some((procedure, Procedure::Sync(f))) = self.server.procedures.get(event) else {
+            return false;
+        };
+        let result = f(Request {
+            socket: self.socket.clone(),
+            procedure: procedure.clone(),
+            data: raw.map(|d| src.data(d)),
+        });
+        self.push_result(cid, &result);
+        true
+    }
+
+    async fn on_frame(&mut self, src: Src<'_>, frame: Frame<'_>) -> Result<(), End> {
+        match frame {
             Frame::Heartbeat | Frame::PingV1 | Frame::PongV1 => Ok(()),
             Frame::Packet(p) => self.on_packet(src, p).await,
             Frame::Batch(ps) => {

@@ -374,6 +374,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     }
 
     /// Writes the header of a frame whose payload (`len` ≤ [`COALESCE`]) follows in `wbuf`.
+    #[inline]
     fn small_header(&mut self, opcode: u8, len: usize) {
         if self.wbuf.capacity() == 0 {
             self.wbuf = BytesMut::with_capacity(WBUF_FIRST.max(len + 4));
@@ -388,6 +389,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 
     /// Queues a text frame whose payload is the concatenation of `parts`, written straight into
     /// the write buffer (no intermediate allocation for small frames).
+    #[inline]
     pub(crate) fn queue_text_parts(&mut self, parts: &[&[u8]]) {
         if self.close_sent {
             return;
@@ -475,6 +477,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn unmask_matches_a_byte_loop_at_every_length() {
+        let mask = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..=41 {
+            let plain: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
+            let mut buf = plain.clone();
+            unmask(&mut buf, mask);
+            let expected: Vec<u8> = plain
+                .iter()
+                .enumerate()
+                .map(|(i, b)| b ^ mask[i % 4])
+                .collect();
+            assert_eq!(buf, expected, "length {len}");
+        }
+    }
 
     fn client_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
         let mask = [1u8, 2, 3, 4];
