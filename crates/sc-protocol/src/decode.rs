@@ -468,8 +468,14 @@ fn integer(b: &[u8], mut i: usize) -> Option<(Cid, usize)> {
 /// The JSON value at `i` (no whitespace before it) and the index after it: checked by
 /// [`skip_value`] and borrowed with [`borrow_checked`] when it can, else by serde_json.
 fn payload(text: &str, i: usize) -> Option<(&RawValue, usize)> {
-    skip_value(text.as_bytes(), i)
-        .and_then(|end| Some((borrow_checked(text.get(i..end)?)?, end)))
+    let b = text.as_bytes();
+    // A string (the commonest payload) needs none of the container bookkeeping.
+    let end = if b.get(i) == Some(&b'"') {
+        string_end(b, i + 1).map(|end| end + 1)
+    } else {
+        skip_value(b, i)
+    };
+    end.and_then(|end| Some((borrow_checked(text.get(i..end)?)?, end)))
         .or_else(|| raw_value(text, i))
 }
 
