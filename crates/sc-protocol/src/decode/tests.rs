@@ -573,43 +573,31 @@ proptest! {
     }
 }
 
-/// The generator is only worth something if it reaches both paths often.
-#[test]
-fn generator_reaches_both_paths() {
+/// Over 2,000 frames of `strategy`: how many `path` takes, and how many are packets at all. A
+/// generator is only worth something if it reaches the path often and misses it often too.
+fn path_reach(strategy: impl Strategy<Value = String>, path: fn(&str) -> bool) {
     use proptest::strategy::ValueTree;
     let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let strategy = object_frame();
-    let (mut fast, mut packets) = (0, 0);
+    let (mut taken, mut packets) = (0, 0);
     for _ in 0..2000 {
         let text = strategy.new_tree(&mut runner).unwrap().current();
-        fast += usize::from(decode_packet_fast(&text).is_some());
+        taken += usize::from(path(&text));
         packets += usize::from(!matches!(decode_packet_slow(&text), Packet::Raw(_)));
     }
-    assert!(fast > 200, "fast path taken {fast} times in 2000");
+    assert!(taken > 200, "path taken {taken} times in 2000");
     assert!(
-        packets >= fast + 20,
-        "{packets} packets, {fast} on the fast path"
+        packets >= taken + 20,
+        "{packets} packets, {taken} on the path"
     );
+    (taken, packets)
 }
 
-/// The client-shaped frames reach the canonical path often, and miss it often too.
+#[test]
+fn generator_reaches_both_paths() {
+    path_reach(object_frame(), |text| decode_packet_fast(text).is_some());
+}
+
 #[test]
 fn client_frames_reach_the_canonical_path() {
-    use proptest::strategy::ValueTree;
-    let mut runner = proptest::test_runner::TestRunner::deterministic();
-    let strategy = client_frame();
-    let (mut canonical, mut packets) = (0, 0);
-    for _ in 0..2000 {
-        let text = strategy.new_tree(&mut runner).unwrap().current();
-        canonical += usize::from(decode_canonical(&text).is_some());
-        packets += usize::from(!matches!(decode_packet_slow(&text), Packet::Raw(_)));
-    }
-    assert!(
-        canonical > 200,
-        "canonical path taken {canonical} times in 2000"
-    );
-    assert!(
-        packets >= canonical + 20,
-        "{packets} packets, {canonical} on the canonical path"
-    );
+    path_reach(client_frame(), |text| decode_canonical(text).is_some());
 }
