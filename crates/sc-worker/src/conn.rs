@@ -28,7 +28,7 @@ use crate::exchange::{Published, Sub, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
-use crate::server::{Procedure, Request, ServerInner};
+use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
 use crate::ws::{WsError, WsEvent, WsStream};
 
@@ -165,6 +165,7 @@ where
         server,
         last_seen: Instant::now(),
         receivers: None,
+        last_sync: None,
     };
     let end = match conn.handshake().await {
         Ok(()) => conn.main_loop().await,
@@ -181,6 +182,9 @@ struct Conn<S> {
     last_seen: Instant,
     /// The last receiver that did not finish inline; later receivers run after it.
     receivers: Option<JoinHandle<()>>,
+    /// The sync procedure this socket invoked last, by name: a client calling the same one again
+    /// (the usual case) skips the procedure table's hash lookup.
+    last_sync: Option<(Arc<str>, Arc<SyncProcedureFn>)>,
 }
 
 impl<S> Conn<S>
@@ -666,8 +670,15 @@ where
         if event.starts_with('#') || self.has_inbound(InboundKind::Invoke) {
             return false;
         }
-        let Some((procedure, Procedure::Sync(f))) = self.server.procedures.get(event) else {
-            return false;
+        let cached = self.last_sync.as_ref().filter(|(name, _)| **name == *event);
+        let (procedure, f) = match cached {
+            Some(hit) => hit,
+            None => {
+                let Some((name, Procedure::Sync(f))) = self.server.procedures.get(event) else {
+                    return false;
+                };
+                self.last_sync.insert((name.clone(), f.clone()))
+            }
         };
         let result = f(Request {
             socket: self.socket.clone(),

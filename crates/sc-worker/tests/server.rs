@@ -740,4 +740,11 @@ async fn sync_procedures_answer_inline() {
     assert_eq!(failed["rid"], 4);
     assert_eq!(failed["error"]["name"], "BadRequest");
     assert_eq!(failed["error"]["message"], "no failSync");
+    // Back and forth between procedures on one socket: each invoke reaches its own.
+    assert_eq!(
+        c.invoke("echoSync", json!(5), 5).await,
+        json!({"rid":5,"data":5})
+    );
+    let failed = c.invoke("failSync", json!(1), 6).await;
+    assert_eq!(failed["error"]["message"], "no failSync");
 }
