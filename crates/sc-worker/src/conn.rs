@@ -607,12 +607,15 @@ where
                     bytes: &bytes,
                     text,
                 };
-                let frame = decode(text);
-                if let Frame::Packet(Packet::Invoke { event, data, cid }) = &frame
-                    && self.sync_invoke(src, event, *data, *cid)
-                {
-                    return Ok(());
-                }
+                let frame = match decode(text) {
+                    Frame::Packet(Packet::Invoke { event, data, cid }) => {
+                        if self.sync_invoke(src, &event, data, cid) {
+                            return Ok(());
+                        }
+                        Frame::Packet(Packet::Invoke { event, data, cid })
+                    }
+                    frame => frame,
+                };
                 self.on_frame(src, frame).await
             }
             Ok(text) => self.on_text(&bytes, text).await,
