@@ -230,8 +230,8 @@ pub(crate) fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de Raw
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// Decodes one packet (a frame or a batch element that starts with `{`): the fast scanner for the
-/// common shapes, serde for everything else.
+/// Decodes one packet (a frame or a batch element that starts with `{`): the client's own shape by
+/// fixed comparisons, other flat objects by the key scanner, serde for everything else.
 fn decode_packet(text: &str) -> Packet<'_> {
     match decode_canonical(text).or_else(|| decode_packet_fast(text)) {
         Some(packet) => packet,

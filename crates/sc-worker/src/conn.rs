@@ -668,7 +668,9 @@ where
     }
 
     /// The hot path without the async machinery: an invoke of a sync procedure, when no middleware
-    /// looks at invokes. `false` when this is not that case (nothing was done).
+    /// looks at invokes. `false` when this is not that case (nothing was done). It answers exactly
+    /// as [`Self::on_invoke`] would (`sync_procedures_answer_inline` and the JS suites run through
+    /// it); keep the two in step.
     fn sync_invoke(&mut self, src: Src<'_>, event: &str, raw: Option<&RawValue>, cid: u64) -> bool {
         if event.starts_with('#') || self.has_inbound(InboundKind::Invoke) {
             return false;
@@ -815,6 +817,9 @@ where
         Ok(())
     }
 
+    /// Every invoke that [`Self::sync_invoke`] does not take (reserved events, middleware, async
+    /// procedures). The two decide the same case the same way: a check added to the plain invoke
+    /// path here belongs in `sync_invoke` too.
     async fn on_invoke(
         &mut self,
         src: Src<'_>,
