@@ -37,8 +37,9 @@ pub(crate) struct ServeArgs {
     /// requirepass)
     #[arg(long, env = "SC_STORE_SECRET", hide_env_values = true)]
     pub(crate) store_secret: Option<String>,
-    /// Threads that serve sockets; 0 starts a work-stealing pool with one per core this process
-    /// may run on (see `taskset`); 1 runs everything on a single-threaded runtime [default: 0]
+    /// Threads that serve sockets; 0 starts one per core this process may run on (see
+    /// `taskset`). Several make a work-stealing pool; one (1, or 0 on one core) runs everything
+    /// on a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
 }
@@ -199,15 +200,16 @@ impl FileConfig {
         }
     }
 
-    /// The runtime `serve` runs on: a single-threaded one (no work stealing) when `threads` is
-    /// 1, else a work-stealing pool of `thread_count` threads.
+    /// The runtime `serve` runs on: a single-threaded one (no work stealing, nothing to steal
+    /// from) when there is one thread (`--threads 1`, or one CPU available, e.g. under
+    /// `taskset -c 0`), else a work-stealing pool of `thread_count` threads.
     pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self.threads {
+        match self.thread_count() {
             1 => tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build(),
-            _ => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(self.thread_count())
+            n => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(n)
                 .enable_all()
                 .build(),
         }

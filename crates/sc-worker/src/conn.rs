@@ -109,6 +109,16 @@ pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) ->
     buf
 }
 
+/// What handling a message left after its synchronous part ([`Conn::on_message`]).
+enum Next<'a> {
+    /// Nothing (handled, or nothing to handle).
+    Done,
+    /// A decoded frame for the async handlers.
+    Frame(Src<'a>, Frame<'a>),
+    /// The text, for the raw inbound middleware.
+    Raw(Src<'a>),
+}
+
 /// Where the packets of one frame come from: their data are slices of these bytes.
 #[derive(Clone, Copy)]
 struct Src<'a> {
@@ -219,8 +229,9 @@ where
                         Some((code, reason, _)) if code == SLOW_CONSUMER => {
                             break Err(End::Gone(code, reason));
                         }
-                        Some(_) => renotify = true,
-                        None => {}
+                        // Set again after the flush for the main loop, which may rely on
+                        // this wake-up (it does not poll the signal again until it is set).
+                        _ => renotify = true,
                     }
                 }
             }
@@ -240,10 +251,7 @@ where
         let mut rid = itoa::Buffer::new();
         let rid = rid.format(cid).as_bytes();
         match result {
-            Ok(Some(d)) => {
-                self.ws
-                    .queue_text_parts(&[b"{\"rid\":", rid, b",\"data\":", d.as_bytes(), b"}"])
-            }
+            Ok(Some(d)) => self.ws.queue_reply(rid, d.as_bytes()),
             Ok(None) => self.ws.queue_text_parts(&[b"{\"rid\":", rid, b"}"]),
             Err(_) => self.push(encode_result(cid, result)),
         }
@@ -422,15 +430,19 @@ where
         let mut batch = Vec::new();
         self.last_seen = Instant::now();
         // A branch that returned `Pending` keeps its waker registered until it fires, so the
-        // outbound queue and the ping timer are polled again only when they may be ready (an item
-        // is queued, the timer fired), not on every wake-up: most wake-ups are reads.
+        // control signal, the outbound queue and the ping timer are polled again only when they
+        // may be ready (signal set, an item queued, the timer fired), not on every wake-up: most
+        // wake-ups are reads.
         // (Checked on every poll: a `select!` precondition would only be read on entry.)
         let mut rx_armed = false;
         let mut tick_armed = false;
+        let mut control_armed = false;
         loop {
             tokio::select! {
                 biased;
-                () = self.socket.0.control.notified() => {
+                () = std::future::poll_fn(|cx| {
+                    self.socket.0.control.poll_registered(cx, &mut control_armed)
+                }) => {
                     if let Some((code, reason, drain)) = self.take_close() {
                         if code == SLOW_CONSUMER {
                             return End::Close(code, reason);
@@ -502,17 +514,28 @@ where
                     }
                     // Once per read burst: the burst is handled within microseconds.
                     self.check_expiry();
-                    if let Err(end) = self.on_ws(m).await {
-                        return end;
-                    }
-                    for _ in 0..BURST {
-                        if !self.ws.may_have_more() {
-                            break;
-                        }
-                        let Some(m) = self.ws.next().now_or_never() else { break };
-                        if let Err(end) = self.on_ws(m).await {
+                    let mut m = m;
+                    for n in 0..=BURST {
+                        // The synchronous part first: most messages end there, and the
+                        // async handlers' future is only built for the others.
+                        let step = match self.classify(m) {
+                            Ok(Some((bytes, is_text))) => match self.on_message(&bytes, is_text) {
+                                Ok(Next::Done) => Ok(()),
+                                Ok(next) => self.on_next(next).await,
+                                Err(end) => Err(end),
+                            },
+                            Ok(None) => Ok(()),
+                            Err(end) => Err(end),
+                        };
+                        if let Err(end) = step {
                             return end;
                         }
+                        // A message taken off the stream must be handled: stop before.
+                        if n == BURST || !self.ws.may_have_more() {
+                            break;
+                        }
+                        let Some(next) = self.ws.next().now_or_never() else { break };
+                        m = next;
                     }
                     self.last_seen = Instant::now();
                     if let Err(end) = self.flush_out().await {
@@ -597,30 +620,35 @@ where
         self.flush_out().await
     }
 
-    async fn on_ws(&mut self, m: Result<WsEvent, WsError>) -> Result<(), End> {
-        let Some((bytes, is_text)) = self.classify(m)? else {
-            return Ok(());
-        };
-        match std::str::from_utf8(&bytes) {
+    /// The synchronous part of handling a message: UTF-8, decoding, and an invoke of a sync
+    /// procedure answered at once ([`Self::sync_invoke`]). What needs the async handlers (or the
+    /// raw inbound middleware) is returned, borrowing `bytes`.
+    fn on_message<'a>(&mut self, bytes: &'a Bytes, is_text: bool) -> Result<Next<'a>, End> {
+        match std::str::from_utf8(bytes) {
             Ok(text) if self.server.mw.inbound_raw.is_none() => {
-                let src = Src {
-                    bytes: &bytes,
-                    text,
-                };
-                let frame = match decode(text) {
+                let src = Src { bytes, text };
+                Ok(match decode(text) {
                     Frame::Packet(Packet::Invoke { event, data, cid }) => {
                         if self.sync_invoke(src, &event, data, cid) {
-                            return Ok(());
+                            return Ok(Next::Done);
                         }
-                        Frame::Packet(Packet::Invoke { event, data, cid })
+                        Next::Frame(src, Frame::Packet(Packet::Invoke { event, data, cid }))
                     }
-                    frame => frame,
-                };
-                self.on_frame(src, frame).await
+                    frame => Next::Frame(src, frame),
+                })
             }
-            Ok(text) => self.on_text(&bytes, text).await,
+            Ok(text) => Ok(Next::Raw(Src { bytes, text })),
             Err(_) if is_text => Err(End::close(1007, "Message format was incorrect")),
-            Err(_) => Ok(()),
+            Err(_) => Ok(Next::Done),
+        }
+    }
+
+    /// The async part: what [`Self::on_message`] left.
+    async fn on_next(&mut self, next: Next<'_>) -> Result<(), End> {
+        match next {
+            Next::Done => Ok(()),
+            Next::Frame(src, frame) => self.on_frame(src, frame).await,
+            Next::Raw(src) => self.on_text(src.bytes, src.text).await,
         }
     }
 

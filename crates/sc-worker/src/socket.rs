@@ -54,6 +54,17 @@ impl Signal {
         }
     }
 
+    /// Like [`Self::notified`] for a task that keeps polling: once `registered` (its waker is
+    /// kept until the signal is set), the signal is only read, not registered again.
+    pub(crate) fn poll_registered(&self, cx: &mut Context<'_>, registered: &mut bool) -> Poll<()> {
+        if *registered && !self.set.load(Ordering::Acquire) {
+            return Poll::Pending;
+        }
+        let poll = self.poll(cx);
+        *registered = poll.is_pending();
+        poll
+    }
+
     /// Completes once the signal is set (and clears it).
     pub(crate) fn notified(&self) -> impl Future<Output = ()> + '_ {
         std::future::poll_fn(move |cx| self.poll(cx))

@@ -748,3 +748,69 @@ async fn sync_procedures_answer_inline() {
     let failed = c.invoke("failSync", json!(1), 6).await;
     assert_eq!(failed["error"]["message"], "no failSync");
 }
+
+/// A masked client text frame.
+fn client_frame(payload: &[u8]) -> Vec<u8> {
+    let mask = [7u8, 1, 9, 3];
+    let mut f = vec![0x81];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn a_read_of_many_frames_is_handled_whole_and_in_order() {
+    use tokio::io::AsyncReadExt;
+    let server = start(app()).await;
+    let mut s = upgrade_stream(server.addr, "/socketcluster/", "").await;
+    // The handshake and 300 invokes in one write: far more frames than one read burst handles
+    // (the rest must wait for the next round, none dropped), sync and async procedures mixed.
+    let mut bytes = client_frame(br##"{"event":"#handshake","data":{},"cid":1}"##);
+    for cid in 2..302u64 {
+        let event = if cid % 3 == 0 { "echo" } else { "echoSync" };
+        let frame = format!(r#"{{"event":"{event}","data":{cid},"cid":{cid}}}"#);
+        bytes.extend(client_frame(frame.as_bytes()));
+    }
+    s.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let mut rids = Vec::new();
+    let mut buf = [0u8; 4096];
+    while rids.len() < 301 {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("replies stopped coming")
+            .unwrap();
+        assert!(n > 0, "closed after {} replies", rids.len());
+        got.extend_from_slice(&buf[..n]);
+        // Whole server frames (unmasked, short) off the front.
+        while got.len() >= 2 && got.len() >= 2 + usize::from(got[1] & 0x7f) {
+            assert!(got[1] < 126, "unexpectedly long frame");
+            let len = usize::from(got[1]);
+            let v: Value = serde_json::from_slice(&got[2..2 + len]).unwrap();
+            got.drain(..2 + len);
+            if let Some(rid) = v["rid"].as_u64() {
+                if rid > 1 {
+                    assert_eq!(v["data"], json!(rid), "{v}");
+                }
+                rids.push(rid);
+            }
+        }
+    }
+    // Sync replies are written as their invokes are read, async ones when they complete: each
+    // kind in order, every invoke answered once.
+    let sync: Vec<u64> = rids
+        .iter()
+        .copied()
+        .filter(|r| *r > 1 && r % 3 != 0)
+        .collect();
+    assert!(sync.windows(2).all(|w| w[0] < w[1]), "{sync:?}");
+    rids.sort_unstable();
+    assert_eq!(rids, (1..302).collect::<Vec<u64>>());
+}

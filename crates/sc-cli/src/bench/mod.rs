@@ -109,6 +109,12 @@ pub(crate) struct EchoArgs {
     /// Size of the echoed string in bytes
     #[arg(long, default_value_t = 16)]
     payload: usize,
+    /// Sleep until replies arrive instead of busy-polling. By default the generator never
+    /// sleeps while it runs (it polls its sockets), so a server on the same machine is not
+    /// charged for waking it up: a client on another machine costs the server nothing of the
+    /// kind. Busy-polling takes the generator its whole core
+    #[arg(long)]
+    no_busy_poll: bool,
     #[command(flatten)]
     common: Common,
 }
