@@ -35,18 +35,21 @@ pub(crate) fn app(builder: ScServerBuilder) -> ScServerBuilder {
             let _ = socket.transmit("greet", "hello world");
         })
         .receiver("ping", |socket, _| {
-            if let Some(count) = socket.get::<PingCount>() {
-                count.0.fetch_add(1, Ordering::Relaxed);
-            }
+            // Borrowed in place: no clone of the counter per ping.
+            socket.with_extensions(|ext| {
+                if let Some(count) = ext.get::<PingCount>() {
+                    count.0.fetch_add(1, Ordering::Relaxed);
+                }
+            });
             std::future::ready(())
         })
         .procedure_sync("echo", |req| Ok(req.data))
         .procedure_sync("fail", |_| Err::<(), _>(bad_request("fail requested")))
         .procedure_sync("count", |req| {
-            Ok(req
-                .socket
-                .get::<PingCount>()
-                .map_or(0, |c| c.0.load(Ordering::Relaxed)))
+            Ok(req.socket.with_extensions(|ext| {
+                ext.get::<PingCount>()
+                    .map_or(0, |c| c.0.load(Ordering::Relaxed))
+            }))
         })
         .procedure("login", |req| {
             let result = match req.data.as_ref().and_then(|d| d.parse::<Login>().ok()) {

@@ -28,7 +28,7 @@ use crate::exchange::{Published, Sub, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
-use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn};
+use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn, SyncRequest};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
 use crate::ws::{WsError, WsEvent, WsStream};
 
@@ -713,9 +713,9 @@ where
                 self.last_sync.insert((name.clone(), f.clone()))
             }
         };
-        let result = f(Request {
-            socket: self.socket.clone(),
-            procedure: procedure.clone(),
+        let result = f(SyncRequest {
+            socket: &self.socket,
+            procedure,
             data: raw.map(|d| src.data(d)),
         });
         self.push_result(cid, &result);
@@ -915,18 +915,21 @@ where
         let Some((procedure, h)) = self.server.procedures.get(event) else {
             return Ok(());
         };
-        let req = Request {
-            socket: self.socket.clone(),
-            procedure: procedure.clone(),
-            data,
-        };
         let mut fut = match h {
             Procedure::Sync(f) => {
-                let result = f(req);
+                let result = f(SyncRequest {
+                    socket: &self.socket,
+                    procedure,
+                    data,
+                });
                 self.push_result(cid, &result);
                 return Ok(());
             }
-            Procedure::Async(f) => f(req),
+            Procedure::Async(f) => f(Request {
+                socket: self.socket.clone(),
+                procedure: procedure.clone(),
+                data,
+            }),
         };
         match poll_once(&mut fut) {
             Poll::Ready(result) => self.push_result(cid, &result),

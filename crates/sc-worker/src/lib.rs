@@ -31,7 +31,9 @@ pub use middleware::{
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]
-pub use server::{BuildError, Request, ScEvent, ScHandle, ScServer, ScServerBuilder, Subscription};
+pub use server::{
+    BuildError, Request, ScEvent, ScHandle, ScServer, ScServerBuilder, Subscription, SyncRequest,
+};
 #[doc(inline)]
 pub use service::{NotFound, RequestBody, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]

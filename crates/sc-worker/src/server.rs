@@ -34,7 +34,21 @@ pub struct Request {
 
 pub(crate) type ProcedureFn =
     dyn Fn(Request) -> BoxFut<Result<Option<Data>, ScError>> + Send + Sync;
-pub(crate) type SyncProcedureFn = dyn Fn(Request) -> Result<Option<Data>, ScError> + Send + Sync;
+pub(crate) type SyncProcedureFn =
+    dyn for<'a> Fn(SyncRequest<'a>) -> Result<Option<Data>, ScError> + Send + Sync;
+
+/// An invoke handed to a [`procedure_sync`](ScServerBuilder::procedure_sync) handler: like
+/// [`Request`], with the socket and the procedure name borrowed from the socket's task for the
+/// call (no reference counts touched); clone the socket to keep it.
+#[derive(Debug)]
+pub struct SyncRequest<'a> {
+    /// The socket that invoked.
+    pub socket: &'a ScSocket,
+    /// The procedure (event) name.
+    pub procedure: &'a str,
+    /// The invoke's data, `None` when the packet had no `data`.
+    pub data: Option<Data>,
+}
 
 /// A registered procedure: one that answers at once, or one that returns a future.
 #[derive(Clone)]
@@ -252,11 +266,11 @@ impl ScServerBuilder {
 
     /// Registers a procedure that answers without waiting: `handler` is called on the socket's
     /// task and its result is the reply, with no future to allocate or poll (the cheapest kind
-    /// of handler, for lookups, echoes, counters). Use [`procedure`](Self::procedure) for
-    /// anything that waits.
+    /// of handler, for lookups, echoes, counters). It gets a [`SyncRequest`], which borrows
+    /// the socket for the call. Use [`procedure`](Self::procedure) for anything that waits.
     pub fn procedure_sync<F, R>(mut self, name: &str, handler: F) -> Self
     where
-        F: Fn(Request) -> Result<R, ScError> + Send + Sync + 'static,
+        F: for<'a> Fn(SyncRequest<'a>) -> Result<R, ScError> + Send + Sync + 'static,
         R: IntoData + 'static,
     {
         let f: Arc<SyncProcedureFn> =
