@@ -168,6 +168,10 @@ pub fn decode_reference(text: &str) -> Frame<'_> {
 /// Classifies a frame, decoding each packet (a text starting with `{`) with `packet`.
 #[inline]
 fn decode_with<'a>(text: &'a str, packet: impl Fn(&'a str) -> Packet<'a>) -> Frame<'a> {
+    // Nearly every frame is one packet: `{` first, no whitespace before it.
+    if text.as_bytes().first() == Some(&b'{') {
+        return Frame::Packet(packet(text));
+    }
     match text {
         "" => return Frame::Heartbeat,
         "#1" => return Frame::PingV1,

@@ -113,10 +113,38 @@ pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) ->
 enum Next<'a> {
     /// Nothing (handled, or nothing to handle).
     Done,
+    /// An invoke of the sync procedure the socket invoked last (`Conn::last_sync`): its data
+    /// is this part of the frame, which the frame's bytes become ([`Conn::call_sync`]).
+    Sync { data: Part, cid: u64 },
     /// A decoded frame for the async handlers.
     Frame(Src<'a>, Frame<'a>),
     /// The text, for the raw inbound middleware.
     Raw(Src<'a>),
+}
+
+/// Where an invoke's data is.
+enum Part {
+    /// The invoke had no data.
+    None,
+    /// At this offset and length in the frame.
+    At(usize, usize),
+    /// Not in the frame (copied).
+    Copied(Data),
+}
+
+impl Part {
+    /// The data, made of the frame's own bytes (no reference count taken).
+    fn take(self, mut frame: Bytes) -> Option<Data> {
+        match self {
+            Part::None => None,
+            Part::At(start, len) => {
+                bytes::Buf::advance(&mut frame, start);
+                frame.truncate(len);
+                Some(Data::from_trusted(frame))
+            }
+            Part::Copied(d) => Some(d),
+        }
+    }
 }
 
 /// Where the packets of one frame come from: their data are slices of these bytes.
@@ -127,6 +155,21 @@ struct Src<'a> {
 }
 
 impl Src<'_> {
+    /// Where `raw` is in the frame.
+    fn part(&self, raw: &RawValue) -> Part {
+        let s = raw.get();
+        let base = self.text.as_ptr() as usize;
+        let start = (s.as_ptr() as usize).wrapping_sub(base);
+        if self.bytes.as_ptr() as usize == base
+            && start <= self.bytes.len()
+            && s.len() <= self.bytes.len() - start
+        {
+            Part::At(start, s.len())
+        } else {
+            Part::Copied(Data::from_raw(raw))
+        }
+    }
+
     fn data(&self, raw: &RawValue) -> Data {
         let s = raw.get();
         let base = self.text.as_ptr() as usize;
@@ -163,6 +206,7 @@ where
         next_cid: Default::default(),
         inflight: Default::default(),
         control: Default::default(),
+        exp: Default::default(),
     }));
     server.sockets.write().insert(key, socket.clone());
     if server.shutting_down.load(Ordering::Acquire) {
@@ -521,6 +565,10 @@ where
                         let step = match self.classify(m) {
                             Ok(Some((bytes, is_text))) => match self.on_message(&bytes, is_text) {
                                 Ok(Next::Done) => Ok(()),
+                                Ok(Next::Sync { data, cid }) => {
+                                    self.call_sync(data.take(bytes), cid);
+                                    Ok(())
+                                }
                                 Ok(next) => self.on_next(next).await,
                                 Err(end) => Err(end),
                             },
@@ -620,19 +668,20 @@ where
         self.flush_out().await
     }
 
-    /// The synchronous part of handling a message: UTF-8, decoding, and an invoke of a sync
-    /// procedure answered at once ([`Self::sync_invoke`]). What needs the async handlers (or the
-    /// raw inbound middleware) is returned, borrowing `bytes`.
+    /// The synchronous part of handling a message: UTF-8, decoding, and whether it is an invoke
+    /// of a sync procedure ([`Self::sync_target`]; the caller then calls it with the frame's
+    /// bytes, [`Self::call_sync`]). What needs the async handlers (or the raw inbound
+    /// middleware) is returned, borrowing `bytes`.
     fn on_message<'a>(&mut self, bytes: &'a Bytes, is_text: bool) -> Result<Next<'a>, End> {
         match std::str::from_utf8(bytes) {
             Ok(text) if self.server.mw.inbound_raw.is_none() => {
                 let src = Src { bytes, text };
                 Ok(match decode(text) {
-                    Frame::Packet(Packet::Invoke { event, data, cid }) => {
-                        if self.sync_invoke(src, &event, data, cid) {
-                            return Ok(Next::Done);
-                        }
-                        Next::Frame(src, Frame::Packet(Packet::Invoke { event, data, cid }))
+                    Frame::Packet(Packet::Invoke { event, data, cid })
+                        if self.sync_target(&event) =>
+                    {
+                        let data = data.map_or(Part::None, |d| src.part(d));
+                        Next::Sync { data, cid }
                     }
                     frame => Next::Frame(src, frame),
                 })
@@ -646,7 +695,7 @@ where
     /// The async part: what [`Self::on_message`] left.
     async fn on_next(&mut self, next: Next<'_>) -> Result<(), End> {
         match next {
-            Next::Done => Ok(()),
+            Next::Done | Next::Sync { .. } => Ok(()),
             Next::Frame(src, frame) => self.on_frame(src, frame).await,
             Next::Raw(src) => self.on_text(src.bytes, src.text).await,
         }
@@ -654,10 +703,8 @@ where
 
     /// Deauthenticates a socket whose token expired (rechecked on every inbound read burst).
     fn check_expiry(&mut self) {
-        let expired = {
-            let s = self.socket.0.state.lock();
-            s.exp.is_some_and(|exp| exp <= now_s())
-        };
+        let exp = self.socket.0.exp.load(Ordering::Acquire);
+        let expired = exp != 0 && exp <= now_s();
         if expired {
             self.socket.deauthenticate_self();
             self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
@@ -695,31 +742,39 @@ where
         self.on_frame(src, decode(src.text)).await
     }
 
-    /// The hot path without the async machinery: an invoke of a sync procedure, when no middleware
-    /// looks at invokes. `false` when this is not that case (nothing was done). It answers exactly
-    /// as [`Self::on_invoke`] would (`sync_procedures_answer_inline` and the JS suites run through
-    /// it); keep the two in step.
-    fn sync_invoke(&mut self, src: Src<'_>, event: &str, raw: Option<&RawValue>, cid: u64) -> bool {
+    /// The hot path without the async machinery: whether this invoke goes to a sync procedure
+    /// with no middleware looking at invokes (then that procedure is `last_sync`, and
+    /// [`Self::call_sync`] answers it exactly as [`Self::on_invoke`] would:
+    /// `sync_procedures_answer_inline` and the JS suites run through it; keep the two in step).
+    fn sync_target(&mut self, event: &str) -> bool {
         if event.starts_with('#') || self.has_inbound(InboundKind::Invoke) {
             return false;
         }
-        let cached = self.last_sync.as_ref().filter(|(name, _)| **name == *event);
-        let (procedure, f) = match cached {
-            Some(hit) => hit,
-            None => {
-                let Some((name, Procedure::Sync(f))) = self.server.procedures.get(event) else {
-                    return false;
-                };
-                self.last_sync.insert((name.clone(), f.clone()))
-            }
+        if self
+            .last_sync
+            .as_ref()
+            .is_some_and(|(name, _)| **name == *event)
+        {
+            return true;
+        }
+        let Some((name, Procedure::Sync(f))) = self.server.procedures.get(event) else {
+            return false;
+        };
+        self.last_sync = Some((name.clone(), f.clone()));
+        true
+    }
+
+    /// Calls the sync procedure [`Self::sync_target`] chose and queues its reply.
+    fn call_sync(&mut self, data: Option<Data>, cid: u64) {
+        let Some((procedure, f)) = &self.last_sync else {
+            return;
         };
         let result = f(SyncRequest {
             socket: &self.socket,
             procedure,
-            data: raw.map(|d| src.data(d)),
+            data,
         });
         self.push_result(cid, &result);
-        true
     }
 
     async fn on_frame(&mut self, src: Src<'_>, frame: Frame<'_>) -> Result<(), End> {
@@ -845,9 +900,9 @@ where
         Ok(())
     }
 
-    /// Every invoke that [`Self::sync_invoke`] does not take (reserved events, middleware, async
+    /// Every invoke that [`Self::sync_target`] does not take (reserved events, middleware, async
     /// procedures). The two decide the same case the same way: a check added to the plain invoke
-    /// path here belongs in `sync_invoke` too.
+    /// path here belongs in `sync_target` or `call_sync` too.
     async fn on_invoke(
         &mut self,
         src: Src<'_>,

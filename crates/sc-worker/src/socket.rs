@@ -87,7 +87,6 @@ pub(crate) struct SocketState {
     pub(crate) closed: bool,
     pub(crate) auth_token: Option<Arc<Value>>,
     pub(crate) signed_token: Option<Arc<str>>,
-    pub(crate) exp: Option<u64>,
     pub(crate) channels: Vec<Arc<str>>,
     pub(crate) acks: HashMap<u64, Ack>,
     pub(crate) close: Option<(u16, String, bool)>,
@@ -103,6 +102,9 @@ pub(crate) struct SocketShared {
     pub(crate) next_cid: AtomicU64,
     pub(crate) inflight: AtomicUsize,
     pub(crate) control: Signal,
+    /// The `exp` claim of the auth token (seconds), 0 when none: read on every read burst
+    /// without taking the state lock; written with the token, under it.
+    pub(crate) exp: AtomicU64,
 }
 
 /// A connected socket: a cheap, cloneable handle for handlers and the server handle.
@@ -306,7 +308,7 @@ impl ScSocket {
             let mut s = self.0.state.lock();
             s.auth_token = Some(Arc::new(claims));
             s.signed_token = Some(signed);
-            s.exp = exp;
+            self.0.exp.store(exp.unwrap_or(0), Ordering::Release);
         }
         self.emit(&crate::ScEvent::Authenticate);
     }
@@ -321,7 +323,7 @@ impl ScSocket {
     pub(crate) fn deauthenticate_self(&self) -> bool {
         let had = {
             let mut s = self.0.state.lock();
-            s.exp = None;
+            self.0.exp.store(0, Ordering::Release);
             s.signed_token = None;
             s.auth_token.take().is_some()
         };
