@@ -155,32 +155,29 @@ struct Src<'a> {
 }
 
 impl Src<'_> {
-    /// Where `raw` is in the frame.
-    fn part(&self, raw: &RawValue) -> Part {
+    /// The offset and length of `raw` in the frame, `None` when it is not a slice of it.
+    fn range(&self, raw: &RawValue) -> Option<(usize, usize)> {
         let s = raw.get();
         let base = self.text.as_ptr() as usize;
         let start = (s.as_ptr() as usize).wrapping_sub(base);
-        if self.bytes.as_ptr() as usize == base
+        (self.bytes.as_ptr() as usize == base
             && start <= self.bytes.len()
-            && s.len() <= self.bytes.len() - start
-        {
-            Part::At(start, s.len())
-        } else {
-            Part::Copied(Data::from_raw(raw))
+            && s.len() <= self.bytes.len() - start)
+            .then_some((start, s.len()))
+    }
+
+    /// Where `raw` is in the frame.
+    fn part(&self, raw: &RawValue) -> Part {
+        match self.range(raw) {
+            Some((start, len)) => Part::At(start, len),
+            None => Part::Copied(Data::from_raw(raw)),
         }
     }
 
     fn data(&self, raw: &RawValue) -> Data {
-        let s = raw.get();
-        let base = self.text.as_ptr() as usize;
-        let start = (s.as_ptr() as usize).wrapping_sub(base);
-        if self.bytes.as_ptr() as usize == base
-            && start <= self.bytes.len()
-            && s.len() <= self.bytes.len() - start
-        {
-            Data::from_trusted(self.bytes.slice(start..start + s.len()))
-        } else {
-            Data::from_raw(raw)
+        match self.range(raw) {
+            Some((start, len)) => Data::from_trusted(self.bytes.slice(start..start + len)),
+            None => Data::from_raw(raw),
         }
     }
 }
