@@ -116,7 +116,13 @@ enum Next<'a> {
     /// An invoke of the sync procedure the socket invoked last (`Conn::last_sync`): its data
     /// is this part of the frame, which the frame's bytes become ([`Conn::call_sync`]).
     Sync { data: Part, cid: u64 },
-    /// A decoded frame for the async handlers.
+    /// Work for the async handlers ([`Conn::on_next`]).
+    Async(Slow<'a>),
+}
+
+/// What the async handlers take.
+enum Slow<'a> {
+    /// A decoded frame.
     Frame(Src<'a>, Frame<'a>),
     /// The text, for the raw inbound middleware.
     Raw(Src<'a>),
@@ -566,7 +572,7 @@ where
                                     self.call_sync(data.take(bytes), cid);
                                     Ok(())
                                 }
-                                Ok(next) => self.on_next(next).await,
+                                Ok(Next::Async(slow)) => self.on_next(slow).await,
                                 Err(end) => Err(end),
                             },
                             Ok(None) => Ok(()),
@@ -680,21 +686,20 @@ where
                         let data = data.map_or(Part::None, |d| src.part(d));
                         Next::Sync { data, cid }
                     }
-                    frame => Next::Frame(src, frame),
+                    frame => Next::Async(Slow::Frame(src, frame)),
                 })
             }
-            Ok(text) => Ok(Next::Raw(Src { bytes, text })),
+            Ok(text) => Ok(Next::Async(Slow::Raw(Src { bytes, text }))),
             Err(_) if is_text => Err(End::close(1007, "Message format was incorrect")),
             Err(_) => Ok(Next::Done),
         }
     }
 
     /// The async part: what [`Self::on_message`] left.
-    async fn on_next(&mut self, next: Next<'_>) -> Result<(), End> {
-        match next {
-            Next::Done | Next::Sync { .. } => Ok(()),
-            Next::Frame(src, frame) => self.on_frame(src, frame).await,
-            Next::Raw(src) => self.on_text(src.bytes, src.text).await,
+    async fn on_next(&mut self, slow: Slow<'_>) -> Result<(), End> {
+        match slow {
+            Slow::Frame(src, frame) => self.on_frame(src, frame).await,
+            Slow::Raw(src) => self.on_text(src.bytes, src.text).await,
         }
     }
 

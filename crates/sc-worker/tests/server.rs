@@ -747,6 +747,14 @@ async fn sync_procedures_answer_inline() {
     );
     let failed = c.invoke("failSync", json!(1), 6).await;
     assert_eq!(failed["error"]["message"], "no failSync");
+    // Replies around the frame header's length forms: 7-bit, 16-bit and 64-bit lengths.
+    for (cid, len) in [(7, 100), (8, 110), (9, 126), (10, 1000), (11, 70_000)] {
+        let text = "x".repeat(len);
+        assert_eq!(
+            c.invoke("echoSync", json!(text), cid).await,
+            json!({"rid":cid,"data":text})
+        );
+    }
 }
 
 /// A masked client text frame.
