@@ -19,9 +19,10 @@
 use std::borrow::Cow;
 use std::fmt;
 
+use bytes::BufMut;
 use serde_json::{Map, Value};
 
-use crate::encode::write_str;
+use crate::encode::put_str;
 
 /// The error names of sc-errors 3.0.0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -189,23 +190,31 @@ impl ScError {
         .with("type", middleware)
     }
 
-    /// Appends the dehydrated JSON object.
-    pub fn write_json(&self, buf: &mut Vec<u8>) {
-        buf.extend_from_slice(b"{\"message\":");
-        write_str(buf, &self.message);
-        buf.extend_from_slice(b",\"name\":");
-        write_str(buf, &self.name);
+    /// Appends the dehydrated JSON object to any [`BufMut`] (a `Vec<u8>`, a `BytesMut`, a
+    /// transport's write buffer): `{"message":M,"name":N,...extra}`, the extra fields in the
+    /// order of [`extra`](Self::extra), leaving out any named `message` or `name`.
+    pub fn put_json<B: BufMut + ?Sized>(&self, buf: &mut B) {
+        buf.put_slice(b"{\"message\":");
+        put_str(buf, &self.message);
+        buf.put_slice(b",\"name\":");
+        put_str(buf, &self.name);
         for (k, v) in &self.extra {
             if k == "message" || k == "name" {
                 continue;
             }
-            buf.push(b',');
-            write_str(buf, k);
-            buf.push(b':');
-            // Writing a `Value` into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *buf, v);
+            buf.put_u8(b',');
+            put_str(buf, k);
+            buf.put_u8(b':');
+            // Writing a `Value` into a growable buffer cannot fail.
+            let _ = serde_json::to_writer((&mut *buf).writer(), v);
         }
-        buf.push(b'}');
+        buf.put_u8(b'}');
+    }
+
+    /// Appends the dehydrated JSON object (the `Vec` form of [`put_json`](Self::put_json)).
+    #[inline]
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        self.put_json(buf);
     }
 
     /// The dehydrated JSON object as a string.
