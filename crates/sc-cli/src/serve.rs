@@ -248,13 +248,13 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
             rc.secret = cfg.store_secret.clone();
             let store = sc_store::RespStore::connect(rc)
                 .await
-                .map_err(|e| format!("cannot connect to the store {}: {e}", cfg.store))?;
+                .map_err(|e| store_failure(cfg.store_secret.is_some(), &e))?;
             tracing::info!(store = %cfg.store, "channels are shared through the store");
             builder = builder.store(std::sync::Arc::new(store));
         }
     }
     let (layer, handle) = crate::demo::app(builder)
-        .try_build_layer()
+        .build_layer()
         .map_err(|e| format!("invalid config: {e}"))?;
     let service = layer.service(crate::demo::Stats::new(layer.clone(), handle.clone()));
     let listener = tokio::net::TcpListener::bind(addr)
@@ -279,6 +279,63 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
     handle.shutdown(Duration::from_secs(5)).await;
     let _ = server.await;
     Ok(())
+}
+
+/// The startup error of a store that [`sc_store::RespStore::connect`] could not use: which node,
+/// why (the store's own reply, or the OS error), and what to change. `serve` never goes on
+/// without its store.
+fn store_failure(secret_given: bool, e: &sc_store::Error) -> String {
+    // `RespStore` masks a password in a node's URL; `store` may hold one, so it is not shown.
+    let node = match e.node() {
+        Some(node) => format!("store node {node}"),
+        None => "the store given by --store".to_owned(),
+    };
+    let cause = match e {
+        sc_store::Error::Node { source, .. } => &**source,
+        e => e,
+    };
+    if let sc_store::Error::Auth(reply) = cause {
+        // NOAUTH: we sent no secret; WRONGPASS (or `ERR invalid password`): a wrong one.
+        let fix = if reply.contains("without any password configured") {
+            "the store has no secret: drop --store-secret (or SC_STORE_SECRET, or store_secret \
+             in the config file), or start the store with one"
+        } else if reply.starts_with("NOAUTH") || (!secret_given && !reply.starts_with("WRONGPASS"))
+        {
+            "give the store's secret with --store-secret SECRET (or SC_STORE_SECRET, or \
+             store_secret in the config file)"
+        } else {
+            "--store-secret (or SC_STORE_SECRET, or store_secret in the config file, or the \
+             password of a redis:// URL) must be the store's secret (`socketcluster store \
+             --secret`, or Redis's requirepass)"
+        };
+        return format!("{node} refused our credentials ({reply}): {fix}");
+    }
+    if let sc_store::Error::Connection(source) = cause {
+        return format!(
+            "cannot reach {node}: {}: check that the store is running there and that --store \
+             (or store in the config file) names it",
+            causes(&**source)
+        );
+    }
+    format!(
+        "cannot use {node}: {}: check that --store (or store in the config file) names a store \
+         (`socketcluster store`) or Redis",
+        causes(cause)
+    )
+}
+
+/// `e` and its sources, joined with ": ", each text once.
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let text = e.to_string();
+        if parts.last() != Some(&text) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ").replace('\n', " ")
 }
 
 async fn shutdown_signal() {

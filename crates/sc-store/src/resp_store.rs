@@ -52,7 +52,8 @@ pub struct RespConfig {
     pub reconnect_max_delay: Duration,
     /// How long a command waits for its reply. Defaults to 5 s.
     pub response_timeout: Duration,
-    /// How long one connection attempt may take. Defaults to 2 s.
+    /// How long one connection attempt may take, and how long [`RespStore::connect`] may take
+    /// to connect to a node and check it (all nodes are checked at once). Defaults to 2 s.
     pub connect_timeout: Duration,
     /// How often an idle pub/sub connection is checked with `PING`; a ping without a reply
     /// within `response_timeout` counts as a lost connection (and so as a gap). Defaults to 5 s.
@@ -268,33 +269,107 @@ async fn pubsub_task(
     }
 }
 
+/// What [`connect_node`] sets up for one node.
+struct NodeParts {
+    client: redis::Client,
+    conn: ConnectionManager,
+    sink: PubSubSink,
+    stream: PubSubStream,
+}
+
+/// Checks that node `client` takes our credentials, on a connection of its own: connects
+/// without credentials, sends `AUTH` by hand when there is a secret (so that a refusal carries
+/// the store's own reply, which the client library replaces by "authentication failed"), then
+/// runs `PING`, which a store requiring a secret we did not give answers with `NOAUTH`.
+async fn check_node(client: &redis::Client, config: &RespConfig) -> Result<()> {
+    let info = client.get_connection_info();
+    let given = info.redis_settings();
+    let (username, password) = (
+        given.username().map(str::to_owned),
+        given.password().map(str::to_owned),
+    );
+    let bare = redis::RedisConnectionInfo::default()
+        .set_protocol(given.protocol())
+        .set_skip_set_lib_name();
+    let probe = redis::Client::open(info.clone().set_redis_settings(bare))?;
+    let connection = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    let mut conn = probe
+        .get_multiplexed_async_connection_with_config(&connection)
+        .await?;
+    if let Some(password) = password {
+        let mut auth = redis::cmd("AUTH");
+        if let Some(username) = username {
+            auth.arg(username);
+        }
+        let _: Value = auth.arg(password).query_async(&mut conn).await?;
+    }
+    let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+    Ok(())
+}
+
+/// Sets up node `id`: checks it takes our credentials ([`check_node`]), then opens the command
+/// connection and the pub/sub connection and runs an authenticated `PING` on each.
+async fn connect_node(id: &str, config: &RespConfig) -> Result<NodeParts> {
+    let client = client_for(id, config)?;
+    check_node(&client, config).await?;
+    let manager_config = ConnectionManagerConfig::new()
+        .set_min_delay(config.reconnect_min_delay)
+        .set_max_delay(config.reconnect_max_delay)
+        .set_number_of_retries(6)
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
+    let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
+    let (mut sink, stream) = client.get_async_pubsub().await?.split();
+    let _: Value = sink.ping().await?;
+    Ok(NodeParts {
+        client,
+        conn,
+        sink,
+        stream,
+    })
+}
+
 impl RespStore {
-    /// Connects to every node of `config`. Fails when a node cannot be reached now; later
-    /// failures are retried in the background.
+    /// Connects to every node of `config` (all at once) and checks each: it must take our
+    /// credentials and answer `PING` on both the command and the pub/sub connection, all within
+    /// `connect_timeout`. Fails when a node cannot be used now: an [`Error::Node`] naming the
+    /// first such node (in `config.nodes` order), whose source is an [`Error::Auth`] when the
+    /// node refused our credentials (see [`Error::is_auth`]) or an [`Error::Connection`] when it
+    /// could not be reached in time. Later failures are retried in the background.
     pub async fn connect(config: RespConfig) -> Result<Self> {
         if config.nodes.is_empty() {
             return Err(Error::InvalidArgument("at least one store node is needed"));
         }
         let runtime = tokio::runtime::Handle::current();
+        let limit = config.connect_timeout;
+        let results = futures_util::future::join_all(config.nodes.iter().map(|id| {
+            let config = &config;
+            async move {
+                let parts = match tokio::time::timeout(limit, connect_node(id, config)).await {
+                    Ok(parts) => parts,
+                    Err(_) => Err(Error::Connection(Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("no answer within {limit:?}"),
+                    )))),
+                };
+                parts.map_err(|e| e.at_node(id))
+            }
+        }))
+        .await;
         let mut nodes = Vec::with_capacity(config.nodes.len());
         let mut tasks = Vec::with_capacity(config.nodes.len());
-        for id in &config.nodes {
-            let client = client_for(id, &config)?;
-            let manager_config = ConnectionManagerConfig::new()
-                .set_min_delay(config.reconnect_min_delay)
-                .set_max_delay(config.reconnect_max_delay)
-                .set_number_of_retries(6)
-                .set_connection_timeout(Some(config.connect_timeout))
-                .set_response_timeout(Some(config.response_timeout));
-            let conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
-            let ps = tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
-                .await
-                .map_err(|e| Error::Connection(Box::new(e)))??;
-            let (sink, stream) = ps.split();
+        let mut parts = Vec::with_capacity(config.nodes.len());
+        for result in results {
+            parts.push(result?);
+        }
+        for (id, part) in config.nodes.iter().zip(parts) {
             let pubsub = Arc::new_cyclic(|me| PubSubNode {
                 ops: tokio::sync::Mutex::new(()),
                 state: Mutex::new(PubSubState {
-                    sink: Some(sink),
+                    sink: Some(part.sink),
                     channels: HashMap::default(),
                 }),
                 capacity: config.channel_capacity.clamp(1, MAX_CAPACITY),
@@ -303,14 +378,14 @@ impl RespStore {
             });
             tasks.push(runtime.spawn(pubsub_task(
                 pubsub.clone(),
-                client,
-                stream,
+                part.client,
+                part.stream,
                 config.clone(),
                 id.clone(),
             )));
             nodes.push(Node {
                 id: id.clone(),
-                conn,
+                conn: part.conn,
                 pubsub,
             });
         }

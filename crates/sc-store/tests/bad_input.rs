@@ -274,13 +274,49 @@ async fn a_client_without_the_secret_gets_noauth() {
         .unwrap();
     good.set("k", "v".into(), None).await.unwrap();
     assert_eq!(good.get("k").await.unwrap(), Some("v".into()));
-    match RespStore::connect(RespConfig::new([addr])).await {
-        Err(_) => {}
-        Ok(bad) => match bad.get("k").await {
-            Err(Error::Reply(e)) => assert!(e.contains("NOAUTH"), "{e}"),
+    // Without the secret, or with a wrong one, connecting fails at once with the store's
+    // refusal, naming the node.
+    for (config, reply) in [
+        (RespConfig::new([addr.clone()]), "NOAUTH"),
+        (RespConfig::new([addr.clone()]).secret("wrong"), "WRONGPASS"),
+    ] {
+        let started = Instant::now();
+        let e = RespStore::connect(config).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(2), "{e:?}");
+        assert!(e.is_auth() && !e.is_connection(), "{e:?}");
+        assert_eq!(e.node(), Some(addr.as_str()));
+        match &e {
+            Error::Node { source, .. } => match &**source {
+                Error::Auth(r) => assert!(r.starts_with(reply), "{r}"),
+                other => panic!("{other:?}"),
+            },
             other => panic!("{other:?}"),
-        },
+        }
     }
+    // A secret given to a store that has none is refused too.
+    let open = start(ServerConfig::default());
+    let e = RespStore::connect(RespConfig::new([open.local_addr().to_string()]).secret("s3cret"))
+        .await
+        .unwrap_err();
+    assert!(e.is_auth(), "{e:?}");
+}
+
+#[tokio::test]
+async fn unreachable_node_fails_connect_naming_it() {
+    // A port nothing listens on: bound, then released.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .to_string();
+    let up = start(ServerConfig::default());
+    let started = Instant::now();
+    let e = RespStore::connect(RespConfig::new([up.local_addr().to_string(), addr.clone()]))
+        .await
+        .unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(3), "{e:?}");
+    assert!(e.is_connection() && !e.is_auth(), "{e:?}");
+    assert_eq!(e.node(), Some(addr.as_str()));
 }
 
 #[tokio::test]
