@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 /// | `engineio_ping_interval_ms` | 25000 | engine.io heartbeat interval |
 /// | `engineio_ping_timeout_ms` | 20000 | engine.io heartbeat timeout: a session that does not answer (an abandoned long-polling client included) is reclaimed |
 /// | `engineio_max_payload` | 1000000 | largest engine.io request payload in bytes |
+/// | `trusted_proxies` | `[]` | proxies (`10.0.0.0/8`, `127.0.0.1`, `::1`, `fd00::/8`) whose `Forwarded` / `X-Forwarded-For` headers, and PROXY protocol headers, give the client's address; from any other peer they are ignored |
+/// | `proxy_protocol` | false | [`serve`](crate::serve) reads a PROXY protocol (v1 or v2) header first on connections from trusted proxies (others are served as they are) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -77,6 +79,15 @@ pub struct Config {
     pub engineio_ping_timeout_ms: u64,
     /// The largest engine.io request payload in bytes. Defaults to 1000000.
     pub engineio_max_payload: usize,
+    /// Addresses and CIDR blocks of the proxies in front of the server (`"10.0.0.0/8"`,
+    /// `"127.0.0.1"`, `"::1"`): from these peers only, the client's address is taken from the
+    /// PROXY protocol header, or from `Forwarded` / `X-Forwarded-For` (the rightmost address
+    /// that is not itself a trusted proxy). Defaults to none: the TCP peer is the client.
+    pub trusted_proxies: Vec<String>,
+    /// Whether [`serve`](crate::serve) expects a PROXY protocol header (v1 or v2) at the start
+    /// of each connection from a trusted proxy (a connection from any other peer is served as
+    /// it is). Defaults to false.
+    pub proxy_protocol: bool,
 }
 
 impl Default for Config {
@@ -102,6 +113,8 @@ impl Default for Config {
             engineio_ping_interval_ms: 25_000,
             engineio_ping_timeout_ms: 20_000,
             engineio_max_payload: 1_000_000,
+            trusted_proxies: Vec::new(),
+            proxy_protocol: false,
         }
     }
 }
@@ -169,6 +182,15 @@ impl Config {
                 "protocol_version must be 1 or 2, not {}",
                 self.protocol_version
             ));
+        }
+        if let Err(e) = crate::client_addr::TrustedProxies::parse(&self.trusted_proxies) {
+            return err(e.to_string());
+        }
+        if self.proxy_protocol && self.trusted_proxies.is_empty() {
+            return err(
+                "proxy_protocol needs trusted_proxies: the proxies allowed to send PROXY headers"
+                    .to_owned(),
+            );
         }
         for o in &self.origins {
             if o.rsplit_once(':')

@@ -15,22 +15,23 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use parking_lot::Mutex;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use sc_protocol::encode as enc;
 use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
 
 use crate::auth::{missing_token_error, now_s};
 use crate::data::Data;
-use crate::exchange::{Published, Sub, publish_frame};
+use crate::exchange::{Published, Sub, Subscriber, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
+use crate::request::HandshakeRequest;
 use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn, SyncRequest};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
-use crate::ws::{WsError, WsEvent, WsStream};
+use crate::transport::{Incoming, Transport, TransportError};
 
 /// How long a closing socket waits for the peer's close frame and end of stream.
 const LINGER: Duration = Duration::from_secs(2);
@@ -38,6 +39,9 @@ const LINGER: Duration = Duration::from_secs(2);
 const BURST: usize = 64;
 /// Outbound queue items written per batch.
 const BATCH: usize = 256;
+/// Frames up to this size count towards a batch's [`Transport::reserve`] hint (larger ones are
+/// usually referenced, not copied, by a transport with a write buffer).
+const SMALL_FRAME: usize = 1024;
 
 enum End {
     /// Send this close frame, then linger.
@@ -51,6 +55,14 @@ enum End {
 impl End {
     fn close(code: u16, reason: &str) -> Self {
         End::Close(code, reason.to_owned())
+    }
+
+    /// A flush failed: nothing more can be sent.
+    fn flush_failed(e: TransportError) -> Self {
+        match e {
+            TransportError::Protocol(code, reason) => End::Gone(code, reason.into_owned()),
+            TransportError::Io(_) => End::Gone(1006, "Socket hung up".to_owned()),
+        }
     }
 }
 
@@ -66,47 +78,25 @@ fn poll_once<T>(fut: &mut BoxFut<T>) -> Poll<T> {
     fut.as_mut().poll(&mut Context::from_waker(Waker::noop()))
 }
 
-/// `{"event":E[,"data":D][,"cid":N]}`.
-pub(crate) fn encode_event(event: &str, data: Option<&Data>, cid: Option<u64>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(24 + event.len() + data.map_or(0, |d| d.as_bytes().len()));
-    buf.extend_from_slice(b"{\"event\":");
-    sc_protocol::encode::write_str(&mut buf, event);
-    if let Some(d) = data {
-        buf.extend_from_slice(b",\"data\":");
-        buf.extend_from_slice(d.as_bytes());
+/// An invoke's result as a reply frame: `{"rid":N[,"data":D]}` or `{"rid":N,"error":E}`.
+pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) -> Vec<u8> {
+    let mut buf = Vec::new();
+    match result {
+        Ok(d) => enc::put_response(&mut buf, rid, d.as_ref().map(Data::as_bytes)),
+        Err(e) => enc::put_error(&mut buf, rid, e),
     }
-    if let Some(cid) = cid {
-        buf.extend_from_slice(b",\"cid\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
-    }
-    buf.push(b'}');
     buf
 }
 
-/// `{"rid":N[,"data":D]}` or `{"rid":N,"error":E}`.
-pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(
-        24 + match result {
-            Ok(Some(d)) => d.as_bytes().len(),
-            Ok(None) => 0,
-            Err(e) => e.message.len() + 32,
-        },
-    );
-    buf.extend_from_slice(b"{\"rid\":");
-    buf.extend_from_slice(itoa::Buffer::new().format(rid).as_bytes());
-    match result {
-        Ok(Some(d)) => {
-            buf.extend_from_slice(b",\"data\":");
-            buf.extend_from_slice(d.as_bytes());
-        }
-        Ok(None) => {}
-        Err(e) => {
-            buf.extend_from_slice(b",\"error\":");
-            e.write_json(&mut buf);
-        }
-    }
-    buf.push(b'}');
-    buf
+/// Where an invoke goes ([`Conn::route`]).
+enum Route {
+    /// A reserved `#` event: the worker handles it.
+    Reserved,
+    /// The sync procedure the socket invoked last (`Conn::last_sync`), with no middleware
+    /// looking at invokes: answered by [`Conn::call_sync`].
+    Sync,
+    /// Invoke middleware, then the procedure registered for the event (if any).
+    Handlers,
 }
 
 /// What handling a message left after its synchronous part ([`Conn::on_message`]).
@@ -188,15 +178,18 @@ impl Src<'_> {
     }
 }
 
-/// Runs one upgraded connection to its end.
+/// Runs one connection to its end: `transport` carries the messages, `request` is the HTTP
+/// request that opened it, `ext` the socket's first extensions (from `handshake_ws`).
 ///
-/// `read` holds bytes of the WebSocket stream already read off `io` (none for most upgrades).
-pub(crate) async fn run<S>(io: S, read: Bytes, server: Arc<ServerInner>, ext: http::Extensions)
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+/// The caller has counted the connection in `server.connections`; it is uncounted when the
+/// socket closes.
+pub(crate) async fn run<T: Transport>(
+    transport: T,
+    server: Arc<ServerInner>,
+    request: HandshakeRequest,
+    ext: http::Extensions,
+) {
     let cfg = &server.cfg;
-    let ws = WsStream::new(io, read, cfg.max_payload);
     let (tx, rx) = mpsc::channel(cfg.outbound_queue);
     let key = server.next_key.fetch_add(1, Ordering::Relaxed);
     let socket = ScSocket(Arc::new(SocketShared {
@@ -204,6 +197,7 @@ where
         key,
         tx,
         server: server.clone(),
+        request,
         state: Mutex::new(SocketState::default()),
         ext: Mutex::new(ext),
         next_cid: Default::default(),
@@ -216,8 +210,8 @@ where
         socket.close_with(crate::socket::SHUTDOWN, "Server is shutting down", false);
     }
     let mut conn = Conn {
-        ws,
-        rx,
+        io: transport,
+        outbox: Outbox::new(rx),
         socket,
         server,
         last_seen: Instant::now(),
@@ -231,9 +225,109 @@ where
     conn.finish(end).await;
 }
 
-struct Conn<S> {
-    ws: WsStream<S>,
+/// The socket's outbound queue as its task reads it. Once a poll found it empty (the task's
+/// waker is registered with the queue), the queue is polled again only when an item is in it:
+/// most wake-ups of a socket are reads, and polling the queue on each costs. Every read through
+/// this type keeps the registration right (a read that takes an item without polling clears
+/// it, since the wake-up that item caused is spent), so no reader can stop deliveries by
+/// forgetting it.
+struct Outbox {
     rx: mpsc::Receiver<Out>,
+    registered: bool,
+}
+
+impl Outbox {
+    fn new(rx: mpsc::Receiver<Out>) -> Self {
+        Outbox {
+            rx,
+            registered: false,
+        }
+    }
+
+    /// Up to `limit` items into `batch`; 0 when the queue is closed.
+    #[inline]
+    fn poll_recv_many(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &mut Vec<Out>,
+        limit: usize,
+    ) -> Poll<usize> {
+        if self.registered && self.rx.is_empty() {
+            return Poll::Pending;
+        }
+        let poll = self.rx.poll_recv_many(cx, batch, limit);
+        self.registered = poll.is_pending();
+        poll
+    }
+
+    /// One item if there is one, without waiting.
+    fn try_recv(&mut self) -> Option<Out> {
+        self.registered = false;
+        self.rx.try_recv().ok()
+    }
+
+    /// Waits for up to `limit` items.
+    async fn recv_many(&mut self, batch: &mut Vec<Out>, limit: usize) -> usize {
+        self.registered = false;
+        self.rx.recv_many(batch, limit).await
+    }
+
+    fn close(&mut self) {
+        self.rx.close();
+    }
+}
+
+/// A timer polled again only once it may have fired (the same saving as [`Outbox`]'s): after a
+/// poll registered the task's waker, the deadline is read, not polled.
+struct Timer<'a> {
+    sleep: std::pin::Pin<&'a mut tokio::time::Sleep>,
+    registered: bool,
+}
+
+impl<'a> Timer<'a> {
+    fn new(sleep: std::pin::Pin<&'a mut tokio::time::Sleep>) -> Self {
+        Timer {
+            sleep,
+            registered: false,
+        }
+    }
+
+    #[inline]
+    fn poll_fired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.registered && !self.sleep.is_elapsed() {
+            return Poll::Pending;
+        }
+        let poll = self.sleep.as_mut().poll(cx);
+        self.registered = poll.is_pending();
+        poll
+    }
+
+    fn reset(&mut self, deadline: Instant) {
+        self.sleep.as_mut().reset(deadline);
+        self.registered = false;
+    }
+}
+
+/// The socket's control signal (close requests) as its task polls it, with the same saving as
+/// [`Outbox`]'s.
+struct Control {
+    socket: ScSocket,
+    registered: bool,
+}
+
+impl Control {
+    #[inline]
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        self.socket
+            .0
+            .control
+            .poll_registered(cx, &mut self.registered)
+    }
+}
+
+struct Conn<T> {
+    io: T,
+    outbox: Outbox,
     socket: ScSocket,
     server: Arc<ServerInner>,
     last_seen: Instant,
@@ -244,31 +338,36 @@ struct Conn<S> {
     last_sync: Option<(Arc<str>, Arc<SyncProcedureFn>)>,
 }
 
-impl<S> Conn<S>
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
+impl<T: Transport> Conn<T> {
     fn take_close(&self) -> Option<(u16, String, bool)> {
         self.socket.0.state.lock().close.take()
+    }
+
+    async fn flush(&mut self) -> Result<(), TransportError> {
+        std::future::poll_fn(|cx| self.io.poll_flush(cx)).await
+    }
+
+    async fn recv(&mut self) -> Result<Incoming, TransportError> {
+        std::future::poll_fn(|cx| self.io.poll_recv(cx)).await
     }
 
     /// Writes the pending frames with one flush. A flush that cannot finish (the client stopped
     /// reading) is abandoned when the socket is dropped as a slow consumer, or after the ping
     /// timeout.
     async fn flush_out(&mut self) -> Result<(), End> {
-        if !self.ws.has_pending() {
+        if !self.io.has_pending() {
             return Ok(());
         }
         // Usually the socket takes everything at once: no timer, no select.
-        if let Some(r) = self.ws.flush().now_or_never() {
-            return r.map_err(|_| End::Gone(1006, "Socket hung up".to_owned()));
+        if let Some(r) = self.flush().now_or_never() {
+            return r.map_err(End::flush_failed);
         }
         let limit = tokio::time::sleep(Duration::from_millis(self.server.cfg.ping_timeout_ms));
         tokio::pin!(limit);
         let mut renotify = false;
         let result = loop {
             tokio::select! {
-                r = self.ws.flush() => break r.map_err(|_| End::Gone(1006, "Socket hung up".to_owned())),
+                r = std::future::poll_fn(|cx| self.io.poll_flush(cx)) => break r.map_err(End::flush_failed),
                 () = &mut limit => break Err(End::Gone(4001, "Client pong timed out".to_owned())),
                 () = self.socket.0.control.notified(), if !renotify => {
                     let close = self.socket.0.state.lock().close.clone();
@@ -289,37 +388,43 @@ where
         result
     }
 
-    fn push(&mut self, frame: Vec<u8>) {
-        self.ws.queue_text_vec(frame);
+    /// Queues a frame encoded by `write` into a buffer of about `capacity` bytes.
+    fn push_with(&mut self, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) {
+        let mut buf = Vec::with_capacity(capacity);
+        write(&mut buf);
+        self.io.send_vec(buf);
     }
 
+    #[inline]
     fn push_result(&mut self, cid: u64, result: &Result<Option<Data>, ScError>) {
-        // The common replies are written straight into the write buffer.
-        let mut rid = itoa::Buffer::new();
-        let rid = rid.format(cid).as_bytes();
         match result {
-            Ok(Some(d)) => self.ws.queue_reply(rid, d.as_bytes()),
-            Ok(None) => self.ws.queue_text_parts(&[b"{\"rid\":", rid, b"}"]),
-            Err(_) => self.push(encode_result(cid, result)),
+            // The commonest frame: the transport encodes it in place.
+            Ok(d) => self.io.send_response(cid, d.as_ref().map(Data::as_bytes)),
+            Err(e) => self.push_error(cid, e),
         }
     }
 
     fn push_error(&mut self, cid: u64, e: &ScError) {
-        self.push(encode_result(cid, &Err(e.clone())));
+        self.push_with(64 + e.message.len(), |b| enc::put_error(b, cid, e));
     }
 
-    /// Maps a WebSocket read result; `None` = nothing to handle.
-    fn classify(&mut self, m: Result<WsEvent, WsError>) -> Result<Option<(Bytes, bool)>, End> {
+    /// Maps what the transport read; `None` = nothing to handle.
+    #[inline]
+    fn classify(
+        &mut self,
+        m: Result<Incoming, TransportError>,
+    ) -> Result<Option<(Bytes, bool)>, End> {
         match m {
             // `last_seen` is updated once per read burst by the main loop.
-            Ok(WsEvent::Message(bytes, text)) => Ok(Some((bytes, text))),
-            Ok(WsEvent::Control) => Ok(None),
-            Ok(WsEvent::Close(code, reason)) => Err(End::Peer(code, reason)),
-            Err(WsError::Protocol(code, reason)) => {
-                tracing::debug!(sid = %self.socket.id(), code, reason, "WebSocket protocol error");
-                Err(End::close(code, reason))
+            Ok(Incoming::Text(bytes)) => Ok(Some((bytes, true))),
+            Ok(Incoming::Binary(bytes)) => Ok(Some((bytes, false))),
+            Ok(Incoming::Alive) => Ok(None),
+            Ok(Incoming::Closed(code, reason)) => Err(End::Peer(code, reason)),
+            Err(TransportError::Protocol(code, reason)) => {
+                tracing::debug!(sid = %self.socket.id(), code, %reason, "transport protocol error");
+                Err(End::Close(code, reason.into_owned()))
             }
-            Err(WsError::Io(e)) => Err(End::Gone(1006, e.to_string())),
+            Err(TransportError::Io(e)) => Err(End::Gone(1006, e.to_string())),
         }
     }
 
@@ -339,7 +444,7 @@ where
                 () = &mut deadline => {
                     return Err(End::close(4005, "Did not receive #handshake from client before timeout"));
                 }
-                m = self.ws.next() => m,
+                m = std::future::poll_fn(|cx| self.io.poll_recv(cx)) => m,
             };
             let Some((bytes, _)) = self.classify(m)? else {
                 continue;
@@ -382,13 +487,14 @@ where
                 }
             }
         }
-        if let Some(mw) = self.server.mw.handshake_sc.clone() {
+        if !self.server.mw.handshake_sc.is_empty() {
+            let server = self.server.clone();
             let action = HandshakeAction {
                 socket: self.socket.clone(),
                 auth_token: claims.take(),
                 auth_error: auth_error.take(),
             };
-            match mw(action).await {
+            match server.mw.handshake_sc.run(action).await {
                 Ok(a) => {
                     claims = a.auth_token;
                     auth_error = a.auth_error;
@@ -415,27 +521,20 @@ where
             (None, _) => {}
         }
         let authenticated = self.socket.is_authenticated() || resign.is_some();
-        let mut reply = Vec::with_capacity(128);
-        reply.extend_from_slice(b"{\"rid\":");
-        reply.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
-        reply.extend_from_slice(b",\"data\":{\"id\":");
-        sc_protocol::encode::write_str(&mut reply, self.socket.id());
-        reply.extend_from_slice(b",\"pingTimeout\":");
-        reply.extend_from_slice(
-            itoa::Buffer::new()
-                .format(self.server.cfg.ping_timeout_ms)
-                .as_bytes(),
-        );
-        reply.extend_from_slice(b",\"isAuthenticated\":");
-        reply.extend_from_slice(if authenticated { b"true" } else { b"false" });
-        if let Some(e) = &auth_error {
-            reply.extend_from_slice(b",\"authError\":");
-            e.write_json(&mut reply);
-        }
-        reply.extend_from_slice(b"}}");
-        self.push(reply);
+        let ping_timeout = self.server.cfg.ping_timeout_ms;
+        let id = self.socket.clone();
+        self.push_with(128, |b| {
+            enc::put_handshake_reply(
+                b,
+                cid,
+                id.id(),
+                ping_timeout,
+                authenticated,
+                auth_error.as_ref(),
+            );
+        });
         if auth_error.as_ref().is_some_and(is_bad_token) {
-            self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+            self.push_with(32, enc::put_remove_auth_token);
         }
         {
             let mut s = self.socket.0.state.lock();
@@ -466,6 +565,7 @@ where
         };
         let tick = tokio::time::sleep(interval);
         tokio::pin!(tick);
+        let mut tick = Timer::new(tick);
         // Publishes are written at most every `publish_batch` per socket: the first one after a
         // quiet spell goes at once, those that follow within the interval are held and written
         // together when it ends (one syscall for many). Replies and other frames are never held.
@@ -476,20 +576,17 @@ where
         let mut last_publish_write: Option<Instant> = None;
         let mut batch = Vec::new();
         self.last_seen = Instant::now();
-        // A branch that returned `Pending` keeps its waker registered until it fires, so the
-        // control signal, the outbound queue and the ping timer are polled again only when they
-        // may be ready (signal set, an item queued, the timer fired), not on every wake-up: most
-        // wake-ups are reads.
-        // (Checked on every poll: a `select!` precondition would only be read on entry.)
-        let mut rx_armed = false;
-        let mut tick_armed = false;
-        let mut control_armed = false;
+        // The control signal, the outbound queue and the ping timer are polled again only when
+        // they may be ready (signal set, an item queued, the timer fired), not on every wake-up:
+        // most wake-ups are reads. `Control`, `Outbox` and `Timer` keep track of that.
+        let mut control = Control {
+            socket: self.socket.clone(),
+            registered: false,
+        };
         loop {
             tokio::select! {
                 biased;
-                () = std::future::poll_fn(|cx| {
-                    self.socket.0.control.poll_registered(cx, &mut control_armed)
-                }) => {
+                () = std::future::poll_fn(|cx| control.poll(cx)) => {
                     if let Some((code, reason, drain)) = self.take_close() {
                         if code == SLOW_CONSUMER {
                             return End::Close(code, reason);
@@ -497,21 +594,14 @@ where
                         if drain {
                             self.drain_inflight().await;
                         }
-                        while let Ok(out) = self.rx.try_recv() {
+                        while let Some(out) = self.outbox.try_recv() {
                             batch.push(out);
                         }
                         let _ = self.write_outs(&mut batch).await;
                         return End::Close(code, reason);
                     }
                 }
-                n = std::future::poll_fn(|cx| {
-                    if rx_armed && self.rx.is_empty() {
-                        return Poll::Pending;
-                    }
-                    let poll = self.rx.poll_recv_many(cx, &mut batch, BATCH);
-                    rx_armed = poll.is_pending();
-                    poll
-                }) => {
+                n = std::future::poll_fn(|cx| self.outbox.poll_recv_many(cx, &mut batch, BATCH)) => {
                     if n == 0 {
                         return End::close(1011, "Outbound queue closed");
                     }
@@ -539,16 +629,14 @@ where
                 () = &mut hold, if holding => {
                     holding = false;
                     last_publish_write = Some(Instant::now());
-                    while batch.len() < BATCH && let Ok(out) = self.rx.try_recv() {
+                    while batch.len() < BATCH && let Some(out) = self.outbox.try_recv() {
                         batch.push(out);
                     }
-                    // What woke the queue may have been taken here: poll it again.
-                    rx_armed = false;
                     if let Err(end) = self.write_outs(&mut batch).await {
                         return end;
                     }
                 }
-                m = self.ws.next() => {
+                m = std::future::poll_fn(|cx| self.io.poll_recv(cx)) => {
                     // Publishes held for this socket go out before its next messages are
                     // handled: what the server sent before an `#unsubscribe` (say) arrives
                     // before the client could subscribe again.
@@ -582,10 +670,10 @@ where
                             return end;
                         }
                         // A message taken off the stream must be handled: stop before.
-                        if n == BURST || !self.ws.may_have_more() {
+                        if n == BURST || !self.io.may_have_more() {
                             break;
                         }
-                        let Some(next) = self.ws.next().now_or_never() else { break };
+                        let Some(next) = self.recv().now_or_never() else { break };
                         m = next;
                     }
                     self.last_seen = Instant::now();
@@ -593,23 +681,15 @@ where
                         return end;
                     }
                 }
-                () = std::future::poll_fn(|cx| {
-                    if tick_armed && !tick.is_elapsed() {
-                        return Poll::Pending;
-                    }
-                    let poll = tick.as_mut().poll(cx);
-                    tick_armed = poll.is_pending();
-                    poll
-                }) => {
+                () = std::future::poll_fn(|cx| tick.poll_fired(cx)) => {
                     if self.last_seen.elapsed() >= ping_timeout {
                         return End::close(4001, "Client pong timed out");
                     }
-                    self.ws.queue_text(Bytes::from_static(ping));
+                    self.io.send(Bytes::from_static(ping));
                     if let Err(end) = self.flush_out().await {
                         return end;
                     }
-                    tick.as_mut().reset(Instant::now() + interval);
-                    tick_armed = false;
+                    tick.reset(Instant::now() + interval);
                 }
             }
         }
@@ -621,7 +701,7 @@ where
         let mut batch = Vec::new();
         while self.socket.0.inflight.load(Ordering::Acquire) > 0 {
             tokio::select! {
-                n = self.rx.recv_many(&mut batch, BATCH) => {
+                n = self.outbox.recv_many(&mut batch, BATCH) => {
                     if n == 0 || self.write_outs(&mut batch).await.is_err() {
                         return;
                     }
@@ -633,7 +713,8 @@ where
     }
 
     async fn write_outs(&mut self, batch: &mut Vec<Out>) -> Result<(), End> {
-        let outbound = self.server.mw.outbound.clone();
+        let server = self.server.clone();
+        let outbound = &server.mw.outbound;
         // One allocation for the batch's small frames (they are copied into the write buffer).
         let small: usize = batch
             .iter()
@@ -641,47 +722,47 @@ where
                 Out::Frame(b) => b.len(),
                 Out::Publish(p) => p.frame.len(),
             })
-            .filter(|&n| n <= crate::ws::COALESCE)
+            .filter(|&n| n <= SMALL_FRAME)
             .map(|n| n + 4)
             .sum();
-        self.ws.reserve(small);
+        self.io.reserve(small);
         for out in batch.drain(..) {
             match out {
-                Out::Frame(b) => self.ws.queue_text(b),
-                Out::Publish(p) => match &outbound {
-                    None => self.ws.queue_text_ref(&p.frame),
-                    Some(mw) => {
+                Out::Frame(b) => self.io.send(b),
+                Out::Publish(p) => {
+                    if outbound.is_empty() {
+                        self.io.send_shared(&p.frame);
+                    } else {
                         let action = OutboundAction {
                             socket: self.socket.clone(),
                             channel: p.channel.clone(),
                             data: p.data.clone(),
                         };
-                        if let Ok(a) = mw(action).await {
+                        if let Ok(a) = outbound.run(action).await {
                             if a.data == p.data {
-                                self.ws.queue_text(p.frame.clone());
+                                self.io.send(p.frame.clone());
                             } else {
-                                self.ws
-                                    .queue_text(publish_frame(&p.channel, a.data.as_ref()));
+                                self.io.send(publish_frame(&p.channel, a.data.as_ref()));
                             }
                         }
                     }
-                },
+                }
             }
         }
         self.flush_out().await
     }
 
     /// The synchronous part of handling a message: UTF-8, decoding, and whether it is an invoke
-    /// of a sync procedure ([`Self::sync_target`]; the caller then calls it with the frame's
+    /// of a sync procedure ([`Self::route`]; the caller then calls it with the frame's
     /// bytes, [`Self::call_sync`]). What needs the async handlers (or the raw inbound
     /// middleware) is returned, borrowing `bytes`.
     fn on_message<'a>(&mut self, bytes: &'a Bytes, is_text: bool) -> Result<Next<'a>, End> {
         match std::str::from_utf8(bytes) {
-            Ok(text) if self.server.mw.inbound_raw.is_none() => {
+            Ok(text) if self.server.mw.inbound_raw.is_empty() => {
                 let src = Src { bytes, text };
                 Ok(match decode(text) {
                     Frame::Packet(Packet::Invoke { event, data, cid })
-                        if self.sync_target(&event) =>
+                        if matches!(self.route(&event), Route::Sync) =>
                     {
                         let data = data.map_or(Part::None, |d| src.part(d));
                         Next::Sync { data, cid }
@@ -709,7 +790,7 @@ where
         let expired = exp != 0 && exp <= now_s();
         if expired {
             self.socket.deauthenticate_self();
-            self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+            self.push_with(32, enc::put_remove_auth_token);
         }
     }
 
@@ -718,12 +799,13 @@ where
         if (!v1 && text.is_empty()) || (v1 && text == "#2") {
             return Ok(());
         }
-        if let Some(mw) = self.server.mw.inbound_raw.clone() {
+        if !self.server.mw.inbound_raw.is_empty() {
+            let server = self.server.clone();
             let action = RawAction {
                 socket: self.socket.clone(),
                 message: text.to_owned(),
             };
-            return match mw(action).await {
+            return match server.mw.inbound_raw.run(action).await {
                 Ok(a) if a.message == text => self.on_decoded(Src { bytes, text }).await,
                 Ok(a) => {
                     let nb = Bytes::from(a.message);
@@ -744,29 +826,32 @@ where
         self.on_frame(src, decode(src.text)).await
     }
 
-    /// The hot path without the async machinery: whether this invoke goes to a sync procedure
-    /// with no middleware looking at invokes (then that procedure is `last_sync`, and
-    /// [`Self::call_sync`] answers it exactly as [`Self::on_invoke`] would:
-    /// `sync_procedures_answer_inline` and the JS suites run through it; keep the two in step).
-    fn sync_target(&mut self, event: &str) -> bool {
-        if event.starts_with('#') || self.has_inbound(InboundKind::Invoke) {
-            return false;
+    /// Where an invoke of `event` goes, decided here for both paths: the synchronous one
+    /// ([`Self::on_message`], which answers [`Route::Sync`] without the async machinery) and the
+    /// async one ([`Self::on_invoke`], everything else).
+    #[inline]
+    fn route(&mut self, event: &str) -> Route {
+        if event.starts_with('#') {
+            return Route::Reserved;
+        }
+        if self.has_inbound(InboundKind::Invoke) {
+            return Route::Handlers;
         }
         if self
             .last_sync
             .as_ref()
             .is_some_and(|(name, _)| **name == *event)
         {
-            return true;
+            return Route::Sync;
         }
         let Some((name, Procedure::Sync(f))) = self.server.procedures.get(event) else {
-            return false;
+            return Route::Handlers;
         };
         self.last_sync = Some((name.clone(), f.clone()));
-        true
+        Route::Sync
     }
 
-    /// Calls the sync procedure [`Self::sync_target`] chose and queues its reply.
+    /// Calls the sync procedure [`Self::route`] chose ([`Route::Sync`]) and queues its reply.
     fn call_sync(&mut self, data: Option<Data>, cid: u64) {
         let Some((procedure, f)) = &self.last_sync else {
             return;
@@ -811,8 +896,9 @@ where
         }
     }
 
+    #[inline]
     fn has_inbound(&self, kind: InboundKind) -> bool {
-        self.server.mw.inbound.is_some() && self.server.mw.inbound_kinds[kind as usize]
+        self.server.mw.inbound.sees(kind)
     }
 
     async fn inbound(
@@ -821,22 +907,20 @@ where
         name: &str,
         data: Option<Data>,
     ) -> Result<Option<Data>, ScError> {
-        match self.server.mw.inbound.clone() {
-            Some(_) if !self.server.mw.inbound_kinds[kind as usize] => Ok(data),
-            None => Ok(data),
-            Some(mw) => {
-                let action = InboundAction {
-                    kind,
-                    socket: self.socket.clone(),
-                    name: name.to_owned(),
-                    data,
-                    auth_token: None,
-                };
-                match mw(action).await {
-                    Ok(a) => Ok(a.data),
-                    Err(b) => Err(b.into_error(kind.as_str(), "inbound")),
-                }
-            }
+        if !self.has_inbound(kind) {
+            return Ok(data);
+        }
+        let server = self.server.clone();
+        let action = InboundAction {
+            kind,
+            socket: self.socket.clone(),
+            name: name.to_owned(),
+            data,
+            auth_token: None,
+        };
+        match server.mw.inbound.run(action).await {
+            Ok(a) => Ok(a.data),
+            Err(b) => Err(b.into_error(kind.as_str(), "inbound")),
         }
     }
 
@@ -902,9 +986,9 @@ where
         Ok(())
     }
 
-    /// Every invoke that [`Self::sync_target`] does not take (reserved events, middleware, async
-    /// procedures). The two decide the same case the same way: a check added to the plain invoke
-    /// path here belongs in `sync_target` or `call_sync` too.
+    /// Every invoke that [`Self::on_message`] did not answer: reserved events, middleware, async
+    /// procedures (and sync ones when the raw inbound middleware ran first). [`Self::route`]
+    /// decides.
     async fn on_invoke(
         &mut self,
         src: Src<'_>,
@@ -912,7 +996,12 @@ where
         raw: Option<&RawValue>,
         cid: u64,
     ) -> Result<(), End> {
-        if event.starts_with('#') {
+        let route = self.route(event);
+        if let Route::Sync = route {
+            self.call_sync(raw.map(|d| src.data(d)), cid);
+            return Ok(());
+        }
+        if let Route::Reserved = route {
             match event {
                 events::SUBSCRIBE => {
                     self.subscribe(src, raw, cid).await;
@@ -1046,7 +1135,7 @@ where
                 if new {
                     self.server
                         .broker
-                        .subscribe(&channel, Sub::Socket(self.socket.clone()));
+                        .subscribe(&channel, Subscriber(Sub::Socket(self.socket.clone())));
                     // With a store, answer once publishes made elsewhere reach this socket;
                     // bounded so a store outage cannot stall the socket. The in-process broker
                     // is ready at once, so it skips the wait (no box, no timer).
@@ -1096,7 +1185,7 @@ where
             Ok(v) => v,
             Err(e) if is_bad_token(&e) => {
                 self.socket.deauthenticate_self();
-                self.push(encode_event(events::REMOVE_AUTH_TOKEN, None, None));
+                self.push_with(32, enc::put_remove_auth_token);
                 self.push_error(cid, &e);
                 return;
             }
@@ -1105,13 +1194,8 @@ where
                 return;
             }
         };
-        if let Some(mw) = self
-            .server
-            .mw
-            .inbound
-            .clone()
-            .filter(|_| self.has_inbound(InboundKind::Authenticate))
-        {
+        if self.has_inbound(InboundKind::Authenticate) {
+            let server = self.server.clone();
             let action = InboundAction {
                 kind: InboundKind::Authenticate,
                 socket: self.socket.clone(),
@@ -1119,7 +1203,7 @@ where
                 data: Data::to(&token).ok(),
                 auth_token: Some(claims.clone()),
             };
-            if let Err(b) = mw(action).await {
+            if let Err(b) = server.mw.inbound.run(action).await {
                 let e = b.into_error("authenticate", "inbound");
                 let authed = self.socket.is_authenticated();
                 self.push_auth_status(cid, authed, Some(&e));
@@ -1132,18 +1216,7 @@ where
     }
 
     fn push_auth_status(&mut self, cid: u64, authenticated: bool, error: Option<&ScError>) {
-        let mut buf = Vec::with_capacity(96);
-        buf.extend_from_slice(b"{\"rid\":");
-        buf.extend_from_slice(itoa::Buffer::new().format(cid).as_bytes());
-        buf.extend_from_slice(b",\"data\":{\"isAuthenticated\":");
-        buf.extend_from_slice(if authenticated { b"true" } else { b"false" });
-        buf.extend_from_slice(b",\"authError\":");
-        match error {
-            Some(e) => e.write_json(&mut buf),
-            None => buf.extend_from_slice(b"null"),
-        }
-        buf.extend_from_slice(b"}}");
-        self.push(buf);
+        self.push_with(96, |b| enc::put_auth_status(b, cid, authenticated, error));
     }
 
     async fn finish(mut self, end: End) {
@@ -1155,15 +1228,15 @@ where
                     1005 | 1006 | 1015 => 1000,
                     c => c,
                 };
-                self.ws.queue_close(Some(close_code), &reason);
-                let _ = tokio::time::timeout(LINGER, self.ws.flush()).await;
+                self.io.close(close_code, &reason);
+                let _ = tokio::time::timeout(LINGER, self.flush()).await;
                 self.mark_closed(code, &reason);
-                self.linger().await;
+                // Waits (bounded) for the peer to acknowledge the close.
+                let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
                 (code, reason)
             }
             End::Peer(code, reason) => {
-                let _ = tokio::time::timeout(LINGER, self.ws.flush()).await;
-                let _ = tokio::time::timeout(LINGER, self.ws.io_mut().shutdown()).await;
+                let _ = tokio::time::timeout(LINGER, self.io.shutdown()).await;
                 self.mark_closed(code, &reason);
                 (code, reason)
             }
@@ -1173,28 +1246,6 @@ where
             }
         };
         tracing::debug!(sid = %self.socket.id(), code, %reason, "socket closed");
-    }
-
-    /// Waits (bounded) for the peer's close frame, then half-closes and reads to the end so the
-    /// close frame is not lost to a TCP reset.
-    async fn linger(&mut self) {
-        let ws = &mut self.ws;
-        let _ = tokio::time::timeout(LINGER, async {
-            while let Ok(ev) = ws.next().await {
-                if matches!(ev, WsEvent::Close(..)) {
-                    break;
-                }
-            }
-            let io = ws.io_mut();
-            let _ = io.shutdown().await;
-            let mut buf = vec![0u8; 4096];
-            while let Ok(n) = io.read(&mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
     }
 
     fn mark_closed(&mut self, code: u16, reason: &str) {
@@ -1219,7 +1270,7 @@ where
         }
         self.server.sockets.write().remove(&socket.key());
         self.server.connections.fetch_sub(1, Ordering::AcqRel);
-        self.rx.close();
+        self.outbox.close();
         if was_open && let Some(hook) = self.server.on_disconnection.clone() {
             hook(&socket, code, reason);
         }

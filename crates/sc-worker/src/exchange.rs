@@ -1,4 +1,7 @@
-//! The exchange: channel pub/sub behind a small trait, with the in-process broker as the default.
+//! The exchange: channel pub/sub behind a small trait ([`Broker`]), with the in-process broker
+//! ([`LocalBroker`]) as the default. Implement [`Broker`] to carry channels another way (see
+//! [`ScServerBuilder::broker`](crate::ScServerBuilder::broker)); wrapping a [`LocalBroker`] for
+//! the delivery to this process's subscribers is the usual start.
 //!
 //! A publish is encoded once into a `#publish` frame ([`Published`]) and the same reference-counted
 //! bytes are queued on every local subscriber. Each channel's subscriber list has its own lock,
@@ -26,16 +29,18 @@ use tokio::task::JoinHandle;
 use crate::data::Data;
 use crate::socket::{Out, ScSocket};
 
-/// One publish: the channel, the data, and the `#publish` frame encoded once.
+/// One publish: the channel, the data, and the `#publish` frame encoded once (every local
+/// subscriber gets the same bytes).
 #[derive(Debug)]
-pub(crate) struct Published {
+pub struct Published {
     pub(crate) channel: Arc<str>,
     pub(crate) data: Option<Data>,
     pub(crate) frame: Bytes,
 }
 
 impl Published {
-    pub(crate) fn new(channel: &str, data: Option<Data>) -> Self {
+    /// A publish of `data` to `channel` (its frame encoded here, once).
+    pub fn new(channel: &str, data: Option<Data>) -> Self {
         let frame = publish_frame(channel, data.as_ref());
         Published {
             channel: Arc::from(channel),
@@ -43,29 +48,44 @@ impl Published {
             frame,
         }
     }
+
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The data (`None` for a publish without data).
+    pub fn data(&self) -> Option<&Data> {
+        self.data.as_ref()
+    }
+
+    /// The `#publish` frame subscribers receive.
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
 }
 
 /// `{"event":"#publish","data":{"channel":C[,"data":D]}}`.
 pub(crate) fn publish_frame(channel: &str, data: Option<&Data>) -> Bytes {
-    let mut buf = Vec::with_capacity(48 + channel.len() + data.map_or(0, |d| d.as_bytes().len()));
-    buf.extend_from_slice(b"{\"event\":\"#publish\",\"data\":{\"channel\":");
-    sc_protocol::encode::write_str(&mut buf, channel);
-    if let Some(d) = data {
-        buf.extend_from_slice(b",\"data\":");
-        buf.extend_from_slice(d.as_bytes());
-    }
-    buf.extend_from_slice(b"}}");
-    Bytes::from(buf)
+    sc_protocol::PublishFrame::from_json(channel, data.map(Data::as_bytes)).into_bytes()
 }
 
-/// What the server needs from a pub/sub backend. The in-process [`LocalBroker`] is the default;
-/// a store-backed exchange (channels shared by several processes) implements the same trait.
-pub(crate) trait Broker: Send + Sync + 'static {
+/// Channel pub/sub: where publishes go and how they reach this process's subscribers. The
+/// in-process [`LocalBroker`] is the default; a store-backed exchange (channels shared by
+/// several processes, [`ScServerBuilder::store`](crate::ScServerBuilder::store)) implements the
+/// same trait, and so can yours ([`ScServerBuilder::broker`](crate::ScServerBuilder::broker)).
+///
+/// The server calls `subscribe` when a socket (or [`ScHandle::subscribe`](crate::ScHandle::subscribe))
+/// joins a channel, `unsubscribe` when it leaves, and `publish` for every publish, from clients
+/// and from [`ScHandle::publish`](crate::ScHandle::publish). A broker delivers a publish to a
+/// subscriber with [`Subscriber::deliver`], which never blocks. Calls come from many tasks at
+/// once; keep them quick (no waiting: spawn for I/O).
+pub trait Broker: Send + Sync + 'static {
     /// Adds a local subscriber; `false` if it already was one.
-    fn subscribe(&self, channel: &str, sub: Sub) -> bool;
-    /// Removes a local subscriber.
-    fn unsubscribe(&self, channel: &str, socket_key: u64);
-    /// Delivers a publish to every subscriber of its channel.
+    fn subscribe(&self, channel: &str, subscriber: Subscriber) -> bool;
+    /// Removes the local subscriber with `key` ([`Subscriber::key`]).
+    fn unsubscribe(&self, channel: &str, key: u64);
+    /// Delivers a publish to every subscriber of its channel (wherever they are).
     fn publish(&self, msg: Arc<Published>);
     /// Local subscribers of a channel.
     fn subscriber_count(&self, channel: &str) -> usize;
@@ -74,6 +94,39 @@ pub(crate) trait Broker: Send + Sync + 'static {
     fn ready(&self, channel: &str) -> Pin<Box<dyn Future<Output = ()> + Send + 'static>> {
         let _ = channel;
         Box::pin(std::future::ready(()))
+    }
+}
+
+/// A local subscriber of a channel: a socket, or a server-side [`Subscription`](crate::Subscription).
+#[derive(Clone)]
+pub struct Subscriber(pub(crate) Sub);
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Subscriber").field(&self.key()).finish()
+    }
+}
+
+impl Subscriber {
+    /// Its key, unique within the server.
+    pub fn key(&self) -> u64 {
+        self.0.key()
+    }
+
+    /// Queues `msg` for this subscriber, without waiting. A socket whose queue is full is closed
+    /// as a slow consumer ([`SLOW_CONSUMER`](crate::SLOW_CONSUMER)); a server-side subscription
+    /// that lags loses the message. `false` when it was not queued.
+    pub fn deliver(&self, msg: &Arc<Published>) -> bool {
+        match &self.0 {
+            Sub::Socket(socket) => socket.deliver(Out::Publish(msg.clone())),
+            Sub::Local { tx, .. } => {
+                let queued = tx.try_send(msg.clone()).is_ok();
+                if !queued {
+                    tracing::debug!(channel = %msg.channel, "server-side subscriber lagging: message dropped");
+                }
+                queued
+            }
+        }
     }
 }
 
@@ -96,16 +149,25 @@ impl Sub {
     }
 }
 
-type Subscribers = Arc<Mutex<Vec<Sub>>>;
+type Subscribers = Arc<Mutex<Vec<Subscriber>>>;
 
-/// In-process pub/sub.
+/// In-process pub/sub: each channel's subscribers in a list with its own lock, held while a
+/// publish fans out, so every subscriber sees a channel's publishes in one order.
 #[derive(Default)]
-pub(crate) struct LocalBroker {
+pub struct LocalBroker {
     channels: RwLock<HashMap<Arc<str>, Subscribers, foldhash::fast::RandomState>>,
 }
 
+impl std::fmt::Debug for LocalBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalBroker")
+            .field("channels", &self.channels.read().len())
+            .finish()
+    }
+}
+
 impl Broker for LocalBroker {
-    fn subscribe(&self, channel: &str, sub: Sub) -> bool {
+    fn subscribe(&self, channel: &str, sub: Subscriber) -> bool {
         let subs = {
             let read = self.channels.read();
             read.get(channel).cloned()
@@ -127,12 +189,12 @@ impl Broker for LocalBroker {
         true
     }
 
-    fn unsubscribe(&self, channel: &str, socket_key: u64) {
+    fn unsubscribe(&self, channel: &str, key: u64) {
         let mut map = self.channels.write();
         let empty = match map.get(channel) {
             Some(subs) => {
                 let mut list = subs.lock();
-                list.retain(|s| s.key() != socket_key);
+                list.retain(|s| s.key() != key);
                 list.is_empty()
             }
             None => false,
@@ -150,16 +212,7 @@ impl Broker for LocalBroker {
         if let Some(subs) = subs {
             let list = subs.lock();
             for sub in list.iter() {
-                match sub {
-                    Sub::Socket(socket) => {
-                        socket.deliver(Out::Publish(msg.clone()));
-                    }
-                    Sub::Local { tx, .. } => {
-                        if tx.try_send(msg.clone()).is_err() {
-                            tracing::debug!(channel = %msg.channel, "server-side subscriber lagging: message dropped");
-                        }
-                    }
-                }
+                sub.deliver(&msg);
             }
         }
     }
@@ -246,7 +299,7 @@ impl Drop for StoreBroker {
 }
 
 impl Broker for StoreBroker {
-    fn subscribe(&self, channel: &str, sub: Sub) -> bool {
+    fn subscribe(&self, channel: &str, sub: Subscriber) -> bool {
         let mut links = self.links.lock();
         let added = self.local.subscribe(channel, sub);
         if !links.contains_key(channel) {
@@ -264,9 +317,9 @@ impl Broker for StoreBroker {
         added
     }
 
-    fn unsubscribe(&self, channel: &str, socket_key: u64) {
+    fn unsubscribe(&self, channel: &str, key: u64) {
         let mut links = self.links.lock();
-        self.local.unsubscribe(channel, socket_key);
+        self.local.unsubscribe(channel, key);
         if self.local.subscriber_count(channel) == 0
             && let Some(link) = links.remove(channel)
         {

@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
+mod client_addr;
 mod config;
 mod conn;
 mod data;
@@ -9,14 +10,17 @@ mod data;
 mod engineio;
 mod exchange;
 pub mod middleware;
+mod request;
 mod serve;
 mod server;
 mod service;
 mod socket;
-mod ws;
+pub mod transport;
 
 #[doc(inline)]
 pub use auth::AuthKey;
+#[doc(inline)]
+pub use client_addr::{InvalidProxy, TrustedProxies};
 #[doc(inline)]
 pub use config::{Config, ConfigError};
 #[doc(inline)]
@@ -25,9 +29,14 @@ pub use data::{Data, IntoData, Json};
 #[doc(inline)]
 pub use engineio::{CLOSE_PREFIX, ENGINEIO_SCRIPT_PATH};
 #[doc(inline)]
+pub use exchange::{Broker, LocalBroker, Published, Subscriber};
+#[doc(inline)]
 pub use middleware::{
-    Blocked, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
+    Blocked, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, OutboundAction,
+    RawAction,
 };
+#[doc(inline)]
+pub use request::{ClientAddr, HandshakeRequest, PeerAddr};
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]

@@ -2,6 +2,9 @@
 //! with WebSocket upgrades and graceful stop on [`ScHandle::shutdown`].
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
@@ -10,12 +13,19 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use crate::request::{ClientAddr, PeerAddr};
 use crate::server::ScHandle;
+
+/// How long a trusted proxy has to send its PROXY protocol header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `service` on `listener` until `handle`'s [`shutdown`](ScHandle::shutdown) begins.
 ///
-/// Each connection is HTTP/1.1 with upgrades. Accept errors (such as too many open files) are
-/// logged and the loop goes on.
+/// Each connection is HTTP/1.1 with upgrades. Every request carries the connection's
+/// [`PeerAddr`] in its extensions, and, with
+/// [`proxy_protocol`](crate::Config::proxy_protocol) on, the [`ClientAddr`] a trusted proxy gave
+/// in its PROXY protocol header (a connection from a trusted proxy without a valid header is
+/// dropped). Accept errors (such as too many open files) are logged and the loop goes on.
 pub async fn serve<S, B>(listener: TcpListener, service: S, handle: ScHandle)
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -29,12 +39,13 @@ where
 {
     let stop = handle.shutdown_signal();
     tokio::pin!(stop);
+    let proxy_protocol = handle.config().proxy_protocol;
     loop {
         let accepted = tokio::select! {
             () = &mut stop => return,
             a = listener.accept() => a,
         };
-        let (stream, _) = match accepted {
+        let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
                 tracing::warn!(error = %e, "accept failed");
@@ -43,8 +54,25 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let svc = TowerToHyperService::new(service.clone());
+        let service = service.clone();
+        let proxied = proxy_protocol && handle.0.trusted.contains(peer.ip());
         tokio::spawn(async move {
+            let mut client = None;
+            if proxied {
+                match crate::client_addr::read_proxy_header(&mut stream, PROXY_HEADER_TIMEOUT).await
+                {
+                    Ok(source) => client = source.map(|a| a.ip()),
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "bad PROXY protocol header: connection dropped");
+                        return;
+                    }
+                }
+            }
+            let svc = TowerToHyperService::new(WithAddr {
+                inner: service,
+                peer,
+                client,
+            });
             let conn = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
@@ -52,5 +80,37 @@ where
                 tracing::debug!(error = %e, "HTTP connection error");
             }
         });
+    }
+}
+
+/// Puts the connection's addresses into each request's extensions.
+#[derive(Clone)]
+struct WithAddr<S> {
+    inner: S,
+    peer: SocketAddr,
+    /// From a PROXY protocol header.
+    client: Option<std::net::IpAddr>,
+}
+
+impl<S, B> Service<Request<B>> for WithAddr<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> S::Future {
+        let ext = req.extensions_mut();
+        ext.insert(PeerAddr(self.peer));
+        if let Some(ip) = self.client {
+            ext.insert(ClientAddr(ip));
+        }
+        self.inner.call(req)
     }
 }

@@ -8,18 +8,21 @@ use std::time::Duration;
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use sc_protocol::ScError;
+use sc_protocol::{ErrorName, ScError};
 
 use crate::auth::{Auth, AuthKey};
 use crate::config::{Config, ConfigError};
 use crate::data::{Data, IntoData};
-use crate::exchange::{Broker, GapFn, LocalBroker, Published, StoreBroker};
+use crate::exchange::{Broker, GapFn, LocalBroker, Published, StoreBroker, Sub, Subscriber};
 use crate::middleware::Blocked;
 use crate::middleware::{
-    BoxFut, HandshakeAction, InboundAction, InboundKind, Middlewares, OutboundAction, RawAction,
+    BoxFut, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, InboundStack,
+    Middlewares, OutboundAction, RawAction,
 };
+use crate::request::HandshakeRequest;
 use crate::service::{NotFound, ScLayer, ScService};
 use crate::socket::{SHUTDOWN, ScSocket};
+use crate::transport::Transport;
 
 /// An invoke from a client, handed to the procedure registered for its event.
 #[derive(Debug, Clone)]
@@ -72,7 +75,10 @@ pub(crate) struct ServerInner {
     pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
     pub(crate) on_event: Option<Arc<EventFn>>,
     pub(crate) broker: Box<dyn Broker>,
+    pub(crate) store: Option<Arc<dyn sc_store::Store>>,
     pub(crate) has_store: bool,
+    /// The parsed [`Config::trusted_proxies`].
+    pub(crate) trusted: crate::client_addr::TrustedProxies,
     /// Open sockets by id.
     pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
     /// Every socket, handshaking or open, by key.
@@ -107,6 +113,7 @@ impl ScServer {
             on_disconnection: None,
             on_event: None,
             store: None,
+            broker: None,
             on_store_gap: None,
         }
     }
@@ -124,6 +131,7 @@ pub struct ScServerBuilder {
     on_disconnection: Option<Arc<DisconnectFn>>,
     on_event: Option<Arc<EventFn>>,
     store: Option<Arc<dyn sc_store::Store>>,
+    broker: Option<Box<dyn Broker>>,
     on_store_gap: Option<Arc<GapFn>>,
 }
 
@@ -135,7 +143,7 @@ impl std::fmt::Debug for ScServerBuilder {
     }
 }
 
-/// The error of [`ScServerBuilder::try_build_layer`]: a bad config value or auth key.
+/// The error of [`ScServerBuilder::build_layer`]: a bad config value or auth key.
 pub type BuildError = ConfigError;
 
 impl ScServerBuilder {
@@ -331,6 +339,14 @@ impl ScServerBuilder {
         self
     }
 
+    /// Carries channels with `broker` instead of the in-process exchange (or the store's, when
+    /// a [`store`](Self::store) is given too: the store then stays reachable from handlers
+    /// through [`ScHandle::store`], but channels go through `broker`). See [`Broker`].
+    pub fn broker(mut self, broker: impl Broker) -> Self {
+        self.broker = Some(Box::new(broker));
+        self
+    }
+
     /// Called with a channel name when messages of it may have been lost between the store and
     /// this server (a [`sc_store::StoreEvent::Gap`]: a store connection was lost and restored,
     /// or this server fell behind). A warning is logged in any case. Keep it quick.
@@ -339,72 +355,74 @@ impl ScServerBuilder {
         self
     }
 
-    /// HTTP handshake middleware: sees the upgrade request; `Err` answers HTTP 401 with the
-    /// error's message. It may put typed values into the socket's extensions (the transform).
-    pub fn handshake_ws<F>(mut self, f: F) -> Self
+    /// HTTP handshake middleware: sees the request that opens a socket (a WebSocket upgrade,
+    /// or the engine.io request that opens a session) as a [`HandshakeWsAction`]; it may await
+    /// (look a session up in a store, say). `Err` answers HTTP 401 with the error's message;
+    /// values inserted into the action's `extensions` are the socket's (the transform). Each
+    /// call adds one middleware; they run in registration order.
+    pub fn handshake_ws<F, Fut>(mut self, f: F) -> Self
     where
-        F: Fn(&http::request::Parts, &mut http::Extensions) -> Result<(), Blocked>
-            + Send
-            + Sync
-            + 'static,
+        F: Fn(HandshakeWsAction) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<HandshakeWsAction, Blocked>> + Send + 'static,
     {
-        self.mw.handshake_ws = Some(Arc::new(f));
+        self.mw.handshake_ws.push(f);
         self
     }
 
-    /// SocketCluster handshake middleware (after token verification).
+    /// SocketCluster handshake middleware (after token verification). Each call adds one
+    /// middleware; they run in registration order.
     pub fn handshake_sc<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(HandshakeAction) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<HandshakeAction, Blocked>> + Send + 'static,
     {
-        self.mw.handshake_sc = Some(Arc::new(move |a| Box::pin(f(a))));
+        self.mw.handshake_sc.push(f);
         self
     }
 
-    /// Inbound raw middleware: every message but pongs, before decoding.
+    /// Inbound raw middleware: every message but pongs, before decoding. Each call adds one
+    /// middleware; they run in registration order.
     pub fn inbound_raw<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(RawAction) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<RawAction, Blocked>> + Send + 'static,
     {
-        self.mw.inbound_raw = Some(Arc::new(move |a| Box::pin(f(a))));
+        self.mw.inbound_raw.push(f);
         self
     }
 
-    /// Inbound middleware: transmit, invoke, subscribe, publishIn, authenticate.
+    /// Inbound middleware for every kind: transmit, invoke, subscribe, publishIn, authenticate.
+    /// Each call (of this or [`inbound_for`](Self::inbound_for)) adds one middleware; an action
+    /// goes through those that see its kind, in registration order.
     pub fn inbound<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(InboundAction) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<InboundAction, Blocked>> + Send + 'static,
     {
-        self.mw.inbound = Some(Arc::new(move |a| Box::pin(f(a))));
-        self.mw.inbound_kinds = [true; 5];
+        self.mw.inbound.push(InboundStack::ALL, f);
         self
     }
 
-    /// Inbound middleware that only sees the listed kinds; the others skip it at no cost (no
-    /// action is built). Useful to guard subscriptions without slowing every invoke.
+    /// Inbound middleware that only sees the listed kinds; actions of the other kinds pass it by,
+    /// and a kind that no inbound middleware sees skips the stage at no cost (no action is
+    /// built). Useful to guard subscriptions without slowing every invoke.
     pub fn inbound_for<F, Fut>(mut self, kinds: &[InboundKind], f: F) -> Self
     where
         F: Fn(InboundAction) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<InboundAction, Blocked>> + Send + 'static,
     {
-        self.mw.inbound = Some(Arc::new(move |a| Box::pin(f(a))));
-        self.mw.inbound_kinds = [false; 5];
-        for k in kinds {
-            self.mw.inbound_kinds[*k as usize] = true;
-        }
+        self.mw.inbound.push(InboundStack::mask(kinds), f);
         self
     }
 
-    /// Outbound middleware: every publish, per subscriber.
+    /// Outbound middleware: every publish, per subscriber. Each call adds one middleware; they
+    /// run in registration order.
     pub fn outbound<F, Fut>(mut self, f: F) -> Self
     where
         F: Fn(OutboundAction) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<OutboundAction, Blocked>> + Send + 'static,
     {
-        self.mw.outbound = Some(Arc::new(move |a| Box::pin(f(a))));
+        self.mw.outbound.push(f);
         self
     }
 
@@ -412,12 +430,18 @@ impl ScServerBuilder {
         self.cfg.validate()?;
         let key = self.auth_key.unwrap_or_else(AuthKey::random);
         let auth = Auth::new(&key, self.cfg.auth_default_expiry_s).map_err(ConfigError)?;
-        let has_store = self.store.is_some();
-        let broker: Box<dyn Broker> = match self.store {
-            Some(store) => Box::new(StoreBroker::new(store, self.on_store_gap).map_err(|_| {
-                ConfigError("a server with a store must be built inside a tokio runtime".into())
-            })?),
-            None => Box::new(LocalBroker::default()),
+        let has_store = self.store.is_some() || self.broker.is_some();
+        let store_handle = self.store.clone();
+        let trusted = crate::client_addr::TrustedProxies::parse(&self.cfg.trusted_proxies)
+            .map_err(|e| ConfigError(e.to_string()))?;
+        let broker: Box<dyn Broker> = match (self.broker, self.store) {
+            (Some(broker), _) => broker,
+            (None, Some(store)) => {
+                Box::new(StoreBroker::new(store, self.on_store_gap).map_err(|_| {
+                    ConfigError("a server with a store must be built inside a tokio runtime".into())
+                })?)
+            }
+            (None, None) => Box::new(LocalBroker::default()),
         };
         Ok(Arc::new(ServerInner {
             cfg: self.cfg,
@@ -429,7 +453,9 @@ impl ScServerBuilder {
             on_disconnection: self.on_disconnection,
             on_event: self.on_event,
             broker,
+            store: store_handle,
             has_store,
+            trusted,
             clients: RwLock::default(),
             sockets: RwLock::default(),
             connections: AtomicUsize::new(0),
@@ -440,55 +466,22 @@ impl ScServerBuilder {
         }))
     }
 
-    /// The tower layer (wrapping the app's service) and the server handle; checks the config.
-    pub fn try_build_layer(self) -> Result<(ScLayer, ScHandle), BuildError> {
+    /// The tower layer (wrapping the app's service) and the server handle.
+    ///
+    /// Fails with the first problem of the config ([`Config::validate`]) or the auth key, or
+    /// when a server with a [`store`](Self::store) is built outside a tokio runtime: nothing is
+    /// ever replaced by a default.
+    pub fn build_layer(self) -> Result<(ScLayer, ScHandle), BuildError> {
         let inner = self.build_inner()?;
         Ok((ScLayer::new(inner.clone()), ScHandle(inner)))
     }
 
-    /// The tower layer and the server handle.
-    ///
-    /// An invalid config (see [`Config::validate`]) is replaced by the defaults with an error
-    /// event; use [`try_build_layer`](Self::try_build_layer) to get the error instead.
-    pub fn build_layer(self) -> (ScLayer, ScHandle) {
-        let fallback = self.clone_defaults();
-        match self.try_build_layer() {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "invalid sc-worker config; using the defaults");
-                fallback
-                    .try_build_layer()
-                    .unwrap_or_else(|_| unreachable_defaults())
-            }
-        }
+    /// A standalone service (404 for every other request) and the server handle; fails as
+    /// [`build_layer`](Self::build_layer) does.
+    pub fn build_service(self) -> Result<(ScService<NotFound>, ScHandle), BuildError> {
+        let (layer, handle) = self.build_layer()?;
+        Ok((layer.service(NotFound), handle))
     }
-
-    /// A standalone service (404 for every other request) and the server handle.
-    pub fn build_service(self) -> (ScService<NotFound>, ScHandle) {
-        let (layer, handle) = self.build_layer();
-        (layer.service(NotFound), handle)
-    }
-
-    fn clone_defaults(&self) -> ScServerBuilder {
-        ScServerBuilder {
-            cfg: Config::default(),
-            auth_key: self.auth_key.clone(),
-            procedures: self.procedures.clone(),
-            receivers: self.receivers.clone(),
-            mw: self.mw.clone(),
-            on_connection: self.on_connection.clone(),
-            on_disconnection: self.on_disconnection.clone(),
-            on_event: self.on_event.clone(),
-            store: self.store.clone(),
-            on_store_gap: self.on_store_gap.clone(),
-        }
-    }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_defaults() -> (ScLayer, ScHandle) {
-    // The default config always validates and a secret key always builds.
-    panic!("the default sc-worker config failed to validate")
 }
 
 /// The handle to a running server: publish, inspect sockets, shut down. Cheap to clone.
@@ -515,7 +508,7 @@ impl ScHandle {
         let (tx, rx) = tokio::sync::mpsc::channel(self.0.cfg.outbound_queue);
         self.0
             .broker
-            .subscribe(channel, crate::exchange::Sub::Local { key, tx });
+            .subscribe(channel, Subscriber(Sub::Local { key, tx }));
         Subscription {
             server: self.0.clone(),
             channel: channel.into(),
@@ -531,7 +524,57 @@ impl ScHandle {
         self.0.broker.ready(channel)
     }
 
-    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]).
+    /// Runs `transport` as a socket of this server, opened by `request`, with the same handlers,
+    /// middleware (but `handshake_ws`, which is HTTP's), auth, exchange and limits as a
+    /// WebSocket or engine.io client: the way in for a transport of your own (see
+    /// [`Transport`]). The socket starts with `extensions` ([`ScSocket::get`]) and runs on a task
+    /// of its own until it closes.
+    ///
+    /// Fails when the server is shutting down or holds
+    /// [`max_connections`](Config::max_connections) sockets; the transport is dropped then.
+    pub fn accept<T: Transport>(
+        &self,
+        transport: T,
+        request: HandshakeRequest,
+        extensions: http::Extensions,
+    ) -> Result<(), ScError> {
+        let server = &self.0;
+        if server.shutting_down.load(Ordering::Acquire) {
+            return Err(ScError::new(
+                ErrorName::BadConnectionError,
+                "Server is shutting down",
+            ));
+        }
+        let max = server.cfg.max_connections;
+        if server
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ScError::new(
+                ErrorName::BadConnectionError,
+                "Too many connections",
+            ));
+        }
+        tokio::spawn(crate::conn::run(
+            transport,
+            server.clone(),
+            request,
+            extensions,
+        ));
+        Ok(())
+    }
+
+    /// The store given to [`ScServerBuilder::store`], for handlers and middleware to keep data in
+    /// (sessions, rate limits, lookups); `None` without one.
+    pub fn store(&self) -> Option<&Arc<dyn sc_store::Store>> {
+        self.0.store.as_ref()
+    }
+
+    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]),
+    /// or a [`Broker`] of the app's ([`ScServerBuilder::broker`]).
     pub fn has_store(&self) -> bool {
         self.0.has_store
     }

@@ -14,7 +14,10 @@ use hyper_util::rt::TokioIo;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::middleware::HandshakeWsAction;
+use crate::request::{ClientAddr, HandshakeRequest, PeerAddr};
 use crate::server::ServerInner;
+use crate::transport::ws::WsStream;
 
 /// Wraps an app's service with the SocketCluster endpoint. Made by
 /// [`ScServerBuilder::build_layer`](crate::ScServerBuilder::build_layer).
@@ -207,7 +210,8 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        resolve_client_addr(&self.server, &mut req);
         #[cfg(feature = "engineio")]
         if let Some(eio) = &self.eio
             && eio.handles(req.uri().path())
@@ -220,9 +224,14 @@ where
         }
         if self.server.cfg.websocket && req.uri().path() == self.server.cfg.path && is_upgrade(&req)
         {
-            ResponseFuture {
-                kind: Kind::Ready {
-                    response: Some(upgrade(&self.server, req)),
+            match upgrade(&self.server, req) {
+                Upgrade::Ready(response) => ResponseFuture {
+                    kind: Kind::Ready {
+                        response: Some(response.map(ResBody::from)),
+                    },
+                },
+                Upgrade::Pending(future) => ResponseFuture {
+                    kind: Kind::Boxed { future },
                 },
             }
         } else {
@@ -258,14 +267,14 @@ enum UpgradeRejection {
 }
 
 impl UpgradeRejection {
-    fn into_response<B: From<String>>(self) -> Response<B> {
+    fn into_response(self) -> Response<String> {
         let (status, body) = match self {
             UpgradeRejection::BadRequest(m) => (StatusCode::BAD_REQUEST, m.to_owned()),
             UpgradeRejection::Origin => (StatusCode::FORBIDDEN, "Origin not allowed".to_owned()),
             UpgradeRejection::Blocked(m) => (StatusCode::UNAUTHORIZED, m),
             UpgradeRejection::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.to_owned()),
         };
-        let mut res = Response::new(B::from(body));
+        let mut res = Response::new(body);
         *res.status_mut() = status;
         res.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -282,23 +291,77 @@ fn accept_key(key: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes())
 }
 
-fn upgrade<ReqBody, ResBody: From<String>>(
-    server: &Arc<ServerInner>,
-    req: Request<ReqBody>,
-) -> Response<ResBody> {
-    match try_upgrade(server, req) {
-        Ok(r) => r,
-        Err(rejection) => {
-            tracing::debug!(?rejection, "WebSocket upgrade refused");
-            rejection.into_response()
-        }
+/// Puts the client's address ([`ClientAddr`]) into the request's extensions, unless the
+/// connection already gave it (a PROXY protocol header): the peer's, or the one a trusted proxy
+/// forwarded.
+fn resolve_client_addr<B>(server: &ServerInner, req: &mut Request<B>) {
+    if req.extensions().get::<ClientAddr>().is_some() {
+        return;
     }
+    let Some(PeerAddr(peer)) = req.extensions().get::<PeerAddr>().copied() else {
+        return;
+    };
+    let ip = crate::client_addr::from_headers(peer.ip(), req.headers(), &server.trusted);
+    req.extensions_mut().insert(ClientAddr(ip));
 }
 
-fn try_upgrade<ReqBody, ResBody: From<String>>(
+/// The answer to an upgrade: at once, or once the `handshake_ws` middleware is done.
+enum Upgrade {
+    Ready(Response<String>),
+    Pending(Pin<Box<dyn Future<Output = Response<String>> + Send>>),
+}
+
+fn upgrade<ReqBody>(server: &Arc<ServerInner>, req: Request<ReqBody>) -> Upgrade {
+    let rejected = |rejection: UpgradeRejection| {
+        tracing::debug!(?rejection, "WebSocket upgrade refused");
+        rejection.into_response()
+    };
+    let checked = match check_upgrade(server, req) {
+        Ok(c) => c,
+        Err(rejection) => return Upgrade::Ready(rejected(rejection)),
+    };
+    if server.mw.handshake_ws.is_empty() {
+        let action = HandshakeWsAction {
+            request: checked.request,
+            extensions: http::Extensions::new(),
+        };
+        return Upgrade::Ready(
+            accept_upgrade(server, checked.on_upgrade, &checked.accept, action)
+                .unwrap_or_else(rejected),
+        );
+    }
+    let server = server.clone();
+    Upgrade::Pending(Box::pin(async move {
+        let action = HandshakeWsAction {
+            request: checked.request,
+            extensions: http::Extensions::new(),
+        };
+        let result = match server.mw.handshake_ws.run(action).await {
+            Ok(action) => accept_upgrade(&server, checked.on_upgrade, &checked.accept, action),
+            Err(b) => Err(UpgradeRejection::Blocked(blocked_message(b))),
+        };
+        result.unwrap_or_else(rejected)
+    }))
+}
+
+/// The message of a `handshake_ws` block (HTTP 401's body).
+pub(crate) fn blocked_message(b: crate::Blocked) -> String {
+    b.0.map(|e| e.message).unwrap_or_else(|| {
+        "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
+    })
+}
+
+/// An upgrade request that passed the checks before the middleware.
+struct Checked {
+    request: HandshakeRequest,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    accept: String,
+}
+
+fn check_upgrade<ReqBody>(
     server: &Arc<ServerInner>,
     req: Request<ReqBody>,
-) -> Result<Response<ResBody>, UpgradeRejection> {
+) -> Result<Checked, UpgradeRejection> {
     let (mut parts, _body) = req.into_parts();
     if parts
         .headers
@@ -324,23 +387,30 @@ fn try_upgrade<ReqBody, ResBody: From<String>>(
     if server.shutting_down.load(Ordering::Acquire) {
         return Err(UpgradeRejection::Unavailable("Server is shutting down"));
     }
-    let mut ext = http::Extensions::new();
-    if let Some(mw) = &server.mw.handshake_ws
-        && let Err(b) = mw(&parts, &mut ext)
-    {
-        {
-            let message = b.0.map(|e| e.message).unwrap_or_else(|| {
-                "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
-            });
-            return Err(UpgradeRejection::Blocked(message));
-        }
-    }
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
         .ok_or(UpgradeRejection::BadRequest(
             "Connection cannot be upgraded",
         ))?;
+    Ok(Checked {
+        request: HandshakeRequest::copy_from(&parts),
+        on_upgrade,
+        accept,
+    })
+}
+
+/// Counts the connection (503 over the limit), runs the socket once the connection is upgraded,
+/// and answers 101.
+fn accept_upgrade(
+    server: &Arc<ServerInner>,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    accept: &str,
+    action: HandshakeWsAction,
+) -> Result<Response<String>, UpgradeRejection> {
+    if server.shutting_down.load(Ordering::Acquire) {
+        return Err(UpgradeRejection::Unavailable("Server is shutting down"));
+    }
     let max = server.cfg.max_connections;
     if server
         .connections
@@ -352,18 +422,25 @@ fn try_upgrade<ReqBody, ResBody: From<String>>(
         return Err(UpgradeRejection::Unavailable("Too many connections"));
     }
     let server = server.clone();
+    let HandshakeWsAction {
+        request,
+        extensions,
+    } = action;
     tokio::spawn(async move {
+        let max_payload = server.cfg.max_payload;
         match on_upgrade.await {
             // Served by hyper straight over TCP (the standalone server): run on the plain
             // `TcpStream`, skipping the upgrade wrappers on every read and write. Any other
             // transport (TLS, a stack that rewinds the stream) keeps the `Upgraded` wrapper.
             Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                 Ok(parts) => {
-                    crate::conn::run(parts.io.into_inner(), parts.read_buf, server, ext).await;
+                    let ws = WsStream::new(parts.io.into_inner(), parts.read_buf, max_payload);
+                    crate::conn::run(ws, server, request, extensions).await;
                 }
                 Err(upgraded) => {
-                    crate::conn::run(TokioIo::new(upgraded), bytes::Bytes::new(), server, ext)
-                        .await;
+                    let ws =
+                        WsStream::new(TokioIo::new(upgraded), bytes::Bytes::new(), max_payload);
+                    crate::conn::run(ws, server, request, extensions).await;
                 }
             },
             Err(e) => {
@@ -372,12 +449,12 @@ fn try_upgrade<ReqBody, ResBody: From<String>>(
             }
         }
     });
-    let mut res = Response::new(ResBody::from(String::new()));
+    let mut res = Response::new(String::new());
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(v) = HeaderValue::from_str(&accept) {
+    if let Ok(v) = HeaderValue::from_str(accept) {
         h.insert(header::SEC_WEBSOCKET_ACCEPT, v);
     }
     Ok(res)

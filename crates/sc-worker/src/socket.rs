@@ -13,10 +13,12 @@ use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
+use sc_protocol::encode as enc;
 use sc_protocol::{ErrorName, ScError, events};
 
 use crate::data::{Data, IntoData};
 use crate::exchange::Published;
+use crate::request::HandshakeRequest;
 use crate::server::ServerInner;
 
 /// The close code of a socket dropped as a slow consumer (its outbound queue was full). Below
@@ -97,6 +99,8 @@ pub(crate) struct SocketShared {
     pub(crate) key: u64,
     pub(crate) tx: mpsc::Sender<Out>,
     pub(crate) server: Arc<ServerInner>,
+    /// The HTTP request that opened the socket.
+    pub(crate) request: HandshakeRequest,
     pub(crate) state: Mutex<SocketState>,
     pub(crate) ext: Mutex<http::Extensions>,
     pub(crate) next_cid: AtomicU64,
@@ -137,6 +141,19 @@ impl ScSocket {
     /// The server this socket belongs to.
     pub fn server(&self) -> crate::ScHandle {
         crate::ScHandle(self.0.server.clone())
+    }
+
+    /// The HTTP request that opened the socket (the WebSocket upgrade, or the engine.io request
+    /// that opened the session): its URI, headers and cookies, and the client's address.
+    pub fn request(&self) -> &HandshakeRequest {
+        &self.0.request
+    }
+
+    /// The client's address: the TCP peer, or the address a trusted proxy forwarded (see
+    /// [`Config::trusted_proxies`](crate::Config::trusted_proxies)); `None` when not known (a
+    /// transport that gave none).
+    pub fn client_addr(&self) -> Option<std::net::IpAddr> {
+        self.0.request.client_addr
     }
 
     /// Whether the handshake completed and the socket is not closed.
@@ -216,10 +233,25 @@ impl ScSocket {
         }
     }
 
+    /// Queues a frame that `write` encodes with the data's JSON text.
+    fn send_with(
+        &self,
+        capacity: usize,
+        data: Option<&Data>,
+        write: impl FnOnce(&mut Vec<u8>, Option<&[u8]>),
+    ) -> Result<(), ScError> {
+        let data = data.map(Data::as_bytes);
+        let mut frame = Vec::with_capacity(capacity + data.map_or(0, <[u8]>::len));
+        write(&mut frame, data);
+        self.send_frame(frame)
+    }
+
     /// Sends a transmit `{"event":E,"data":D}` (no reply).
     pub fn transmit(&self, event: &str, data: impl IntoData) -> Result<(), ScError> {
         let data = data.into_data()?;
-        self.send_frame(crate::conn::encode_event(event, data.as_ref(), None))
+        self.send_with(24 + event.len(), data.as_ref(), |b, data| {
+            enc::put_transmit(b, event, data);
+        })
     }
 
     /// Invokes `event` on the client and waits for its response, up to the server's ack timeout.
@@ -246,7 +278,9 @@ impl ScSocket {
             }
             s.acks.insert(cid, tx);
         }
-        let sent = self.send_frame(crate::conn::encode_event(event, data.as_ref(), Some(cid)));
+        let sent = self.send_with(32 + event.len(), data.as_ref(), |b, data| {
+            enc::put_invoke(b, event, data, cid);
+        });
         if let Err(e) = sent {
             self.0.state.lock().acks.remove(&cid);
             return Err(e);
@@ -276,9 +310,7 @@ impl ScSocket {
         };
         self.set_verified_token(Arc::from(signed.as_str()), claims);
         let mut frame = Vec::with_capacity(signed.len() + 48);
-        frame.extend_from_slice(b"{\"event\":\"#setAuthToken\",\"data\":{\"token\":");
-        sc_protocol::encode::write_str(&mut frame, &signed);
-        frame.extend_from_slice(b"}}");
+        enc::put_set_auth_token(&mut frame, &signed);
         self.send_frame(frame)
     }
 
@@ -345,15 +377,9 @@ impl ScSocket {
         if !self.unsubscribe(channel) {
             return Ok(());
         }
-        let mut frame = Vec::with_capacity(64 + channel.len());
-        frame.extend_from_slice(b"{\"event\":\"#kickOut\",\"data\":{\"channel\":");
-        sc_protocol::encode::write_str(&mut frame, channel);
-        if let Some(m) = message {
-            frame.extend_from_slice(b",\"message\":");
-            frame.extend_from_slice(m.as_bytes());
-        }
-        frame.extend_from_slice(b"}}");
-        self.send_frame(frame)
+        self.send_with(48 + channel.len(), message.as_ref(), |b, message| {
+            enc::put_kick_out(b, channel, message);
+        })
     }
 
     pub(crate) fn unsubscribe(&self, channel: &str) -> bool {

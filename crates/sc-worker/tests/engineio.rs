@@ -25,7 +25,7 @@ struct Server {
 }
 
 async fn start(builder: ScServerBuilder) -> Server {
-    let (layer, handle) = builder.try_build_layer().expect("valid config");
+    let (layer, handle) = builder.build_layer().expect("valid config");
     let svc = layer.service(sc_worker::NotFound);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -50,14 +50,16 @@ fn app() -> ScServerBuilder {
                 .get::<Tag>()
                 .map_or(Value::Null, |t| Value::String(t.0)))
         })
-        .handshake_ws(|parts, ext| {
-            if parts.headers.contains_key("x-block") {
+        .handshake_ws(|mut action| async move {
+            let headers = &action.request.headers;
+            if headers.contains_key("x-block") {
                 return Err(Blocked::error(ScError::new("AuthError", "blocked here")));
             }
-            if let Some(v) = parts.headers.get("x-tag") {
-                ext.insert(Tag(v.to_str().unwrap().to_owned()));
+            if let Some(v) = headers.get("x-tag") {
+                let tag = Tag(v.to_str().unwrap().to_owned());
+                action.extensions.insert(tag);
             }
-            Ok(())
+            Ok(action)
         })
 }
 

@@ -35,14 +35,20 @@ fn base() -> ScServerBuilder {
 
 #[tokio::test]
 async fn handshake_ws_allow_block_transform() {
-    let server = start(base().handshake_ws(|req, ext| {
-        match req.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+    let server = start(base().handshake_ws(|mut action| async move {
+        let user = action
+            .request
+            .headers
+            .get("x-user")
+            .and_then(|v| v.to_str().ok());
+        match user {
             Some("blocked") => Err(Blocked::error(ScError::new("AuthError", "go away"))),
             Some(name) => {
-                ext.insert(User(name.to_owned()));
-                Ok(())
+                let user = User(name.to_owned());
+                action.extensions.insert(user);
+                Ok(action)
             }
-            None => Ok(()),
+            None => Ok(action),
         }
     }))
     .await;
@@ -288,4 +294,144 @@ async fn outbound_allow_block_transform() {
     );
     let second = c.next_matching(|v| v["event"] == "#publish").await;
     assert_eq!(second["data"], json!({"channel":"plain","data":3}));
+}
+
+/// Each `inbound`/`inbound_for` call adds a middleware: an action goes through every one that
+/// sees its kind, in registration order, each getting what the one before returned; the first
+/// block stops it.
+#[tokio::test]
+async fn stacked_inbound_middlewares_run_in_registration_order() {
+    fn append(action: &mut sc_worker::InboundAction, tag: &str) {
+        let text: String = action.data.as_ref().unwrap().parse().unwrap();
+        action.data = Some(Data::to(&format!("{text}{tag}")).unwrap());
+    }
+    let server = start(
+        base()
+            .inbound(|mut a| async move {
+                if a.kind == InboundKind::Invoke {
+                    append(&mut a, "1");
+                }
+                Ok(a)
+            })
+            // Sees subscriptions only: it must not touch the invoke.
+            .inbound_for(&[InboundKind::Subscribe], |a| async move {
+                if a.name == "closed" {
+                    return Err(ScError::new("Closed", "second middleware").into());
+                }
+                Ok(a)
+            })
+            .inbound(|mut a| async move {
+                if a.kind == InboundKind::Invoke {
+                    append(&mut a, "2");
+                }
+                Ok(a)
+            })
+            .inbound_for(&[InboundKind::Invoke], |mut a| async move {
+                if a.data.as_ref().is_some_and(|d| d.as_str() == "\"stop12\"") {
+                    return Err(ScError::new("Stopped", "third").into());
+                }
+                append(&mut a, "3");
+                Ok(a)
+            }),
+    )
+    .await;
+    let (mut c, _) = Client::connect(&server).await;
+    assert_eq!(c.invoke("echo", json!("x"), 2).await["data"], "x123");
+    // The third saw what the first two made of it, and its block stops the action.
+    let r = c.invoke("echo", json!("stop"), 3).await;
+    assert_eq!(r["error"]["name"], "Stopped");
+    // A subscription passes the invoke-only middleware by and is blocked by its own.
+    let r = c.invoke("#subscribe", json!({"channel":"closed"}), 4).await;
+    assert_eq!(r["error"]["name"], "Closed");
+    assert_eq!(
+        c.invoke("#subscribe", json!({"channel":"open"}), 5).await,
+        json!({"rid":5})
+    );
+}
+
+/// `handshake_ws` is async: it awaits a lookup in the server's store and refuses a banned user
+/// with HTTP 401, or hands the socket what it found.
+#[tokio::test]
+async fn async_handshake_ws_awaits_a_store_lookup_and_rejects() {
+    use std::sync::Arc;
+
+    use sc_worker::sc_store::{MemoryStore, Store};
+
+    let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
+    store.set("banned:eve", "spam".into(), None).await.unwrap();
+    store.set("role:bob", "admin".into(), None).await.unwrap();
+    let lookup = store.clone();
+    let server = start(
+        base()
+            .store(store.clone())
+            .handshake_ws(move |mut action| {
+                let store = lookup.clone();
+                async move {
+                    let user = action
+                        .request
+                        .headers
+                        .get("x-user")
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned();
+                    if let Some(why) = store.get(&format!("banned:{user}")).await.unwrap() {
+                        let why = String::from_utf8_lossy(&why).into_owned();
+                        return Err(ScError::new("Banned", format!("banned: {why}")).into());
+                    }
+                    action.extensions.insert(User(user));
+                    Ok(action)
+                }
+            })
+            // The store is reachable from handlers too.
+            .procedure("role", |req| async move {
+                let user = req.socket.get::<User>().unwrap().0;
+                let store = req.socket.server().store().unwrap().clone();
+                let role = store.get(&format!("role:{user}")).await.unwrap();
+                Ok(role.map_or(Value::Null, |r| String::from_utf8_lossy(&r).into()))
+            }),
+    )
+    .await;
+    assert_eq!(
+        upgrade_status(server.addr, "/socketcluster/", "x-user: eve\r\n").await,
+        401
+    );
+    let mut bob = Client::connect_with(&server, &[("x-user", "bob")]).await;
+    assert_eq!(bob.invoke("user", Value::Null, 2).await["data"], "bob");
+    assert_eq!(bob.invoke("role", Value::Null, 3).await["data"], "admin");
+}
+
+/// An invalid config is an error from `build_layer` and `build_service`, never replaced by the
+/// defaults.
+#[test]
+fn invalid_config_is_a_build_error() {
+    use sc_worker::Config;
+    let bad_origins = Config {
+        origins: vec!["example.com".to_owned()],
+        ..Config::default()
+    };
+    let e = ScServer::builder()
+        .config(bad_origins.clone())
+        .build_layer()
+        .unwrap_err();
+    assert!(e.to_string().contains("example.com"), "{e}");
+    let e = ScServer::builder()
+        .config(bad_origins)
+        .build_service()
+        .unwrap_err();
+    assert!(e.to_string().contains("origin"), "{e}");
+    let e = ScServer::builder()
+        .ping_interval(std::time::Duration::from_secs(40))
+        .build_layer()
+        .unwrap_err();
+    assert!(e.to_string().contains("ping_interval_ms"), "{e}");
+    let e = ScServer::builder()
+        .config(Config {
+            trusted_proxies: vec!["10.0.0.0/33".to_owned()],
+            ..Config::default()
+        })
+        .build_service()
+        .unwrap_err();
+    assert!(e.to_string().contains("10.0.0.0/33"), "{e}");
+    // The valid config it was derived from builds.
+    assert!(ScServer::builder().build_service().is_ok());
 }

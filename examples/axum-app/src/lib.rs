@@ -3,21 +3,22 @@
 //! passes every other request to the router.
 //!
 //! ```no_run
-//! # async fn run() -> std::io::Result<()> {
-//! let (app, _handle) = example_axum_app::app();
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let (app, _handle) = example_axum_app::app()?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
-//! axum::serve(listener, app).await
+//! axum::serve(listener, app).await?;
+//! # Ok(())
 //! # }
 //! ```
 
 use axum::Router;
 use axum::routing::get;
-use sc_worker::{ScError, ScHandle, ScServer};
+use sc_worker::{BuildError, ScError, ScHandle, ScServer};
 
 /// The app: `GET /health` answers `ok`; `/socketcluster/` serves SocketCluster clients with an
 /// `echo` procedure, a `shout` procedure that upper-cases a string and publishes it to the
 /// `shouts` channel, and a `greet` transmit on connection.
-pub fn app() -> (Router, ScHandle) {
+pub fn app() -> Result<(Router, ScHandle), BuildError> {
     let (sc_layer, handle) = ScServer::builder()
         .procedure("echo", |req| async move { Ok(req.data) })
         .procedure("shout", |req| async move {
@@ -33,11 +34,11 @@ pub fn app() -> (Router, ScHandle) {
         .on_connection(|socket| {
             let _ = socket.transmit("greet", "welcome");
         })
-        .build_layer();
+        .build_layer()?;
     let router = Router::new()
         .route("/health", get(|| async { "ok" }))
         .layer(sc_layer);
-    (router, handle)
+    Ok((router, handle))
 }
 
 #[cfg(test)]
@@ -55,7 +56,7 @@ mod tests {
 
     #[tokio::test]
     async fn health_route_and_socketcluster_invoke_share_a_port() {
-        let (app, handle) = super::app();
+        let (app, handle) = super::app().unwrap();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });

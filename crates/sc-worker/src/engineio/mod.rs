@@ -2,12 +2,10 @@
 //! [`Config::engineio_path`](crate::Config::engineio_path), and the browser module at
 //! [`ENGINEIO_SCRIPT_PATH`](crate::ENGINEIO_SCRIPT_PATH).
 //!
-//! engineioxide runs the engine.io sessions. Each session is bridged to the same socket state
-//! machine that serves a WebSocket connection: an in-memory duplex pipe carries WebSocket frames,
-//! the server side runs [`conn::run`](crate::conn::run) exactly as for an upgraded connection, and
-//! the other side (a WebSocket client in this module) turns every engine.io message into one text
-//! frame and every text frame into one engine.io message. Handlers, middleware, auth, the exchange
-//! and the limits are therefore the WebSocket endpoint's by construction.
+//! engineioxide runs the engine.io sessions. Each session is a transport of its own
+//! (`transport::EioTransport`: engine.io messages in, frames out as engine.io messages) run by
+//! the same socket task as a WebSocket connection, so handlers, middleware, auth, the exchange
+//! and the limits are the WebSocket endpoint's by construction.
 //!
 //! Engine.io has no close codes, so a close travels in-band as one message
 //! `#close:{"code":<u16>,"reason":"<text>"}` ([`CLOSE_PREFIX`]) before the engine.io close, in
@@ -27,28 +25,24 @@ use engineioxide::{DisconnectReason, Socket, Str};
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use tokio::io::{AsyncWriteExt, DuplexStream};
-use tokio::sync::mpsc;
 use tower_service::Service;
 
+use crate::middleware::HandshakeWsAction;
+use crate::request::HandshakeRequest;
 use crate::server::ServerInner;
 use crate::service::RequestBody;
 
-mod frame;
+mod transport;
+
+use transport::{EioTransport, Session, close_after_grace, close_message};
 
 /// The path at which the worker serves the browser module `socketcluster-engineio.js`.
 pub const ENGINEIO_SCRIPT_PATH: &str = "/socketcluster-engineio.js";
 
 /// The in-band close message: `#close:` followed by `{"code":<u16>,"reason":"<text>"}`.
-pub const CLOSE_PREFIX: &str = "#close:";
+pub const CLOSE_PREFIX: &str = sc_protocol::encode::INBAND_CLOSE_PREFIX;
 
 const SCRIPT: &str = include_str!("socketcluster-engineio.js");
-
-/// Capacity of the in-memory pipe between a session and its socket, per direction.
-const PIPE_BYTES: usize = 64 * 1024;
-
-/// Read and write buffers of the bridge side of the pipe (larger reads and writes bypass them).
-const BUF_BYTES: usize = 1024;
 
 /// A boxed response future of the endpoint.
 pub(crate) type EioFuture = Pin<Box<dyn Future<Output = Response<String>> + Send>>;
@@ -111,13 +105,18 @@ impl Endpoint {
         if req.uri().path() == ENGINEIO_SCRIPT_PATH {
             return Box::pin(std::future::ready(script(&req)));
         }
-        let req = match self.admit(req) {
+        let req = match self.check(req) {
             Ok(req) => req,
             Err(res) => return Box::pin(std::future::ready(res)),
         };
-        let fut = self.svc.clone().call(req);
+        let server = self.handler.server.clone();
+        let mut svc = self.svc.clone();
         Box::pin(async move {
-            let res = match fut.await {
+            let req = match admit(&server, req).await {
+                Ok(req) => req,
+                Err(res) => return res,
+            };
+            let res = match svc.call(req).await {
                 Ok(res) => res,
                 Err(e) => match e {},
             };
@@ -135,21 +134,16 @@ impl Endpoint {
     }
 
     /// The checks of a WebSocket upgrade, for a request that opens a session (no `sid`):
-    /// origin (403), shutdown and connection limit (503), `handshake_ws` middleware (401). The
-    /// extensions the middleware made travel to the socket in the request.
+    /// origin (403), shutdown and connection limit (503). The `handshake_ws` middleware runs
+    /// next ([`admit`]).
     #[allow(clippy::result_large_err)]
-    fn admit<B>(&self, req: Request<B>) -> Result<Request<B>, Response<String>> {
-        let opens = req
-            .uri()
-            .query()
-            .is_none_or(|q| !q.split('&').any(|kv| kv.starts_with("sid=")));
-        if !opens {
+    fn check<B>(&self, req: Request<B>) -> Result<Request<B>, Response<String>> {
+        if !opens_session(&req) {
             return Ok(req);
         }
         let server = &self.handler.server;
-        let (mut parts, body) = req.into_parts();
-        let origin = parts
-            .headers
+        let origin = req
+            .headers()
             .get(header::ORIGIN)
             .and_then(|o| o.to_str().ok());
         if !server.cfg.origin_allowed(origin) {
@@ -170,19 +164,41 @@ impl Endpoint {
                 "Too many connections".to_owned(),
             ));
         }
-        let mut ext = http::Extensions::new();
-        if let Some(mw) = &server.mw.handshake_ws
-            && let Err(b) = mw(&parts, &mut ext)
-        {
-            let message = b.0.map(|e| e.message).unwrap_or_else(|| {
-                "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
-            });
-            return Err(plain(StatusCode::UNAUTHORIZED, message));
+        Ok(req)
+    }
+}
+
+/// Whether `req` opens a session (it has no `sid`).
+fn opens_session<B>(req: &Request<B>) -> bool {
+    req.uri()
+        .query()
+        .is_none_or(|q| !q.split('&').any(|kv| kv.starts_with("sid=")))
+}
+
+/// Runs the `handshake_ws` middleware on a request that opens a session (401 on a block). What
+/// it made of the request and of the socket's extensions travels to `on_connect` in the
+/// request's extensions.
+#[allow(clippy::result_large_err)]
+async fn admit<B>(server: &ServerInner, req: Request<B>) -> Result<Request<B>, Response<String>> {
+    if server.mw.handshake_ws.is_empty() || !opens_session(&req) {
+        return Ok(req);
+    }
+    let (mut parts, body) = req.into_parts();
+    let action = HandshakeWsAction {
+        request: HandshakeRequest::copy_from(&parts),
+        extensions: http::Extensions::new(),
+    };
+    match server.mw.handshake_ws.run(action).await {
+        Ok(action) => {
+            parts
+                .extensions
+                .insert(Pending(Arc::new(Mutex::new(Some(action)))));
+            Ok(Request::from_parts(parts, body))
         }
-        parts
-            .extensions
-            .insert(PendingExt(Arc::new(Mutex::new(Some(ext)))));
-        Ok(Request::from_parts(parts, body))
+        Err(b) => Err(plain(
+            StatusCode::UNAUTHORIZED,
+            crate::service::blocked_message(b),
+        )),
     }
 }
 
@@ -213,11 +229,12 @@ fn script<B>(req: &Request<B>) -> Response<String> {
     res
 }
 
-/// The `handshake_ws` extensions of a new session, taken once by `on_connect`.
+/// What the `handshake_ws` middleware made of the request that opened a session, taken once
+/// by `on_connect`.
 #[derive(Clone)]
-struct PendingExt(Arc<Mutex<Option<http::Extensions>>>);
+struct Pending(Arc<Mutex<Option<HandshakeWsAction>>>);
 
-/// The engine.io handler: one bridged socket per session.
+/// The engine.io handler: one socket per session.
 struct Handler {
     server: Arc<ServerInner>,
     sessions: AtomicUsize,
@@ -233,85 +250,20 @@ impl std::fmt::Debug for Handler {
     }
 }
 
-/// What the engine.io side hands to the bridge.
-enum Inbound {
-    Text(Str),
-    /// The session ended: close the socket with this code (`None`: drop the pipe, 1006).
-    Close(Option<(u16, String)>),
-}
-
-/// Per-session data.
-#[derive(Default)]
-struct Session {
-    tx: Mutex<Option<mpsc::UnboundedSender<Inbound>>>,
-    /// Bytes of client messages handed to the bridge and not yet written to the pipe.
-    queued: AtomicUsize,
-    /// The most bytes `queued` may reach.
-    limit: AtomicUsize,
-    /// The close code to give the socket when the server itself ends the session.
-    close: Mutex<Option<(u16, String)>>,
-}
-
-impl Session {
-    /// Hands a client message to the bridge. A client that sends faster than its socket reads
-    /// (more than `limit` bytes waiting) has its socket closed with 1008.
-    fn send(&self, text: Str) {
-        let len = text.len();
-        let queued = self.queued.fetch_add(len, Ordering::AcqRel) + len;
-        let mut tx = self.tx.lock();
-        if queued > self.limit.load(Ordering::Relaxed) {
-            if let Some(tx) = tx.take() {
-                let _ = tx.send(Inbound::Close(Some((
-                    1008,
-                    "Inbound queue full".to_owned(),
-                ))));
-            }
-            return;
-        }
-        if let Some(t) = tx.as_ref() {
-            let _ = t.send(Inbound::Text(text));
-        }
-    }
-
-    /// Takes the sender and hands it the end of the session.
-    fn end(&self, close: Option<(u16, String)>) {
-        let tx = self.tx.lock().take();
-        if let Some(tx) = tx {
-            let _ = tx.send(Inbound::Close(close));
-        }
-    }
-}
-
-/// Parses the payload of an in-band close message.
-fn parse_close(rest: &str) -> (u16, String) {
-    #[derive(serde::Deserialize)]
-    struct Close {
-        code: Option<u16>,
-        reason: Option<String>,
-    }
-    match serde_json::from_str::<Close>(rest) {
-        Ok(c) => (c.code.unwrap_or(1000), c.reason.unwrap_or_default()),
-        Err(_) => (1000, String::new()),
-    }
-}
-
-/// The in-band close message for `code` and `reason`.
-fn close_message(code: u16, reason: &str) -> String {
-    let body = serde_json::json!({ "code": code, "reason": reason });
-    format!("{CLOSE_PREFIX}{body}")
-}
-
 impl EngineIoHandler for Handler {
     type Data = Session;
 
     fn on_connect(self: Arc<Self>, socket: Arc<Socket<Session>>) {
         self.sessions.fetch_add(1, Ordering::AcqRel);
-        let ext = socket
+        let action = socket
             .req_parts
             .extensions
-            .get::<PendingExt>()
+            .get::<Pending>()
             .and_then(|p| p.0.lock().take())
-            .unwrap_or_default();
+            .unwrap_or_else(|| HandshakeWsAction {
+                request: HandshakeRequest::copy_from(&socket.req_parts),
+                extensions: http::Extensions::new(),
+            });
         let max = self.server.cfg.max_connections;
         if self
             .server
@@ -325,21 +277,19 @@ impl EngineIoHandler for Handler {
             tokio::spawn(close_after_grace(socket, self.grace));
             return;
         }
-        let (tx, rx) = mpsc::unbounded_channel();
         let cfg = &self.server.cfg;
-        let limit = 4 * cfg.engineio_max_payload.max(cfg.max_payload);
-        socket.data.limit.store(limit, Ordering::Relaxed);
-        *socket.data.tx.lock() = Some(tx);
-        let (server_io, bridge_io) = tokio::io::duplex(PIPE_BYTES);
+        let rx = socket
+            .data
+            .open(4 * cfg.engineio_max_payload.max(cfg.max_payload));
         tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "engine.io session opened");
+        let stall = Duration::from_millis(cfg.ping_timeout_ms);
+        let transport = EioTransport::new(socket, rx, stall, self.grace);
         tokio::spawn(crate::conn::run(
-            server_io,
-            bytes::Bytes::new(),
+            transport,
             self.server.clone(),
-            ext,
+            action.request,
+            action.extensions,
         ));
-        let stall = Duration::from_millis(self.server.cfg.ping_timeout_ms);
-        tokio::spawn(bridge(bridge_io, rx, socket, self.grace, stall));
     }
 
     fn on_disconnect(&self, socket: Arc<Socket<Session>>, reason: DisconnectReason) {
@@ -357,10 +307,8 @@ impl EngineIoHandler for Handler {
     }
 
     fn on_message(self: &Arc<Self>, msg: Str, socket: Arc<Socket<Session>>) {
-        match msg.as_str().strip_prefix(CLOSE_PREFIX) {
-            Some(rest) => {
-                socket.data.end(Some(parse_close(rest)));
-            }
+        match sc_protocol::encode::parse_inband_close(&msg) {
+            Some(close) => socket.data.end(Some(close)),
             None => socket.data.send(msg),
         }
     }
@@ -369,138 +317,5 @@ impl EngineIoHandler for Handler {
         // The WebSocket endpoint reads a binary frame as text too.
         let text = String::from_utf8_lossy(&data).into_owned();
         socket.data.send(Str::from(text));
-    }
-}
-
-/// Waits up to `grace` for the client to close the session after an in-band close, then
-/// closes it.
-async fn close_after_grace(socket: Arc<Socket<Session>>, grace: Duration) {
-    let _ = tokio::time::timeout(grace, socket.closed()).await;
-    if !socket.is_closed() {
-        socket.close(DisconnectReason::TransportClose);
-    }
-}
-
-/// Queues one message for the client. While the session's buffer is full (a polling client that
-/// has not fetched yet) it waits, so the pipe and then the socket's own outbound queue fill up and
-/// its limits apply as on a WebSocket; a buffer that stays full for `stall` closes the socket as
-/// a slow consumer. False when the session is gone.
-async fn emit(socket: &Socket<Session>, text: Str, stall: Duration) -> bool {
-    let mut text = Some(text);
-    let deadline = tokio::time::Instant::now() + stall;
-    let mut pause = Duration::from_millis(1);
-    loop {
-        match socket.reserve() {
-            Ok(permit) => {
-                if let Some(t) = text.take() {
-                    permit.emit(t);
-                }
-                return true;
-            }
-            Err(mpsc::error::TrySendError::Closed(())) => return false,
-            Err(mpsc::error::TrySendError::Full(())) => {
-                if tokio::time::Instant::now() >= deadline {
-                    *socket.data.close.lock() =
-                        Some((crate::socket::SLOW_CONSUMER, "Slow consumer".to_owned()));
-                    socket.close(DisconnectReason::TransportError);
-                    return false;
-                }
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(20));
-            }
-        }
-    }
-}
-
-/// Carries frames between one engine.io session and its socket until either ends.
-async fn bridge(
-    io: DuplexStream,
-    mut rx: mpsc::UnboundedReceiver<Inbound>,
-    socket: Arc<Socket<Session>>,
-    grace: Duration,
-    stall: Duration,
-) {
-    let (read_half, write_half) = tokio::io::split(io);
-    let mut reader_io = tokio::io::BufReader::with_capacity(BUF_BYTES, read_half);
-    let mut writer_io = tokio::io::BufWriter::with_capacity(BUF_BYTES, write_half);
-
-    // Socket → engine.io: each text frame is one message; the close frame becomes the in-band
-    // close.
-    let reader = async {
-        let mut frames = frame::Reader::default();
-        let (code, reason) = loop {
-            match frames.read(&mut reader_io).await {
-                Ok(Some(frame::Frame::Text(text))) => {
-                    if !emit(&socket, text, stall).await {
-                        return;
-                    }
-                }
-                Ok(Some(frame::Frame::Close(code, reason))) => break (code, reason),
-                Ok(None) | Err(_) => break (1006, "Socket hung up".to_owned()),
-            }
-        };
-        if socket.is_closed() {
-            return;
-        }
-        let _ = socket.emit(close_message(code, &reason));
-        close_after_grace(socket.clone(), grace).await;
-    };
-
-    // engine.io → socket: each message is one text frame; the end of the session is a close
-    // frame (or, for a broken transport, the end of the pipe).
-    let writer = async {
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(msg) = next.take() {
-                match msg {
-                    Inbound::Text(s) => {
-                        if frame::write_text(&mut writer_io, s.as_bytes())
-                            .await
-                            .is_err()
-                        {
-                            return;
-                        }
-                        socket.data.queued.fetch_sub(s.len(), Ordering::AcqRel);
-                    }
-                    Inbound::Close(Some((code, reason))) => {
-                        let _ = frame::write_close(&mut writer_io, code, &reason).await;
-                        let _ = writer_io.flush().await;
-                        // The socket answers and ends; the reader sees it.
-                        tokio::time::sleep(grace).await;
-                        return;
-                    }
-                    Inbound::Close(None) => return,
-                }
-                next = rx.try_recv().ok();
-            }
-            if writer_io.flush().await.is_err() {
-                return;
-            }
-        }
-    };
-
-    tokio::select! {
-        () = reader => {}
-        () = writer => {}
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn close_messages_round_trip() {
-        let m = close_message(4001, "Client pong timed out");
-        assert_eq!(
-            m,
-            r##"#close:{"code":4001,"reason":"Client pong timed out"}"##
-        );
-        let rest = m.strip_prefix(CLOSE_PREFIX).unwrap();
-        assert_eq!(
-            parse_close(rest),
-            (4001, "Client pong timed out".to_owned())
-        );
-        assert_eq!(parse_close("garbage"), (1000, String::new()));
     }
 }

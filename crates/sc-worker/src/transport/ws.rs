@@ -17,7 +17,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use super::{Incoming, Transport, TransportError};
 
 /// Reads smaller than this go through the stack buffer.
 const STACK_READ: usize = 4096;
@@ -59,6 +61,8 @@ pub(crate) struct WsStream<S> {
     wq: VecDeque<Bytes>,
     wbuf: BytesMut,
     close_sent: bool,
+    /// The peer's close frame arrived.
+    close_received: bool,
     /// The last read filled all the room it was given: more may be waiting in the socket.
     read_was_full: bool,
 }
@@ -106,12 +110,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
             wq: VecDeque::new(),
             wbuf: BytesMut::new(),
             close_sent: false,
+            close_received: false,
             read_was_full: false,
         }
-    }
-
-    pub(crate) fn io_mut(&mut self) -> &mut S {
-        &mut self.io
     }
 
     fn parse(&mut self) -> Result<Parsed, WsError> {
@@ -221,6 +222,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 } else {
                     (1005, String::new())
                 };
+                self.close_received = true;
                 if !self.close_sent {
                     let echo = if code == 1005 { None } else { Some(code) };
                     self.queue_close(echo, "");
@@ -380,6 +382,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         if self.wbuf.capacity() == 0 {
             self.wbuf = BytesMut::with_capacity(WBUF_FIRST.max(len + 4));
         }
+        self.wbuf.reserve(len + 4);
         if len < 126 {
             self.wbuf.extend_from_slice(&[0x80 | opcode, len as u8]);
         } else {
@@ -388,46 +391,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         }
     }
 
-    /// Queues a text frame whose payload is the concatenation of `parts`, written straight into
-    /// the write buffer (no intermediate allocation for small frames).
+    /// Queues the reply `{"rid":N[,"data":D]}`, encoded in place after its frame header.
     #[inline]
-    pub(crate) fn queue_text_parts(&mut self, parts: &[&[u8]]) {
+    fn queue_response(&mut self, rid: u64, data: Option<&[u8]>) {
         if self.close_sent {
             return;
         }
-        let len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = sc_protocol::encode::response_len(rid, data.map(<[u8]>::len));
         if len <= COALESCE {
             self.small_header(0x1, len);
-            for p in parts {
-                self.wbuf.extend_from_slice(p);
-            }
+            sc_protocol::encode::put_response(&mut self.wbuf, rid, data);
         } else {
-            self.queue_frame(0x1, Bytes::from(parts.concat()));
+            let mut payload = Vec::with_capacity(len);
+            sc_protocol::encode::put_response(&mut payload, rid, data);
+            self.queue_frame(0x1, Bytes::from(payload));
         }
-    }
-
-    /// Queues the commonest frame, `{"rid":<rid>,"data":<data>}`: the fixed parts are written
-    /// as constants (no call per part), so a small reply costs two copies.
-    #[inline]
-    pub(crate) fn queue_reply(&mut self, rid: &[u8], data: &[u8]) {
-        const HEAD: &[u8] = b"{\"rid\":";
-        const MID: &[u8] = b",\"data\":";
-        let len = HEAD.len() + rid.len() + MID.len() + data.len() + 1;
-        if self.close_sent || len >= 126 {
-            return self.queue_text_parts(&[HEAD, rid, MID, data, b"}"]);
-        }
-        if self.wbuf.capacity() == 0 {
-            self.wbuf = BytesMut::with_capacity(WBUF_FIRST);
-        }
-        self.wbuf.reserve(2 + len);
-        // The frame header (FIN + text, a 7-bit length) and the head in one copy.
-        let mut head = [0x81, len as u8, 0, 0, 0, 0, 0, 0, 0];
-        head[2..].copy_from_slice(HEAD);
-        self.wbuf.extend_from_slice(&head);
-        self.wbuf.extend_from_slice(rid);
-        self.wbuf.extend_from_slice(MID);
-        self.wbuf.extend_from_slice(data);
-        self.wbuf.extend_from_slice(b"}");
     }
 
     /// Queues a close frame; nothing is sent after it.
@@ -495,6 +473,90 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     /// Writes everything queued (cancel-safe: what is not written stays queued).
     pub(crate) async fn flush(&mut self) -> io::Result<()> {
         poll_fn(|cx| self.poll_flush(cx)).await
+    }
+}
+
+impl<S> Transport for WsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    #[inline]
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Incoming, TransportError>> {
+        self.poll_next(cx).map(|r| match r {
+            Ok(WsEvent::Message(bytes, true)) => Ok(Incoming::Text(bytes)),
+            Ok(WsEvent::Message(bytes, false)) => Ok(Incoming::Binary(bytes)),
+            Ok(WsEvent::Control) => Ok(Incoming::Alive),
+            Ok(WsEvent::Close(code, reason)) => Ok(Incoming::Closed(code, reason)),
+            Err(WsError::Protocol(code, reason)) => Err(TransportError::protocol(code, reason)),
+            Err(WsError::Io(e)) => Err(TransportError::Io(e)),
+        })
+    }
+
+    #[inline]
+    fn may_have_more(&self) -> bool {
+        WsStream::may_have_more(self)
+    }
+
+    fn send(&mut self, message: Bytes) {
+        self.queue_text(message);
+    }
+
+    #[inline]
+    fn send_shared(&mut self, message: &Bytes) {
+        self.queue_text_ref(message);
+    }
+
+    #[inline]
+    fn send_vec(&mut self, message: Vec<u8>) {
+        self.queue_text_vec(message);
+    }
+
+    #[inline]
+    fn send_response(&mut self, rid: u64, data: Option<&[u8]>) {
+        self.queue_response(rid, data);
+    }
+
+    fn reserve(&mut self, additional: usize) {
+        WsStream::reserve(self, additional);
+    }
+
+    #[inline]
+    fn has_pending(&self) -> bool {
+        WsStream::has_pending(self)
+    }
+
+    #[inline]
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
+        WsStream::poll_flush(self, cx).map_err(TransportError::Io)
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.queue_close(Some(code), reason);
+    }
+
+    /// After the peer's close: half-closes. After the server's: waits for the peer's close
+    /// frame, then half-closes and reads to the end, so the close frame is not lost to a TCP
+    /// reset.
+    async fn shutdown(&mut self) {
+        if self.close_received {
+            let _ = self.flush().await;
+            let _ = self.io.shutdown().await;
+            return;
+        }
+        let _ = self.flush().await;
+        while let Ok(ev) = self.next().await {
+            if matches!(ev, WsEvent::Close(..)) {
+                break;
+            }
+        }
+        let _ = self.io.shutdown().await;
+        // On the heap: a buffer in this future would be in every socket task's future.
+        let mut buf = vec![0u8; 4096];
+        while let Ok(n) = self.io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
     }
 }
 

@@ -25,7 +25,7 @@ pub struct TestServer {
 }
 
 pub async fn start(builder: ScServerBuilder) -> TestServer {
-    let (layer, handle) = builder.try_build_layer().expect("valid config");
+    let (layer, handle) = builder.build_layer().expect("valid config");
     let svc = layer.service(sc_worker::NotFound);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -56,6 +56,28 @@ impl Client {
             ws,
             auto_pong: false,
         })
+    }
+
+    /// Opens with extra request headers and completes the handshake.
+    pub async fn connect_with(server: &TestServer, headers: &[(&'static str, &str)]) -> Client {
+        let mut builder = ClientBuilder::new()
+            .uri(&format!("ws://{}/socketcluster/", server.addr))
+            .unwrap();
+        for (name, value) in headers {
+            builder = builder
+                .add_header(
+                    http::HeaderName::from_static(name),
+                    http::HeaderValue::from_str(value).unwrap(),
+                )
+                .unwrap();
+        }
+        let (ws, _) = builder.connect().await.unwrap();
+        let mut c = Client {
+            ws,
+            auto_pong: false,
+        };
+        c.handshake(None).await;
+        c
     }
 
     /// Opens and completes the handshake; returns the client and the reply's `data`.
