@@ -28,7 +28,7 @@ use crate::exchange::{Published, Sub, Subscriber, publish_frame};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
-use crate::request::HandshakeRequest;
+use crate::request::{HandshakeRequest, StoredRequest};
 use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn, SyncRequest};
 use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
 use crate::transport::{Incoming, Transport, TransportError};
@@ -178,51 +178,38 @@ impl Src<'_> {
     }
 }
 
-/// Runs one connection to its end: `transport` carries the messages, `request` is the HTTP
-/// request that opened it, `ext` the socket's first extensions (from `handshake_ws`).
+/// The task of one connection, run to its end: `transport` carries the messages, `request` is
+/// the HTTP request that opened it, `ext` the socket's first extensions (from `handshake_ws`).
+/// The socket exists (and counts as the server's) from this call on.
 ///
 /// The caller has counted the connection in `server.connections`; it is uncounted when the
 /// socket closes.
-pub(crate) async fn run<T: Transport>(
+pub(crate) fn run<T: Transport>(
     transport: T,
     server: Arc<ServerInner>,
     request: HandshakeRequest,
     ext: http::Extensions,
-) {
-    let cfg = &server.cfg;
-    let (tx, rx) = mpsc::channel(cfg.outbound_queue);
-    let key = server.next_key.fetch_add(1, Ordering::Relaxed);
-    let socket = ScSocket(Arc::new(SocketShared {
-        id: new_id(),
-        key,
-        tx,
-        server: server.clone(),
-        request,
-        state: Mutex::new(SocketState::default()),
-        ext: Mutex::new(ext),
-        next_cid: Default::default(),
-        inflight: Default::default(),
-        control: Default::default(),
-        exp: Default::default(),
-    }));
-    server.sockets.write().insert(key, socket.clone());
-    if server.shutting_down.load(Ordering::Acquire) {
-        socket.close_with(crate::socket::SHUTDOWN, "Server is shutting down", false);
+) -> impl Future<Output = ()> + Send + 'static {
+    // The socket is made here, not in the task: the request becomes the socket's compact copy
+    // and is dropped (its headers are slices of the HTTP server's read buffer), and the task's
+    // future, which every socket holds for its life, carries none of it.
+    let (socket, rx) = open_socket(&server, request, ext);
+    async move {
+        let mut conn = Conn {
+            io: transport,
+            outbox: Outbox::new(rx),
+            socket,
+            server,
+            last_seen: Instant::now(),
+            receivers: None,
+            last_sync: None,
+        };
+        let end = match conn.handshake().await {
+            Ok(()) => conn.main_loop().await,
+            Err(end) => end,
+        };
+        conn.finish(end).await;
     }
-    let mut conn = Conn {
-        io: transport,
-        outbox: Outbox::new(rx),
-        socket,
-        server,
-        last_seen: Instant::now(),
-        receivers: None,
-        last_sync: None,
-    };
-    let end = match conn.handshake().await {
-        Ok(()) => conn.main_loop().await,
-        Err(end) => end,
-    };
-    conn.finish(end).await;
 }
 
 /// The socket's outbound queue as its task reads it. Once a poll found it empty (the task's
@@ -323,6 +310,34 @@ impl Control {
             .control
             .poll_registered(cx, &mut self.registered)
     }
+}
+
+/// The socket of a new connection, registered with the server, and its outbound queue.
+fn open_socket(
+    server: &Arc<ServerInner>,
+    request: HandshakeRequest,
+    ext: http::Extensions,
+) -> (ScSocket, mpsc::Receiver<Out>) {
+    let (tx, rx) = mpsc::channel(server.cfg.outbound_queue);
+    let key = server.next_key.fetch_add(1, Ordering::Relaxed);
+    let socket = ScSocket(Arc::new(SocketShared {
+        id: new_id(),
+        key,
+        tx,
+        server: server.clone(),
+        request: StoredRequest::new(&request),
+        state: Mutex::new(SocketState::default()),
+        ext: Mutex::new(ext),
+        next_cid: Default::default(),
+        inflight: Default::default(),
+        control: Default::default(),
+        exp: Default::default(),
+    }));
+    server.sockets.write().insert(key, socket.clone());
+    if server.shutting_down.load(Ordering::Acquire) {
+        socket.close_with(crate::socket::SHUTDOWN, "Server is shutting down", false);
+    }
+    (socket, rx)
 }
 
 struct Conn<T> {

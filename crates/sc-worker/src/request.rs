@@ -39,25 +39,14 @@ pub struct HandshakeRequest {
 }
 
 impl HandshakeRequest {
-    /// A copy of the request of `parts`, with the addresses from its extensions.
-    ///
-    /// The URI and the header values are copied into allocations of their own: hyper's are
-    /// slices of its read buffer (8 KiB or more), which a socket holding them would keep alive
-    /// for its whole life.
+    /// The request of `parts` (headers cloned: cheap, they are reference-counted slices of
+    /// the HTTP server's buffer; a socket keeps a compact copy, not this), with the addresses
+    /// from its extensions.
     pub(crate) fn copy_from(parts: &http::request::Parts) -> Self {
-        let mut headers = HeaderMap::with_capacity(parts.headers.len());
-        for (name, value) in &parts.headers {
-            let name =
-                HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or_else(|_| name.clone());
-            let mut copy =
-                HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
-            copy.set_sensitive(value.is_sensitive());
-            headers.append(name, copy);
-        }
         HandshakeRequest {
             method: parts.method.clone(),
-            uri: Uri::try_from(parts.uri.to_string()).unwrap_or_else(|_| parts.uri.clone()),
-            headers,
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
             client_addr: parts.extensions.get::<ClientAddr>().map(|a| a.0),
             peer_addr: parts.extensions.get::<PeerAddr>().map(|a| a.0),
         }
@@ -82,5 +71,117 @@ impl HandshakeRequest {
             .filter_map(|kv| kv.trim().split_once('='))
             .find(|(k, _)| *k == name)
             .map(|(_, v)| v.trim_matches('"'))
+    }
+}
+
+/// A socket's copy of its [`HandshakeRequest`], kept small for the socket's whole life: the URI
+/// as text and the headers in one allocation (`name:value` lines), not a `HeaderMap` (whose
+/// buckets cost several times the headers' own bytes).
+#[derive(Debug, Default)]
+pub(crate) struct StoredRequest {
+    method: Method,
+    uri: Box<str>,
+    /// `name:value\n` for each header, names lower case.
+    head: Box<[u8]>,
+    pub(crate) client_addr: Option<IpAddr>,
+    peer_addr: Option<SocketAddr>,
+}
+
+impl StoredRequest {
+    pub(crate) fn new(req: &HandshakeRequest) -> Self {
+        let len = req
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 2)
+            .sum();
+        let mut head = Vec::with_capacity(len);
+        for (name, value) in &req.headers {
+            head.extend_from_slice(name.as_str().as_bytes());
+            head.push(b':');
+            head.extend_from_slice(value.as_bytes());
+            head.push(b'\n');
+        }
+        StoredRequest {
+            method: req.method.clone(),
+            uri: req.uri.to_string().into_boxed_str(),
+            head: head.into_boxed_slice(),
+            client_addr: req.client_addr,
+            peer_addr: req.peer_addr,
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.head.split(|b| *b == b'\n').filter_map(|line| {
+            let colon = line.iter().position(|b| *b == b':')?;
+            Some((&line[..colon], &line[colon + 1..]))
+        })
+    }
+
+    /// The first value of the header `name` (any case) that is text.
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.lines()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+            .and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+
+    /// The value of the cookie `name`.
+    pub(crate) fn cookie(&self, name: &str) -> Option<&str> {
+        self.lines()
+            .filter(|(n, _)| *n == b"cookie")
+            .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.trim_matches('"'))
+    }
+
+    /// The request as it came.
+    pub(crate) fn to_request(&self) -> HandshakeRequest {
+        let mut headers = HeaderMap::new();
+        for (name, value) in self.lines() {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(n, v);
+            }
+        }
+        HandshakeRequest {
+            method: self.method.clone(),
+            uri: Uri::try_from(&*self.uri).unwrap_or_default(),
+            headers,
+            client_addr: self.client_addr,
+            peer_addr: self.peer_addr,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn a_stored_request_gives_back_the_request() {
+        let mut req = HandshakeRequest {
+            uri: "/socketcluster/?a=1".parse().unwrap(),
+            client_addr: Some("192.0.2.1".parse().unwrap()),
+            ..HandshakeRequest::default()
+        };
+        req.headers.insert("x-tag", "one".parse().unwrap());
+        req.headers
+            .append("cookie", "a=1; sid=\"abc\"".parse().unwrap());
+        req.headers.append("cookie", "b=2".parse().unwrap());
+        req.headers
+            .insert("x-bin", HeaderValue::from_bytes(b"\xff").unwrap());
+        let stored = StoredRequest::new(&req);
+        assert_eq!(stored.header("X-Tag"), Some("one"));
+        assert_eq!(stored.header("x-bin"), None, "not text");
+        assert_eq!(stored.header("missing"), None);
+        assert_eq!(stored.cookie("sid"), Some("abc"));
+        assert_eq!(stored.cookie("b"), Some("2"));
+        assert_eq!(stored.cookie("c"), None);
+        let back = stored.to_request();
+        assert_eq!(back.uri, req.uri);
+        assert_eq!(back.headers, req.headers);
+        assert_eq!(back.client_addr, req.client_addr);
     }
 }

@@ -18,7 +18,7 @@ use sc_protocol::{ErrorName, ScError, events};
 
 use crate::data::{Data, IntoData};
 use crate::exchange::Published;
-use crate::request::HandshakeRequest;
+use crate::request::{HandshakeRequest, StoredRequest};
 use crate::server::ServerInner;
 
 /// The close code of a socket dropped as a slow consumer (its outbound queue was full). Below
@@ -100,7 +100,7 @@ pub(crate) struct SocketShared {
     pub(crate) tx: mpsc::Sender<Out>,
     pub(crate) server: Arc<ServerInner>,
     /// The HTTP request that opened the socket.
-    pub(crate) request: HandshakeRequest,
+    pub(crate) request: StoredRequest,
     pub(crate) state: Mutex<SocketState>,
     pub(crate) ext: Mutex<http::Extensions>,
     pub(crate) next_cid: AtomicU64,
@@ -144,9 +144,22 @@ impl ScSocket {
     }
 
     /// The HTTP request that opened the socket (the WebSocket upgrade, or the engine.io request
-    /// that opened the session): its URI, headers and cookies, and the client's address.
-    pub fn request(&self) -> &HandshakeRequest {
-        &self.0.request
+    /// that opened the session): its URI, headers and cookies, and the client's address. A copy
+    /// is made at each call (the socket keeps the request compact); for one header or cookie,
+    /// [`header`](Self::header) and [`cookie`](Self::cookie) read it in place.
+    pub fn request(&self) -> HandshakeRequest {
+        self.0.request.to_request()
+    }
+
+    /// The first value of the header `name` (any case) in the request that opened the socket,
+    /// if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.0.request.header(name)
+    }
+
+    /// The value of the cookie `name` in the request that opened the socket.
+    pub fn cookie(&self, name: &str) -> Option<&str> {
+        self.0.request.cookie(name)
     }
 
     /// The client's address: the TCP peer, or the address a trusted proxy forwarded (see
