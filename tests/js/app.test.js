@@ -1,5 +1,5 @@
-// The demo app (DEMO-APP section 3) through the real socketcluster-client: greet, echo, fail,
-// count/ping, unknown invokes, connect/disconnect.
+// The demo app (../../docs/demo-app.md section 3) through the real socketcluster-client: greet,
+// echo, fail, count/ping, unknown invokes, connect/disconnect.
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

@@ -1,5 +1,6 @@
-// Auth (DEMO-APP sections 2-4): login / #setAuthToken, whoami, tokens at handshake and in
-// #authenticate, rejected tokens (soft AuthTokenInvalidError + #removeAuthToken), deauthenticate.
+// Auth (../../docs/demo-app.md sections 2-4): login / #setAuthToken, whoami, tokens at handshake
+// and in #authenticate, rejected tokens (soft AuthTokenInvalidError + #removeAuthToken),
+// deauthenticate.
 'use strict';
 
 const { describe, it, before, after } = require('node:test');
@@ -32,7 +33,8 @@ function badTokens(validToken) {
 
 /**
  * whoami returns the socket's token object: {username} plus, optionally, the iat/exp the server
- * added (DEMO-APP: "iat/exp may be added"); whatever it returns must match the signed payload.
+ * added (../../docs/demo-app.md: "`iat`/`exp` may be added"); whatever it returns must match the
+ * signed payload.
  */
 function assertTokenObject(who, payload) {
   assert.equal(who.username, payload.username);

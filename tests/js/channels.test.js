@@ -1,5 +1,6 @@
-// Channels (DEMO-APP section 3): subscribe, publish (transmit and invoke), serverPublish, unsubscribe,
-// the private/ rule, publisher echo, ordering, no loss and no duplicates.
+// Channels (../../docs/demo-app.md section 3): subscribe, publish (transmit and invoke),
+// serverPublish, unsubscribe, the private/ rule, publisher echo, ordering, no loss and no
+// duplicates.
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

@@ -1,6 +1,7 @@
-// The engine.io endpoint (DEMO-APP section 5) with the real engine.io-client 6: the DEMO-APP
-// protocol over long-polling only, WebSocket only, and polling upgraded to WebSocket; ordering
-// across the upgrade; one exchange and one token key for both endpoints; the in-band close.
+// The engine.io endpoint (../../docs/demo-app.md section 5) with the real engine.io-client 6: the
+// demo app's protocol over long-polling only, WebSocket only, and polling upgraded to WebSocket;
+// ordering across the upgrade; one exchange and one token key for both endpoints; the in-band
+// close.
 //
 // Only our server has this endpoint: with SC_SERVER=reference the file is skipped.
 'use strict';

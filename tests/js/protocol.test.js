@@ -1,4 +1,5 @@
-// Frame-level conformance (DEMO-APP sections 2 and 4): exact JSON frames over a raw WebSocket.
+// Frame-level conformance (../../docs/demo-app.md sections 2 and 4): exact JSON frames over a raw
+// WebSocket.
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

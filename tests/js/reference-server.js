@@ -1,5 +1,5 @@
 #!/usr/bin/env node
-// Reference implementation of the demo app (docs: DEMO-APP sections 1-4) on the real
+// Reference implementation of the demo app (../../docs/demo-app.md sections 1-4) on the real
 // socketcluster-server@20.0.1. It is the ground truth the conformance suite is validated against,
 // and the Node server the Rust client's integration tests start.
 //

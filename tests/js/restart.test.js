@@ -1,5 +1,6 @@
-// The server process dies and comes back (DEMO-APP section 4): clients see a reconnecting close
-// code, reconnect, re-subscribe, and tokens issued before the restart stay valid (same --auth-key).
+// The server process dies and comes back (../../docs/demo-app.md section 4): clients see a
+// reconnecting close code, reconnect, re-subscribe, and tokens issued before the restart stay valid
+// (same --auth-key).
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

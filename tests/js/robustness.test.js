@@ -1,6 +1,7 @@
-// Odd input and abrupt drops must only ever affect the offending socket (DEMO-APP section 4):
-// malformed frames, a 3 MiB frame, connections dropped before the upgrade, before the handshake and
-// with replies pending. After each, a watching client keeps working and new connections succeed.
+// Odd input and abrupt drops must only ever affect the offending socket (../../docs/demo-app.md
+// section 4): malformed frames, a 3 MiB frame, connections dropped before the upgrade, before the
+// handshake and with replies pending. After each, a watching client keeps working and new
+// connections succeed.
 'use strict';
 
 const { describe, it, before, after, beforeEach } = require('node:test');

@@ -1,5 +1,5 @@
-// Many clients and many messages (DEMO-APP sections 3-4): 200 clients connecting at once, and
-// 1000 publishes reaching 20 subscribers complete and in order.
+// Many clients and many messages (../../docs/demo-app.md sections 3-4): 200 clients connecting at
+// once, and 1000 publishes reaching 20 subscribers complete and in order.
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

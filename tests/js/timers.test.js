@@ -1,6 +1,6 @@
-// Server timers with socketcluster-server v20 defaults (DEMO-APP section 1): the handshake timeout
-// (4005 after 10 s), the '' ping every 8 s, and 4001 after 30 s without a pong. The tests run
-// concurrently (about 30 s in all).
+// Server timers with socketcluster-server v20 defaults (../../docs/demo-app.md section 1): the
+// handshake timeout (4005 after 10 s), the '' ping every 8 s, and 4001 after 30 s without a pong.
+// The tests run concurrently (about 30 s in all).
 'use strict';
 
 const { describe, it, before, after } = require('node:test');

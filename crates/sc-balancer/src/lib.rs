@@ -1,3 +1,5 @@
-//! The SocketCluster front door: a reverse proxy to workers with sticky routing, middleware and TLS termination.
+//! The SocketCluster front door, **planned**: a reverse proxy to workers with routing,
+//! middleware and TLS termination. Nothing is implemented yet; `socketcluster serve` is reached
+//! directly.
 
 #![cfg_attr(docsrs, feature(doc_cfg))]

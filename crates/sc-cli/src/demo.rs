@@ -1,5 +1,7 @@
 //! The demo app of `socketcluster serve` (greet, echo, fail, count/ping, login, whoami,
-//! serverPublish, and the `private/` channel rule).
+//! serverPublish, and the `private/` channel rule). Its contract, the behaviour of
+//! socketcluster-server v20 that it must match, is `docs/demo-app.md` in the repository
+//! (`../../../docs/demo-app.md` from this file).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -32,7 +32,7 @@ fn pki() -> (String, Arc<rustls::ServerConfig>) {
         .signed_by(&key, &ca)
         .unwrap();
     let key = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
