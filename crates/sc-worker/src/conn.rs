@@ -24,13 +24,15 @@ use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
 
 use crate::auth::{missing_token_error, now_s};
 use crate::data::Data;
-use crate::exchange::{Published, Sub, Subscriber, publish_frame};
+use crate::exchange::{Sub, Subscriber};
+use crate::handler::{Procedure, Request, SyncProcedureFn, SyncRequest};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
+use crate::published::{Published, publish_frame};
 use crate::request::{HandshakeRequest, StoredRequest};
-use crate::server::{Procedure, Request, ServerInner, SyncProcedureFn, SyncRequest};
-use crate::socket::{Out, SLOW_CONSUMER, ScSocket, SocketShared, SocketState};
+use crate::socket::{Out, SLOW_CONSUMER, ScEvent, ScSocket, SocketShared, SocketState};
+use crate::state::ServerInner;
 use crate::transport::{Incoming, Transport, TransportError};
 
 /// How long a closing socket waits for the peer's close frame and end of stream.
@@ -324,7 +326,7 @@ fn open_socket(
         id: new_id(),
         key,
         tx,
-        server: server.clone(),
+        host: server.clone(),
         request: StoredRequest::new(&request),
         state: Mutex::new(SocketState::default()),
         ext: Mutex::new(ext),
@@ -497,7 +499,7 @@ impl<T: Transport> Conn<T> {
                     signed = Some(t);
                 }
                 Err(e) => {
-                    self.socket.emit(&crate::ScEvent::BadAuthToken(e.clone()));
+                    self.socket.emit(&ScEvent::BadAuthToken(e.clone()));
                     auth_error = Some(e);
                 }
             }
@@ -1161,8 +1163,7 @@ impl<T: Transport> Conn<T> {
                             tracing::warn!(sid = %self.socket.id(), %channel, "store subscription not confirmed in time");
                         }
                     }
-                    self.socket
-                        .emit(&crate::ScEvent::Subscribe(channel.to_string()));
+                    self.socket.emit(&ScEvent::Subscribe(channel.to_string()));
                 }
                 self.push_result(cid, &Ok(None));
             }
@@ -1194,7 +1195,7 @@ impl<T: Transport> Conn<T> {
             None => Err(missing_token_error()),
         };
         if let Err(e) = &verified {
-            self.socket.emit(&crate::ScEvent::BadAuthToken(e.clone()));
+            self.socket.emit(&ScEvent::BadAuthToken(e.clone()));
         }
         let (token, claims) = match verified {
             Ok(v) => v,
@@ -1278,7 +1279,7 @@ impl<T: Transport> Conn<T> {
         drop(acks);
         for c in channels {
             self.server.broker.unsubscribe(&c, socket.key());
-            socket.emit(&crate::ScEvent::Unsubscribe(c.to_string()));
+            socket.emit(&ScEvent::Unsubscribe(c.to_string()));
         }
         if was_open {
             self.server.clients.write().remove(socket.id());

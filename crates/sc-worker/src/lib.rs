@@ -2,6 +2,7 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod auth;
+mod builder;
 mod client_addr;
 mod config;
 mod conn;
@@ -9,16 +10,21 @@ mod data;
 #[cfg(feature = "engineio")]
 mod engineio;
 mod exchange;
+mod handle;
+mod handler;
 pub mod middleware;
+mod published;
 mod request;
 mod serve;
-mod server;
 mod service;
 mod socket;
+mod state;
 pub mod transport;
 
 #[doc(inline)]
 pub use auth::AuthKey;
+#[doc(inline)]
+pub use builder::{BuildError, ScServer, ScServerBuilder};
 #[doc(inline)]
 pub use client_addr::{InvalidProxy, TrustedProxies};
 #[doc(inline)]
@@ -29,24 +35,26 @@ pub use data::{Data, IntoData, Json};
 #[doc(inline)]
 pub use engineio::{CLOSE_PREFIX, ENGINEIO_SCRIPT_PATH};
 #[doc(inline)]
-pub use exchange::{Broker, LocalBroker, Published, Subscriber};
+pub use exchange::{Broker, LocalBroker, Subscriber};
+#[doc(inline)]
+pub use handle::{ScHandle, Subscription};
+#[doc(inline)]
+pub use handler::{Request, SyncRequest};
 #[doc(inline)]
 pub use middleware::{
     Blocked, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, OutboundAction,
     RawAction,
 };
 #[doc(inline)]
-pub use request::{ClientAddr, HandshakeRequest, PeerAddr};
+pub use published::Published;
+#[doc(inline)]
+pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody};
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]
-pub use server::{
-    BuildError, Request, ScEvent, ScHandle, ScServer, ScServerBuilder, Subscription, SyncRequest,
-};
+pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]
-pub use service::{NotFound, RequestBody, ResponseFuture, ScLayer, ScService};
-#[doc(inline)]
-pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScSocket};
+pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
 
 /// Re-exported: JWT algorithms for [`AuthKey::Pem`].
 pub use jsonwebtoken::Algorithm;

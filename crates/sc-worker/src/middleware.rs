@@ -46,6 +46,13 @@ impl Blocked {
         self.0.as_ref()
     }
 
+    /// The body of the HTTP 401 that a `handshake_ws` block answers.
+    pub(crate) fn into_http_message(self) -> String {
+        self.0.map(|e| e.message).unwrap_or_else(|| {
+            "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
+        })
+    }
+
     pub(crate) fn into_error(self, action: &str, middleware: &str) -> ScError {
         self.0
             .unwrap_or_else(|| ScError::silent_block(action, middleware))

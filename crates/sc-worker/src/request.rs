@@ -153,6 +153,31 @@ impl StoredRequest {
     }
 }
 
+/// The request bodies [`ScService`](crate::ScService) accepts. With the `engineio` feature (on
+/// by default) the long-polling transport reads request bodies, so this is any
+/// [`http_body::Body`] that is `Send + Unpin + Debug + 'static` (hyper's `Incoming`, axum's
+/// `Body`, `String`, ...); without the feature it is any type.
+#[cfg(feature = "engineio")]
+pub trait RequestBody:
+    http_body::Body<Data: Send, Error: std::fmt::Debug> + Send + Unpin + std::fmt::Debug + 'static
+{
+}
+#[cfg(feature = "engineio")]
+impl<B> RequestBody for B where
+    B: http_body::Body<Data: Send, Error: std::fmt::Debug>
+        + Send
+        + Unpin
+        + std::fmt::Debug
+        + 'static
+{
+}
+/// The request bodies [`ScService`](crate::ScService) accepts: any type (the `engineio` feature
+/// is off).
+#[cfg(not(feature = "engineio"))]
+pub trait RequestBody {}
+#[cfg(not(feature = "engineio"))]
+impl<B> RequestBody for B {}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]

@@ -13,8 +13,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_service::Service;
 
+use crate::handle::ScHandle;
 use crate::request::{ClientAddr, PeerAddr};
-use crate::server::ScHandle;
 
 /// How long a trusted proxy has to send its PROXY protocol header.
 const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);

@@ -15,8 +15,8 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::middleware::HandshakeWsAction;
-use crate::request::{ClientAddr, HandshakeRequest, PeerAddr};
-use crate::server::ServerInner;
+use crate::request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody};
+use crate::state::ServerInner;
 use crate::transport::ws::WsStream;
 
 /// Wraps an app's service with the SocketCluster endpoint. Made by
@@ -107,30 +107,6 @@ impl<S> ScService<S> {
         self.inner
     }
 }
-
-/// The request bodies [`ScService`] accepts. With the `engineio` feature (on by default) the
-/// long-polling transport reads request bodies, so this is any [`http_body::Body`] that is
-/// `Send + Unpin + Debug + 'static` (hyper's `Incoming`, axum's `Body`, `String`, ...); without
-/// the feature it is any type.
-#[cfg(feature = "engineio")]
-pub trait RequestBody:
-    http_body::Body<Data: Send, Error: std::fmt::Debug> + Send + Unpin + std::fmt::Debug + 'static
-{
-}
-#[cfg(feature = "engineio")]
-impl<B> RequestBody for B where
-    B: http_body::Body<Data: Send, Error: std::fmt::Debug>
-        + Send
-        + Unpin
-        + std::fmt::Debug
-        + 'static
-{
-}
-/// The request bodies [`ScService`] accepts: any type (the `engineio` feature is off).
-#[cfg(not(feature = "engineio"))]
-pub trait RequestBody {}
-#[cfg(not(feature = "engineio"))]
-impl<B> RequestBody for B {}
 
 /// The default inner service: 404 Not Found for every request.
 #[derive(Debug, Clone, Copy, Default)]
@@ -338,17 +314,10 @@ fn upgrade<ReqBody>(server: &Arc<ServerInner>, req: Request<ReqBody>) -> Upgrade
         };
         let result = match server.mw.handshake_ws.run(action).await {
             Ok(action) => accept_upgrade(&server, checked.on_upgrade, &checked.accept, action),
-            Err(b) => Err(UpgradeRejection::Blocked(blocked_message(b))),
+            Err(b) => Err(UpgradeRejection::Blocked(b.into_http_message())),
         };
         result.unwrap_or_else(rejected)
     }))
-}
-
-/// The message of a `handshake_ws` block (HTTP 401's body).
-pub(crate) fn blocked_message(b: crate::Blocked) -> String {
-    b.0.map(|e| e.message).unwrap_or_else(|| {
-        "The handshakeWS AGAction was blocked by handshake middleware".to_owned()
-    })
 }
 
 /// An upgrade request that passed the checks before the middleware.

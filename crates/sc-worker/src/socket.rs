@@ -16,10 +16,9 @@ use tokio::sync::{mpsc, oneshot};
 use sc_protocol::encode as enc;
 use sc_protocol::{ErrorName, ScError, events};
 
-use crate::data::{Data, IntoData};
-use crate::exchange::Published;
+use crate::data::{Data, IntoData, Json};
+use crate::published::Published;
 use crate::request::{HandshakeRequest, StoredRequest};
-use crate::server::ServerInner;
 
 /// The close code of a socket dropped as a slow consumer (its outbound queue was full). Below
 /// 4500, so clients reconnect.
@@ -27,6 +26,20 @@ pub const SLOW_CONSUMER: u16 = 4100;
 /// The close code sent to every socket on graceful shutdown (1001, going away): clients reconnect
 /// (elsewhere, or here once the server is back) and raise no error for it.
 pub const SHUTDOWN: u16 = 1001;
+
+/// What a socket needs of its server. The server's shared state implements it; a socket holds
+/// it as a trait object, so the socket does not depend on the server's state (which holds the
+/// sockets).
+pub(crate) trait Host: std::any::Any + Send + Sync {
+    /// How long a server-to-client invoke waits for its response.
+    fn ack_timeout(&self) -> Duration;
+    /// Signs a token payload: the JWT and the claims (with `iat` and `exp`).
+    fn sign(&self, payload: Value) -> Result<(String, Value), ScError>;
+    /// Removes the subscriber `key` from `channel` in the exchange.
+    fn unsubscribe(&self, channel: &str, key: u64);
+    /// Calls the app's `on_event` hook.
+    fn on_event(&self, socket: &ScSocket, event: &ScEvent);
+}
 
 /// Wakes the socket's task to look at its state (a close was requested, say). One waiter, so
 /// an atomic flag and waker: checking it, which the task does on every wake-up, takes no lock.
@@ -98,7 +111,7 @@ pub(crate) struct SocketShared {
     pub(crate) id: Box<str>,
     pub(crate) key: u64,
     pub(crate) tx: mpsc::Sender<Out>,
-    pub(crate) server: Arc<ServerInner>,
+    pub(crate) host: Arc<dyn Host>,
     /// The HTTP request that opened the socket.
     pub(crate) request: StoredRequest,
     pub(crate) state: Mutex<SocketState>,
@@ -136,11 +149,6 @@ impl ScSocket {
     /// The socket id (15 random bytes, base64 with `-` and `_`).
     pub fn id(&self) -> &str {
         &self.0.id
-    }
-
-    /// The server this socket belongs to.
-    pub fn server(&self) -> crate::ScHandle {
-        crate::ScHandle(self.0.server.clone())
     }
 
     /// The HTTP request that opened the socket (the WebSocket upgrade, or the engine.io request
@@ -269,7 +277,7 @@ impl ScSocket {
 
     /// Invokes `event` on the client and waits for its response, up to the server's ack timeout.
     pub async fn invoke(&self, event: &str, data: impl IntoData) -> Result<Option<Data>, ScError> {
-        let timeout = Duration::from_millis(self.0.server.cfg.ack_timeout_ms);
+        let timeout = self.0.host.ack_timeout();
         self.invoke_with_timeout(event, data, timeout).await
     }
 
@@ -314,7 +322,7 @@ impl ScSocket {
     /// Signs `payload` (a JSON object; `iat` and, unless present, `exp` are added), makes it this
     /// socket's token and sends it to the client in `#setAuthToken`.
     pub fn set_auth_token(&self, payload: Value) -> Result<(), ScError> {
-        let (signed, claims) = match self.0.server.auth.sign(payload) {
+        let (signed, claims) = match self.0.host.sign(payload) {
             Ok(t) => t,
             Err(e) => {
                 self.close_with(4002, "Server failed to sign auth token", false);
@@ -331,7 +339,7 @@ impl ScSocket {
     /// waits until the client confirms it stored the token (socketcluster-server's
     /// `rejectOnFailedDelivery`); fails with the client's error or a `TimeoutError`.
     pub async fn set_auth_token_confirmed(&self, payload: Value) -> Result<(), ScError> {
-        let (signed, claims) = match self.0.server.auth.sign(payload) {
+        let (signed, claims) = match self.0.host.sign(payload) {
             Ok(t) => t,
             Err(e) => {
                 self.close_with(4002, "Server failed to sign auth token", false);
@@ -341,7 +349,7 @@ impl ScSocket {
         self.set_verified_token(Arc::from(signed.as_str()), claims);
         self.invoke(
             events::SET_AUTH_TOKEN,
-            crate::Json(serde_json::json!({ "token": signed })),
+            Json(serde_json::json!({ "token": signed })),
         )
         .await
         .map(|_| ())
@@ -355,13 +363,11 @@ impl ScSocket {
             s.signed_token = Some(signed);
             self.0.exp.store(exp.unwrap_or(0), Ordering::Release);
         }
-        self.emit(&crate::ScEvent::Authenticate);
+        self.emit(&ScEvent::Authenticate);
     }
 
-    pub(crate) fn emit(&self, event: &crate::ScEvent) {
-        if let Some(hook) = &self.0.server.on_event {
-            hook(self, event);
-        }
+    pub(crate) fn emit(&self, event: &ScEvent) {
+        self.0.host.on_event(self, event);
     }
 
     /// Drops the auth token on the server side only (the client keeps its copy).
@@ -373,7 +379,7 @@ impl ScSocket {
             s.auth_token.take().is_some()
         };
         if had {
-            self.emit(&crate::ScEvent::Deauthenticate);
+            self.emit(&ScEvent::Deauthenticate);
         }
         had
     }
@@ -403,8 +409,8 @@ impl ScSocket {
             before != s.channels.len()
         };
         if removed {
-            self.0.server.broker.unsubscribe(channel, self.key());
-            self.emit(&crate::ScEvent::Unsubscribe(channel.to_owned()));
+            self.0.host.unsubscribe(channel, self.key());
+            self.emit(&ScEvent::Unsubscribe(channel.to_owned()));
         }
         removed
     }
@@ -424,4 +430,20 @@ impl ScSocket {
         }
         self.0.control.notify_one();
     }
+}
+
+/// A socket event passed to [`ScServerBuilder::on_event`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum ScEvent {
+    /// The socket subscribed to a channel.
+    Subscribe(String),
+    /// The socket left a channel (`#unsubscribe`, kick out, or the socket closed).
+    Unsubscribe(String),
+    /// The socket became authenticated (or got a new token).
+    Authenticate,
+    /// The socket lost its token.
+    Deauthenticate,
+    /// A token the socket sent was rejected (the error is the one the client gets).
+    BadAuthToken(ScError),
 }

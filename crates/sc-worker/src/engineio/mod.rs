@@ -29,8 +29,8 @@ use tower_service::Service;
 
 use crate::middleware::HandshakeWsAction;
 use crate::request::HandshakeRequest;
-use crate::server::ServerInner;
-use crate::service::RequestBody;
+use crate::request::RequestBody;
+use crate::state::ServerInner;
 
 mod transport;
 
@@ -195,10 +195,7 @@ async fn admit<B>(server: &ServerInner, req: Request<B>) -> Result<Request<B>, R
                 .insert(Pending(Arc::new(Mutex::new(Some(action)))));
             Ok(Request::from_parts(parts, body))
         }
-        Err(b) => Err(plain(
-            StatusCode::UNAUTHORIZED,
-            crate::service::blocked_message(b),
-        )),
+        Err(b) => Err(plain(StatusCode::UNAUTHORIZED, b.into_http_message())),
     }
 }
 

@@ -1,100 +1,30 @@
-//! The server builder, the shared server state and the server handle.
+//! The server builder: options, handlers, middleware and hooks, then the layer and the handle.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::Duration;
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
 
-use sc_protocol::{ErrorName, ScError};
+use sc_protocol::ScError;
 
 use crate::auth::{Auth, AuthKey};
 use crate::config::{Config, ConfigError};
 use crate::data::{Data, IntoData};
-use crate::exchange::{Broker, GapFn, LocalBroker, Published, StoreBroker, Sub, Subscriber};
-use crate::middleware::Blocked;
+use crate::exchange::{Broker, GapFn, LocalBroker, StoreBroker};
+use crate::handle::ScHandle;
+use crate::handler::{
+    ConnectFn, DisconnectFn, EventFn, Procedure, ProcedureFn, ReceiverFn, Request, SyncProcedureFn,
+    SyncRequest,
+};
 use crate::middleware::{
-    BoxFut, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, InboundStack,
+    Blocked, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, InboundStack,
     Middlewares, OutboundAction, RawAction,
 };
-use crate::request::HandshakeRequest;
 use crate::service::{NotFound, ScLayer, ScService};
-use crate::socket::{SHUTDOWN, ScSocket};
-use crate::transport::Transport;
-
-/// An invoke from a client, handed to the procedure registered for its event.
-#[derive(Debug, Clone)]
-pub struct Request {
-    /// The socket that invoked.
-    pub socket: ScSocket,
-    /// The procedure (event) name.
-    pub procedure: Arc<str>,
-    /// The invoke's data, `None` when the packet had no `data`.
-    pub data: Option<Data>,
-}
-
-pub(crate) type ProcedureFn =
-    dyn Fn(Request) -> BoxFut<Result<Option<Data>, ScError>> + Send + Sync;
-pub(crate) type SyncProcedureFn =
-    dyn for<'a> Fn(SyncRequest<'a>) -> Result<Option<Data>, ScError> + Send + Sync;
-
-/// An invoke handed to a [`procedure_sync`](ScServerBuilder::procedure_sync) handler: like
-/// [`Request`], with the socket and the procedure name borrowed from the socket's task for the
-/// call (no reference counts touched); clone the socket to keep it.
-#[derive(Debug)]
-pub struct SyncRequest<'a> {
-    /// The socket that invoked.
-    pub socket: &'a ScSocket,
-    /// The procedure (event) name.
-    pub procedure: &'a str,
-    /// The invoke's data, `None` when the packet had no `data`.
-    pub data: Option<Data>,
-}
-
-/// A registered procedure: one that answers at once, or one that returns a future.
-#[derive(Clone)]
-pub(crate) enum Procedure {
-    Sync(Arc<SyncProcedureFn>),
-    Async(Arc<ProcedureFn>),
-}
-pub(crate) type ReceiverFn = dyn Fn(ScSocket, Option<Data>) -> BoxFut<()> + Send + Sync;
-pub(crate) type ConnectFn = dyn Fn(&ScSocket) + Send + Sync;
-pub(crate) type DisconnectFn = dyn Fn(&ScSocket, u16, &str) + Send + Sync;
-pub(crate) type EventFn = dyn Fn(&ScSocket, &ScEvent) + Send + Sync;
-type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
-
-pub(crate) struct ServerInner {
-    pub(crate) cfg: Config,
-    pub(crate) auth: Auth,
-    pub(crate) procedures: Map<(Arc<str>, Procedure)>,
-    pub(crate) receivers: Map<Arc<ReceiverFn>>,
-    pub(crate) mw: Middlewares,
-    pub(crate) on_connection: Option<Arc<ConnectFn>>,
-    pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
-    pub(crate) on_event: Option<Arc<EventFn>>,
-    pub(crate) broker: Box<dyn Broker>,
-    pub(crate) store: Option<Arc<dyn sc_store::Store>>,
-    pub(crate) has_store: bool,
-    /// The parsed [`Config::trusted_proxies`].
-    pub(crate) trusted: crate::client_addr::TrustedProxies,
-    /// Open sockets by id.
-    pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
-    /// Every socket, handshaking or open, by key.
-    pub(crate) sockets: RwLock<HashMap<u64, ScSocket, foldhash::fast::RandomState>>,
-    pub(crate) connections: AtomicUsize,
-    pub(crate) next_key: AtomicU64,
-    pub(crate) shutting_down: AtomicBool,
-    pub(crate) shutdown_tx: watch::Sender<bool>,
-    pub(crate) gone: tokio::sync::Notify,
-}
-
-impl std::fmt::Debug for ServerInner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ScServer").field("cfg", &self.cfg).finish()
-    }
-}
+use crate::socket::{ScEvent, ScSocket};
+use crate::state::{Map, ServerInner};
 
 /// The SocketCluster server. Start with [`ScServer::builder`].
 #[derive(Debug)]
@@ -482,225 +412,4 @@ impl ScServerBuilder {
         let (layer, handle) = self.build_layer()?;
         Ok((layer.service(NotFound), handle))
     }
-}
-
-/// The handle to a running server: publish, inspect sockets, shut down. Cheap to clone.
-#[derive(Clone, Debug)]
-pub struct ScHandle(pub(crate) Arc<ServerInner>);
-
-impl ScHandle {
-    /// Publishes `data` to `channel` through the exchange: every subscriber gets the same
-    /// `#publish` frame, encoded once.
-    pub fn publish(&self, channel: &str, data: impl IntoData) -> Result<(), ScError> {
-        let data = data.into_data()?;
-        self.0
-            .broker
-            .publish(Arc::new(Published::new(channel, data)));
-        Ok(())
-    }
-
-    /// Subscribes the server itself to `channel`: every publish to it (from clients or from
-    /// [`publish`](Self::publish)) arrives on the returned [`Subscription`], in order, until it is
-    /// dropped. A subscription that falls more than `outbound_queue` messages behind loses the
-    /// newest ones.
-    pub fn subscribe(&self, channel: &str) -> Subscription {
-        let key = self.0.next_key.fetch_add(1, Ordering::Relaxed);
-        let (tx, rx) = tokio::sync::mpsc::channel(self.0.cfg.outbound_queue);
-        self.0
-            .broker
-            .subscribe(channel, Subscriber(Sub::Local { key, tx }));
-        Subscription {
-            server: self.0.clone(),
-            channel: channel.into(),
-            key,
-            rx,
-        }
-    }
-
-    /// Resolves once publishes made on other servers reach this server's subscribers of
-    /// `channel`, that is once the store has confirmed the channel's subscription. Resolves at
-    /// once without a store or when the channel has no local subscriber.
-    pub fn subscription_ready(&self, channel: &str) -> impl Future<Output = ()> + Send + 'static {
-        self.0.broker.ready(channel)
-    }
-
-    /// Runs `transport` as a socket of this server, opened by `request`, with the same handlers,
-    /// middleware (but `handshake_ws`, which is HTTP's), auth, exchange and limits as a
-    /// WebSocket or engine.io client: the way in for a transport of your own (see
-    /// [`Transport`]). The socket starts with `extensions` ([`ScSocket::get`]) and runs on a task
-    /// of its own until it closes.
-    ///
-    /// Fails when the server is shutting down or holds
-    /// [`max_connections`](Config::max_connections) sockets; the transport is dropped then.
-    pub fn accept<T: Transport>(
-        &self,
-        transport: T,
-        request: HandshakeRequest,
-        extensions: http::Extensions,
-    ) -> Result<(), ScError> {
-        let server = &self.0;
-        if server.shutting_down.load(Ordering::Acquire) {
-            return Err(ScError::new(
-                ErrorName::BadConnectionError,
-                "Server is shutting down",
-            ));
-        }
-        let max = server.cfg.max_connections;
-        if server
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return Err(ScError::new(
-                ErrorName::BadConnectionError,
-                "Too many connections",
-            ));
-        }
-        tokio::spawn(crate::conn::run(
-            transport,
-            server.clone(),
-            request,
-            extensions,
-        ));
-        Ok(())
-    }
-
-    /// The store given to [`ScServerBuilder::store`], for handlers and middleware to keep data in
-    /// (sessions, rate limits, lookups); `None` without one.
-    pub fn store(&self) -> Option<&Arc<dyn sc_store::Store>> {
-        self.0.store.as_ref()
-    }
-
-    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]),
-    /// or a [`Broker`] of the app's ([`ScServerBuilder::broker`]).
-    pub fn has_store(&self) -> bool {
-        self.0.has_store
-    }
-
-    /// Open sockets (handshake done).
-    pub fn clients_count(&self) -> usize {
-        self.0.clients.read().len()
-    }
-
-    /// Sockets still in their handshake.
-    pub fn pending_clients_count(&self) -> usize {
-        self.0
-            .sockets
-            .read()
-            .len()
-            .saturating_sub(self.clients_count())
-    }
-
-    /// The open socket with id `id`.
-    pub fn socket(&self, id: &str) -> Option<ScSocket> {
-        self.0.clients.read().get(id).cloned()
-    }
-
-    /// Every open socket.
-    pub fn sockets(&self) -> Vec<ScSocket> {
-        self.0.clients.read().values().cloned().collect()
-    }
-
-    /// Local subscribers of `channel`.
-    pub fn subscriber_count(&self, channel: &str) -> usize {
-        self.0.broker.subscriber_count(channel)
-    }
-
-    /// The options the server runs with.
-    pub fn config(&self) -> &Config {
-        &self.0.cfg
-    }
-
-    /// Whether [`shutdown`](Self::shutdown) was called.
-    pub fn is_shutting_down(&self) -> bool {
-        self.0.shutting_down.load(Ordering::Acquire)
-    }
-
-    /// A future that resolves once shutdown begins (for an accept loop's graceful stop).
-    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
-        let mut rx = self.0.shutdown_tx.subscribe();
-        async move {
-            let _ = rx.wait_for(|v| *v).await;
-        }
-    }
-
-    /// Graceful shutdown: new upgrades get HTTP 503; every socket finishes the invokes it is
-    /// handling and writes what is queued, then is closed with 1001 ([`SHUTDOWN`]), which makes
-    /// clients reconnect. Returns when every socket is gone or after `timeout`.
-    pub async fn shutdown(&self, timeout: Duration) {
-        self.0.shutting_down.store(true, Ordering::Release);
-        self.0.shutdown_tx.send_replace(true);
-        let sockets: Vec<ScSocket> = self.0.sockets.read().values().cloned().collect();
-        for s in &sockets {
-            s.close_with(SHUTDOWN, "Server is shutting down", true);
-        }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let all_gone = async {
-            loop {
-                let notified = self.0.gone.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                if self.0.sockets.read().is_empty() {
-                    break;
-                }
-                notified.await;
-            }
-        };
-        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
-            tracing::warn!("shutdown timed out with sockets still open");
-        }
-    }
-}
-
-/// A server-side channel subscription made by [`ScHandle::subscribe`]; unsubscribes when dropped.
-pub struct Subscription {
-    server: Arc<ServerInner>,
-    channel: Box<str>,
-    key: u64,
-    rx: tokio::sync::mpsc::Receiver<Arc<Published>>,
-}
-
-impl std::fmt::Debug for Subscription {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
-            .field("channel", &self.channel)
-            .finish()
-    }
-}
-
-impl Subscription {
-    /// The channel.
-    pub fn channel(&self) -> &str {
-        &self.channel
-    }
-
-    /// The next message's data (`None` inside when the publish had no data); `None` when the
-    /// server is gone.
-    pub async fn recv(&mut self) -> Option<Option<Data>> {
-        self.rx.recv().await.map(|p| p.data.clone())
-    }
-}
-
-impl Drop for Subscription {
-    fn drop(&mut self) {
-        self.server.broker.unsubscribe(&self.channel, self.key);
-    }
-}
-
-/// A socket event passed to [`ScServerBuilder::on_event`].
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum ScEvent {
-    /// The socket subscribed to a channel.
-    Subscribe(String),
-    /// The socket left a channel (`#unsubscribe`, kick out, or the socket closed).
-    Unsubscribe(String),
-    /// The socket became authenticated (or got a new token).
-    Authenticate,
-    /// The socket lost its token.
-    Deauthenticate,
-    /// A token the socket sent was rejected (the error is the one the client gets).
-    BadAuthToken(ScError),
 }

@@ -1,0 +1,234 @@
+//! The handle to a running server ([`ScHandle`]) and its server-side subscriptions.
+
+use std::any::Any;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use sc_protocol::{ErrorName, ScError};
+
+use crate::config::Config;
+use crate::data::{Data, IntoData};
+use crate::exchange::{Sub, Subscriber};
+use crate::published::Published;
+use crate::request::HandshakeRequest;
+use crate::socket::{SHUTDOWN, ScSocket};
+use crate::state::ServerInner;
+use crate::transport::Transport;
+
+/// The handle to a running server: publish, inspect sockets, shut down. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ScHandle(pub(crate) Arc<ServerInner>);
+
+impl ScHandle {
+    /// Publishes `data` to `channel` through the exchange: every subscriber gets the same
+    /// `#publish` frame, encoded once.
+    pub fn publish(&self, channel: &str, data: impl IntoData) -> Result<(), ScError> {
+        let data = data.into_data()?;
+        self.0
+            .broker
+            .publish(Arc::new(Published::new(channel, data)));
+        Ok(())
+    }
+
+    /// Subscribes the server itself to `channel`: every publish to it (from clients or from
+    /// [`publish`](Self::publish)) arrives on the returned [`Subscription`], in order, until it is
+    /// dropped. A subscription that falls more than `outbound_queue` messages behind loses the
+    /// newest ones.
+    pub fn subscribe(&self, channel: &str) -> Subscription {
+        let key = self.0.next_key.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::mpsc::channel(self.0.cfg.outbound_queue);
+        self.0
+            .broker
+            .subscribe(channel, Subscriber(Sub::Local { key, tx }));
+        Subscription {
+            server: self.0.clone(),
+            channel: channel.into(),
+            key,
+            rx,
+        }
+    }
+
+    /// Resolves once publishes made on other servers reach this server's subscribers of
+    /// `channel`, that is once the store has confirmed the channel's subscription. Resolves at
+    /// once without a store or when the channel has no local subscriber.
+    pub fn subscription_ready(&self, channel: &str) -> impl Future<Output = ()> + Send + 'static {
+        self.0.broker.ready(channel)
+    }
+
+    /// Runs `transport` as a socket of this server, opened by `request`, with the same handlers,
+    /// middleware (but `handshake_ws`, which is HTTP's), auth, exchange and limits as a
+    /// WebSocket or engine.io client: the way in for a transport of your own (see
+    /// [`Transport`]). The socket starts with `extensions` ([`ScSocket::get`]) and runs on a task
+    /// of its own until it closes.
+    ///
+    /// Fails when the server is shutting down or holds
+    /// [`max_connections`](Config::max_connections) sockets; the transport is dropped then.
+    pub fn accept<T: Transport>(
+        &self,
+        transport: T,
+        request: HandshakeRequest,
+        extensions: http::Extensions,
+    ) -> Result<(), ScError> {
+        let server = &self.0;
+        if server.shutting_down.load(Ordering::Acquire) {
+            return Err(ScError::new(
+                ErrorName::BadConnectionError,
+                "Server is shutting down",
+            ));
+        }
+        let max = server.cfg.max_connections;
+        if server
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return Err(ScError::new(
+                ErrorName::BadConnectionError,
+                "Too many connections",
+            ));
+        }
+        tokio::spawn(crate::conn::run(
+            transport,
+            server.clone(),
+            request,
+            extensions,
+        ));
+        Ok(())
+    }
+
+    /// The store given to [`ScServerBuilder::store`], for handlers and middleware to keep data in
+    /// (sessions, rate limits, lookups); `None` without one.
+    pub fn store(&self) -> Option<&Arc<dyn sc_store::Store>> {
+        self.0.store.as_ref()
+    }
+
+    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]),
+    /// or a [`Broker`] of the app's ([`ScServerBuilder::broker`]).
+    pub fn has_store(&self) -> bool {
+        self.0.has_store
+    }
+
+    /// Open sockets (handshake done).
+    pub fn clients_count(&self) -> usize {
+        self.0.clients.read().len()
+    }
+
+    /// Sockets still in their handshake.
+    pub fn pending_clients_count(&self) -> usize {
+        self.0
+            .sockets
+            .read()
+            .len()
+            .saturating_sub(self.clients_count())
+    }
+
+    /// The open socket with id `id`.
+    pub fn socket(&self, id: &str) -> Option<ScSocket> {
+        self.0.clients.read().get(id).cloned()
+    }
+
+    /// Every open socket.
+    pub fn sockets(&self) -> Vec<ScSocket> {
+        self.0.clients.read().values().cloned().collect()
+    }
+
+    /// Local subscribers of `channel`.
+    pub fn subscriber_count(&self, channel: &str) -> usize {
+        self.0.broker.subscriber_count(channel)
+    }
+
+    /// The options the server runs with.
+    pub fn config(&self) -> &Config {
+        &self.0.cfg
+    }
+
+    /// Whether [`shutdown`](Self::shutdown) was called.
+    pub fn is_shutting_down(&self) -> bool {
+        self.0.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// A future that resolves once shutdown begins (for an accept loop's graceful stop).
+    pub fn shutdown_signal(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.0.shutdown_tx.subscribe();
+        async move {
+            let _ = rx.wait_for(|v| *v).await;
+        }
+    }
+
+    /// Graceful shutdown: new upgrades get HTTP 503; every socket finishes the invokes it is
+    /// handling and writes what is queued, then is closed with 1001 ([`SHUTDOWN`]), which makes
+    /// clients reconnect. Returns when every socket is gone or after `timeout`.
+    pub async fn shutdown(&self, timeout: Duration) {
+        self.0.shutting_down.store(true, Ordering::Release);
+        self.0.shutdown_tx.send_replace(true);
+        let sockets: Vec<ScSocket> = self.0.sockets.read().values().cloned().collect();
+        for s in &sockets {
+            s.close_with(SHUTDOWN, "Server is shutting down", true);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let all_gone = async {
+            loop {
+                let notified = self.0.gone.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                if self.0.sockets.read().is_empty() {
+                    break;
+                }
+                notified.await;
+            }
+        };
+        if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
+            tracing::warn!("shutdown timed out with sockets still open");
+        }
+    }
+}
+
+/// A server-side channel subscription made by [`ScHandle::subscribe`]; unsubscribes when dropped.
+pub struct Subscription {
+    server: Arc<ServerInner>,
+    channel: Box<str>,
+    key: u64,
+    rx: tokio::sync::mpsc::Receiver<Arc<Published>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("channel", &self.channel)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The channel.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The next message's data (`None` inside when the publish had no data); `None` when the
+    /// server is gone.
+    pub async fn recv(&mut self) -> Option<Option<Data>> {
+        self.rx.recv().await.map(|p| p.data.clone())
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.server.broker.unsubscribe(&self.channel, self.key);
+    }
+}
+
+impl ScSocket {
+    /// The server this socket belongs to.
+    pub fn server(&self) -> ScHandle {
+        let host: Arc<dyn Any + Send + Sync> = self.0.host.clone();
+        match host.downcast::<ServerInner>() {
+            Ok(server) => ScHandle(server),
+            // Every socket is made by `conn::open_socket` with its server's state as host.
+            Err(_) => unreachable!("a socket's host is its server's state"),
+        }
+    }
+}

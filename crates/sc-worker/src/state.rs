@@ -1,0 +1,74 @@
+//! The shared state of one server: its config, handlers, middleware, exchange and sockets. The
+//! builder makes it; the service, the socket tasks and the handle share it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::time::Duration;
+
+use parking_lot::RwLock;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use sc_protocol::ScError;
+
+use crate::auth::Auth;
+use crate::client_addr::TrustedProxies;
+use crate::config::Config;
+use crate::exchange::Broker;
+use crate::handler::{ConnectFn, DisconnectFn, EventFn, Procedure, ReceiverFn};
+use crate::middleware::Middlewares;
+use crate::socket::{Host, ScEvent, ScSocket};
+
+pub(crate) type Map<V> = HashMap<Box<str>, V, foldhash::fast::RandomState>;
+
+pub(crate) struct ServerInner {
+    pub(crate) cfg: Config,
+    pub(crate) auth: Auth,
+    pub(crate) procedures: Map<(Arc<str>, Procedure)>,
+    pub(crate) receivers: Map<Arc<ReceiverFn>>,
+    pub(crate) mw: Middlewares,
+    pub(crate) on_connection: Option<Arc<ConnectFn>>,
+    pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
+    pub(crate) on_event: Option<Arc<EventFn>>,
+    pub(crate) broker: Box<dyn Broker>,
+    pub(crate) store: Option<Arc<dyn sc_store::Store>>,
+    pub(crate) has_store: bool,
+    /// The parsed [`Config::trusted_proxies`].
+    pub(crate) trusted: TrustedProxies,
+    /// Open sockets by id.
+    pub(crate) clients: RwLock<HashMap<Box<str>, ScSocket, foldhash::fast::RandomState>>,
+    /// Every socket, handshaking or open, by key.
+    pub(crate) sockets: RwLock<HashMap<u64, ScSocket, foldhash::fast::RandomState>>,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) next_key: AtomicU64,
+    pub(crate) shutting_down: AtomicBool,
+    pub(crate) shutdown_tx: watch::Sender<bool>,
+    pub(crate) gone: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for ServerInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScServer").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl Host for ServerInner {
+    fn ack_timeout(&self) -> Duration {
+        Duration::from_millis(self.cfg.ack_timeout_ms)
+    }
+
+    fn sign(&self, payload: Value) -> Result<(String, Value), ScError> {
+        self.auth.sign(payload)
+    }
+
+    fn unsubscribe(&self, channel: &str, key: u64) {
+        self.broker.unsubscribe(channel, key);
+    }
+
+    fn on_event(&self, socket: &ScSocket, event: &ScEvent) {
+        if let Some(hook) = &self.on_event {
+            hook(socket, event);
+        }
+    }
+}
