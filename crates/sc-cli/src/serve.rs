@@ -42,6 +42,16 @@ pub(crate) struct ServeArgs {
     /// on a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
+    /// A proxy in front of the server (`10.0.0.0/8`, `127.0.0.1`, `::1`; repeat for several):
+    /// from these peers only, the client's address is taken from `Forwarded` /
+    /// `X-Forwarded-For` (or the PROXY protocol header). Replaces `worker.trusted_proxies` of
+    /// the config file [default: none]
+    #[arg(long = "trusted-proxy", value_name = "CIDR")]
+    pub(crate) trusted_proxies: Vec<String>,
+    /// Read a PROXY protocol header (v1 or v2, as HAProxy's `send-proxy` writes it) at the start
+    /// of every connection from a trusted proxy (needs --trusted-proxy)
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
 }
 
 /// Where `serve` shares channels: parsed from `--store` / `store`.
@@ -170,6 +180,12 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
     }
     if let Some(t) = args.threads {
         cfg.threads = t;
+    }
+    if !args.trusted_proxies.is_empty() {
+        cfg.worker.trusted_proxies = args.trusted_proxies;
+    }
+    if args.proxy_protocol {
+        cfg.worker.proxy_protocol = true;
     }
     if cfg.threads > MAX_THREADS {
         return Err(ConfigProblem(format!(

@@ -127,6 +127,19 @@ async fn bad_flags_and_config_exit_64() {
     let out = run(&["serve", "--config", bad.to_str().unwrap()]).await;
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("ping_interval_ms"));
+    // The proxy options are checked before anything binds.
+    for (args, needle) in [
+        (
+            &["serve", "--trusted-proxy", "10.0.0.0/33"][..],
+            "10.0.0.0/33",
+        ),
+        (&["serve", "--proxy-protocol"], "trusted_proxies"),
+    ] {
+        let out = run(args).await;
+        assert_eq!(out.status.code(), Some(64), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
 }
 
 /// `--threads N` starts N threads that serve sockets (one: everything on the main thread), and

@@ -71,25 +71,9 @@ impl ScHandle {
         extensions: http::Extensions,
     ) -> Result<(), ScError> {
         let server = &self.0;
-        if server.shutting_down.load(Ordering::Acquire) {
-            return Err(ScError::new(
-                ErrorName::BadConnectionError,
-                "Server is shutting down",
-            ));
-        }
-        let max = server.cfg.max_connections;
-        if server
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
-            return Err(ScError::new(
-                ErrorName::BadConnectionError,
-                "Too many connections",
-            ));
-        }
+        server
+            .count_connection()
+            .map_err(|why| ScError::new(ErrorName::BadConnectionError, why))?;
         tokio::spawn(crate::conn::run(
             transport,
             server.clone(),

@@ -377,19 +377,9 @@ fn accept_upgrade(
     accept: &str,
     action: HandshakeWsAction,
 ) -> Result<Response<String>, UpgradeRejection> {
-    if server.shutting_down.load(Ordering::Acquire) {
-        return Err(UpgradeRejection::Unavailable("Server is shutting down"));
-    }
-    let max = server.cfg.max_connections;
-    if server
-        .connections
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-            (n < max).then_some(n + 1)
-        })
-        .is_err()
-    {
-        return Err(UpgradeRejection::Unavailable("Too many connections"));
-    }
+    server
+        .count_connection()
+        .map_err(UpgradeRejection::Unavailable)?;
     let server = server.clone();
     let HandshakeWsAction {
         request,

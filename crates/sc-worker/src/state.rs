@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use parking_lot::RwLock;
@@ -50,6 +50,23 @@ pub(crate) struct ServerInner {
 impl std::fmt::Debug for ServerInner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScServer").field("cfg", &self.cfg).finish()
+    }
+}
+
+impl ServerInner {
+    /// Counts one more connection, unless the server is shutting down or holds
+    /// `max_connections` already; the error says which. The socket uncounts it when it closes.
+    pub(crate) fn count_connection(&self) -> Result<(), &'static str> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err("Server is shutting down");
+        }
+        let max = self.cfg.max_connections;
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map(|_| ())
+            .map_err(|_| "Too many connections")
     }
 }
 

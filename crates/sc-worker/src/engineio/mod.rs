@@ -261,16 +261,8 @@ impl EngineIoHandler for Handler {
                 request: HandshakeRequest::copy_from(&socket.req_parts),
                 extensions: http::Extensions::new(),
             });
-        let max = self.server.cfg.max_connections;
-        if self
-            .server
-            .connections
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < max).then_some(n + 1)
-            })
-            .is_err()
-        {
-            let _ = socket.emit(close_message(1013, "Too many connections"));
+        if let Err(why) = self.server.count_connection() {
+            let _ = socket.emit(close_message(1013, why));
             tokio::spawn(close_after_grace(socket, self.grace));
             return;
         }
