@@ -83,14 +83,14 @@ impl ScHandle {
         Ok(())
     }
 
-    /// The store given to [`ScServerBuilder::store`], for handlers and middleware to keep data in
+    /// The store given to [`ScServerBuilder::store`](crate::ScServerBuilder::store), for handlers and middleware to keep data in
     /// (sessions, rate limits, lookups); `None` without one.
     pub fn store(&self) -> Option<&Arc<dyn sc_store::Store>> {
         self.0.store.as_ref()
     }
 
-    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`]),
-    /// or a [`Broker`] of the app's ([`ScServerBuilder::broker`]).
+    /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`](crate::ScServerBuilder::store)),
+    /// or a [`Broker`](crate::Broker) of the app's ([`ScServerBuilder::broker`](crate::ScServerBuilder::broker)).
     pub fn has_store(&self) -> bool {
         self.0.has_store
     }

@@ -25,7 +25,7 @@ pub(crate) type ProcedureFn =
 pub(crate) type SyncProcedureFn =
     dyn for<'a> Fn(SyncRequest<'a>) -> Result<Option<Data>, ScError> + Send + Sync;
 
-/// An invoke handed to a [`procedure_sync`](ScServerBuilder::procedure_sync) handler: like
+/// An invoke handed to a [`procedure_sync`](crate::ScServerBuilder::procedure_sync) handler: like
 /// [`Request`], with the socket and the procedure name borrowed from the socket's task for the
 /// call (no reference counts touched); clone the socket to keep it.
 #[derive(Debug)]

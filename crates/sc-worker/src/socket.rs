@@ -432,7 +432,7 @@ impl ScSocket {
     }
 }
 
-/// A socket event passed to [`ScServerBuilder::on_event`].
+/// A socket event passed to [`ScServerBuilder::on_event`](crate::ScServerBuilder::on_event).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum ScEvent {
