@@ -123,6 +123,12 @@ impl Auth {
                 "The auth token must be a JSON object",
             ));
         };
+        if let Some(name) = non_numeric_date(&claims) {
+            return Err(ScError::new(
+                ErrorName::InvalidArgumentsError,
+                format!("\"{name}\" should be a number of seconds"),
+            ));
+        }
         let now = now_s();
         claims.insert("iat".to_owned(), Value::from(now));
         if !claims.contains_key("exp") {
@@ -140,10 +146,29 @@ impl Auth {
     /// Verifies a signed token; the error is the sc-errors object socketcluster-server gives.
     pub(crate) fn verify(&self, token: &str) -> Result<Value, ScError> {
         match jsonwebtoken::decode::<Value>(token, &self.decoding, &self.validation) {
-            Ok(data) => Ok(data.claims),
+            Ok(data) => {
+                // A date claim that is no number would otherwise pass as absent: a signed
+                // `"exp":"never"` must not make a token that never expires.
+                if let Some(name) = data.claims.as_object().and_then(non_numeric_date) {
+                    return Err(ScError::new(
+                        ErrorName::AuthTokenInvalidError,
+                        format!("invalid {name} value"),
+                    )
+                    .with("isBadToken", true));
+                }
+                Ok(data.claims)
+            }
             Err(e) => Err(map_error(e.kind(), token)),
         }
     }
+}
+
+/// The first of the date claims `exp`, `nbf` and `iat` present with a value that is not a
+/// number.
+fn non_numeric_date(claims: &Map<String, Value>) -> Option<&'static str> {
+    ["exp", "nbf", "iat"]
+        .into_iter()
+        .find(|name| claims.get(*name).is_some_and(|v| !v.is_number()))
 }
 
 fn unverified_claims(token: &str) -> Option<Map<String, Value>> {
@@ -246,6 +271,38 @@ mod tests {
         let e = auth.verify(&old).unwrap_err();
         assert_eq!(e.name, "AuthTokenExpiredError");
         assert_eq!(e.extra["expiry"], "1970-01-01T00:16:40.000Z");
+    }
+
+    /// A date claim that is not a number makes a token invalid, even correctly signed; signing
+    /// one is refused.
+    #[test]
+    fn date_claims_must_be_numbers() {
+        let secret = b"k".to_vec();
+        let auth = Auth::new(&AuthKey::Secret(secret.clone()), 86_400).unwrap();
+        let key = EncodingKey::from_secret(&secret);
+        for (claims, name) in [
+            (serde_json::json!({"u": 1, "exp": "never"}), "exp"),
+            (serde_json::json!({"u": 1, "nbf": "soon"}), "nbf"),
+            (serde_json::json!({"u": 1, "iat": [1]}), "iat"),
+            (serde_json::json!({"u": 1, "exp": null}), "exp"),
+        ] {
+            let token =
+                jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+            let e = auth.verify(&token).unwrap_err();
+            assert_eq!(e.name, "AuthTokenInvalidError", "{claims}");
+            assert_eq!(e.message, format!("invalid {name} value"));
+            assert_eq!(e.extra["isBadToken"], true);
+            let e = auth.sign(claims.clone()).unwrap_err();
+            assert_eq!(e.name, "InvalidArgumentsError", "{claims}");
+        }
+        // Numbers pass, integral or not.
+        let token = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &serde_json::json!({"u": 1, "exp": 4_000_000_000.5_f64, "iat": 1}),
+            &key,
+        )
+        .unwrap();
+        assert!(auth.verify(&token).is_ok());
     }
 
     #[test]

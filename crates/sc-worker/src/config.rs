@@ -27,6 +27,8 @@ use serde::{Deserialize, Serialize};
 /// | `engineio_ping_interval_ms` | 25000 | engine.io heartbeat interval |
 /// | `engineio_ping_timeout_ms` | 20000 | engine.io heartbeat timeout: a session that does not answer (an abandoned long-polling client included) is reclaimed |
 /// | `engineio_max_payload` | 1000000 | largest engine.io request payload in bytes |
+/// | `http_header_timeout_ms` | 10000 | [`serve`](crate::serve) closes a connection that has not sent a whole request head this long after it opened or after its last response (slow or idle clients, kept-alive connections included) |
+/// | `max_channel_name` | 1024 | bytes of a channel name; a longer one in `#subscribe` or `#publish` is answered with `InvalidActionError` |
 /// | `trusted_proxies` | `[]` | proxies (`10.0.0.0/8`, `127.0.0.1`, `::1`, `fd00::/8`) whose `Forwarded` / `X-Forwarded-For` headers, and PROXY protocol headers, give the client's address; from any other peer they are ignored |
 /// | `proxy_protocol` | false | [`serve`](crate::serve) reads a PROXY protocol (v1 or v2) header first on connections from trusted proxies (others are served as they are) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -79,6 +81,13 @@ pub struct Config {
     pub engineio_ping_timeout_ms: u64,
     /// The largest engine.io request payload in bytes. Defaults to 1000000.
     pub engineio_max_payload: usize,
+    /// Milliseconds [`serve`](crate::serve) gives a connection to send a whole request head,
+    /// counted from when it opened or sent its last response: a slow or idle client (a
+    /// kept-alive connection included) is closed then. Defaults to 10000.
+    pub http_header_timeout_ms: u64,
+    /// The longest channel name in bytes: a `#subscribe` or `#publish` with a longer one is
+    /// answered with `InvalidActionError`. Defaults to 1024.
+    pub max_channel_name: usize,
     /// Addresses and CIDR blocks of the proxies in front of the server (`"10.0.0.0/8"`,
     /// `"127.0.0.1"`, `"::1"`): from these peers only, the client's address is taken from the
     /// PROXY protocol header, or from `Forwarded` / `X-Forwarded-For` (the rightmost address
@@ -113,6 +122,8 @@ impl Default for Config {
             engineio_ping_interval_ms: 25_000,
             engineio_ping_timeout_ms: 20_000,
             engineio_max_payload: 1_000_000,
+            http_header_timeout_ms: 10_000,
+            max_channel_name: 1024,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
         }
@@ -166,6 +177,8 @@ impl Config {
             ("engineio_ping_interval_ms", self.engineio_ping_interval_ms),
             ("engineio_ping_timeout_ms", self.engineio_ping_timeout_ms),
             ("engineio_max_payload", self.engineio_max_payload as u64),
+            ("http_header_timeout_ms", self.http_header_timeout_ms),
+            ("max_channel_name", self.max_channel_name as u64),
         ] {
             if v == 0 {
                 return err(format!("{name} must be greater than 0"));

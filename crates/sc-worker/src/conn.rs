@@ -1122,6 +1122,10 @@ impl<T: Transport> Conn<T> {
             }
             _ => return,
         };
+        if let Err(e) = self.check_channel_name(&channel) {
+            self.push_error(cid, &e);
+            return;
+        }
         if let Err(e) = self
             .inbound(InboundKind::Subscribe, &channel, data.map(|d| src.data(d)))
             .await
@@ -1171,6 +1175,22 @@ impl<T: Transport> Conn<T> {
         }
     }
 
+    /// A channel name over `max_channel_name` bytes is refused before anything keeps it.
+    fn check_channel_name(&self, channel: &str) -> Result<(), ScError> {
+        let max = self.server.cfg.max_channel_name;
+        if channel.len() > max {
+            return Err(ScError::new(
+                ErrorName::InvalidActionError,
+                format!(
+                    "Socket {} tried to use a channel name of {} bytes; the limit is {max}",
+                    self.socket.id(),
+                    channel.len()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     async fn client_publish(&mut self, channel: &str, data: Option<Data>) -> Result<(), ScError> {
         if !self.server.cfg.allow_client_publish {
             return Err(ScError::new(
@@ -1178,6 +1198,7 @@ impl<T: Transport> Conn<T> {
                 "Client publish feature is disabled",
             ));
         }
+        self.check_channel_name(channel)?;
         let data = self.inbound(InboundKind::PublishIn, channel, data).await?;
         self.server
             .broker

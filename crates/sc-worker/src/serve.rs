@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tower_service::Service;
@@ -21,7 +21,9 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves `service` on `listener` until `handle`'s [`shutdown`](ScHandle::shutdown) begins.
 ///
-/// Each connection is HTTP/1.1 with upgrades. Every request carries the connection's
+/// Each connection is HTTP/1.1 with upgrades; one that has not sent a whole request head
+/// [`http_header_timeout_ms`](crate::Config::http_header_timeout_ms) after it opened or after its
+/// last response (a slow, idle or kept-alive client) is closed. Every request carries the connection's
 /// [`PeerAddr`] in its extensions, and, with
 /// [`proxy_protocol`](crate::Config::proxy_protocol) on, the [`ClientAddr`] a trusted proxy gave
 /// in its PROXY protocol header (a connection from a trusted proxy without a valid header is
@@ -40,6 +42,7 @@ where
     let stop = handle.shutdown_signal();
     tokio::pin!(stop);
     let proxy_protocol = handle.config().proxy_protocol;
+    let header_timeout = Duration::from_millis(handle.config().http_header_timeout_ms);
     loop {
         let accepted = tokio::select! {
             () = &mut stop => return,
@@ -74,6 +77,8 @@ where
                 client,
             });
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
                 .serve_connection(TokioIo::new(stream), svc)
                 .with_upgrades();
             if let Err(e) = conn.await {

@@ -82,6 +82,13 @@ fn unmask(buf: &mut [u8], mask: [u8; 4]) {
     }
 }
 
+/// Whether a peer may send `code` in a close frame (RFC 6455 §7.4): the defined codes but the
+/// ones reserved for reports (1005, 1006, 1015), the registered 1012-1014, and 3000-4999 for
+/// libraries and applications.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999)
+}
+
 /// Text is not validated here: the caller turns it into `&str` once (1007 if not UTF-8).
 fn message(payload: Bytes, text: bool) -> Result<WsEvent, WsError> {
     Ok(WsEvent::Message(payload, text))
@@ -213,8 +220,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 }
             }
             8 => {
+                if payload.len() == 1 {
+                    return Err(WsError::Protocol(1002, "close frame of one byte"));
+                }
                 let (code, reason) = if payload.len() >= 2 {
                     let code = u16::from_be_bytes([payload[0], payload[1]]);
+                    if !close_code_allowed(code) {
+                        return Err(WsError::Protocol(1002, "invalid close code"));
+                    }
                     let reason = std::str::from_utf8(&payload[2..])
                         .map_err(|_| WsError::Protocol(1007, "close reason not UTF-8"))?
                         .to_owned();
@@ -683,11 +696,20 @@ mod tests {
     #[tokio::test]
     async fn protocol_errors_and_close() {
         for (bytes, code) in [
-            (vec![0x81, 0x01, b'a'], 1002),       // unmasked
-            (client_frame(true, 3, b"x"), 1002),  // unknown opcode
-            (client_frame(true, 0, b"x"), 1002),  // stray continuation
-            (client_frame(false, 9, b"x"), 1002), // fragmented control
-        ] {
+            (vec![0x81, 0x01, b'a'], 1002),         // unmasked
+            (client_frame(true, 3, b"x"), 1002),    // unknown opcode
+            (client_frame(true, 0, b"x"), 1002),    // stray continuation
+            (client_frame(false, 9, b"x"), 1002),   // fragmented control
+            (client_frame(true, 8, &[0x03]), 1002), // a close of one byte
+        ]
+        .into_iter()
+        // Close codes a peer may not send (RFC 6455 §7.4; Autobahn 7.9.x).
+        .chain(
+            [
+                0u16, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+            ]
+            .map(|c| (client_frame(true, 8, &c.to_be_bytes()), 1002)),
+        ) {
             let (a, mut b) = tokio::io::duplex(1024);
             let mut ws = WsStream::new(a, Bytes::new(), 1000);
             b.write_all(&bytes).await.unwrap();
@@ -708,5 +730,19 @@ mod tests {
         assert_eq!(echo, [0x88, 2, 0x10, 0xE1]);
         drop(b);
         assert!(matches!(ws.next().await, Err(WsError::Io(_))));
+        // Every code a peer may send is accepted.
+        for code in [
+            1000u16, 1001, 1002, 1003, 1007, 1010, 1011, 1012, 1014, 3000, 3999, 4000, 4999,
+        ] {
+            let (a, mut b) = tokio::io::duplex(1024);
+            let mut ws = WsStream::new(a, Bytes::new(), 1000);
+            b.write_all(&client_frame(true, 8, &code.to_be_bytes()))
+                .await
+                .unwrap();
+            assert!(
+                matches!(ws.next().await.unwrap(), WsEvent::Close(c, _) if c == code),
+                "{code}"
+            );
+        }
     }
 }
