@@ -361,10 +361,7 @@ impl RespStore {
         .await;
         let mut nodes = Vec::with_capacity(config.nodes.len());
         let mut tasks = Vec::with_capacity(config.nodes.len());
-        let mut parts = Vec::with_capacity(config.nodes.len());
-        for result in results {
-            parts.push(result?);
-        }
+        let parts = results.into_iter().collect::<Result<Vec<_>>>()?;
         for (id, part) in config.nodes.iter().zip(parts) {
             let pubsub = Arc::new_cyclic(|me| PubSubNode {
                 ops: tokio::sync::Mutex::new(()),

@@ -191,17 +191,28 @@ pub(crate) fn from_headers(peer: IpAddr, headers: &HeaderMap, trusted: &TrustedP
 /// The `for=` addresses of all `Forwarded` elements, left to right; `None`
 /// for an element without a usable address.
 fn forwarded_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
+    chain(headers, http::header::FORWARDED.as_str(), |line, hops| {
+        hops.extend(
+            split_unquoted(line, b',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(forwarded_for),
+        );
+    })
+}
+
+/// The hops of every line of the header `name`, left to right: `hops` turns one line into its
+/// hops; a line that is not text is one unusable hop.
+fn chain(
+    headers: &HeaderMap,
+    name: &str,
+    hops: impl Fn(&str, &mut Vec<Option<IpAddr>>),
+) -> Vec<Option<IpAddr>> {
     let mut chain = Vec::new();
-    for line in headers.get_all(http::header::FORWARDED) {
-        let Ok(line) = line.to_str() else {
-            chain.push(None);
-            continue;
-        };
-        for element in split_unquoted(line, b',') {
-            let element = element.trim();
-            if !element.is_empty() {
-                chain.push(forwarded_for(element));
-            }
+    for line in headers.get_all(name) {
+        match line.to_str() {
+            Ok(line) => hops(line, &mut chain),
+            Err(_) => chain.push(None),
         }
     }
     chain
@@ -307,20 +318,14 @@ fn parse_node(s: &str, obfuscated_port: bool) -> Option<IpAddr> {
 /// The entries of all `X-Forwarded-For` lines, left to right; `None` for an
 /// entry that is not an address.
 fn x_forwarded_for_chain(headers: &HeaderMap) -> Vec<Option<IpAddr>> {
-    let mut chain = Vec::new();
-    for line in headers.get_all("x-forwarded-for") {
-        let Ok(line) = line.to_str() else {
-            chain.push(None);
-            continue;
-        };
-        for entry in line.split(',') {
-            let entry = entry.trim();
-            if !entry.is_empty() {
-                chain.push(parse_node(entry, false));
-            }
-        }
-    }
-    chain
+    chain(headers, "x-forwarded-for", |line, hops| {
+        hops.extend(
+            line.split(',')
+                .map(str::trim)
+                .filter(|e| !e.is_empty())
+                .map(|e| parse_node(e, false)),
+        );
+    })
 }
 
 // ---------------------------------------------------------------------------

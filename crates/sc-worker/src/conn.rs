@@ -82,11 +82,21 @@ fn poll_once<T>(fut: &mut BoxFut<T>) -> Poll<T> {
 
 /// An invoke's result as a reply frame: `{"rid":N[,"data":D]}` or `{"rid":N,"error":E}`.
 pub(crate) fn encode_result(rid: u64, result: &Result<Option<Data>, ScError>) -> Vec<u8> {
-    let mut buf = Vec::new();
     match result {
-        Ok(d) => enc::put_response(&mut buf, rid, d.as_ref().map(Data::as_bytes)),
-        Err(e) => enc::put_error(&mut buf, rid, e),
+        Ok(d) => {
+            let data = d.as_ref().map(Data::as_bytes);
+            let mut buf = Vec::with_capacity(enc::response_len(rid, data.map(<[u8]>::len)));
+            enc::put_response(&mut buf, rid, data);
+            buf
+        }
+        Err(e) => encode_error(rid, e),
     }
+}
+
+/// The error reply `{"rid":N,"error":E}`.
+fn encode_error(rid: u64, e: &ScError) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(64 + e.message.len());
+    enc::put_error(&mut buf, rid, e);
     buf
 }
 
@@ -422,7 +432,7 @@ impl<T: Transport> Conn<T> {
     }
 
     fn push_error(&mut self, cid: u64, e: &ScError) {
-        self.push_with(64 + e.message.len(), |b| enc::put_error(b, cid, e));
+        self.io.send_vec(encode_error(cid, e));
     }
 
     /// Maps what the transport read; `None` = nothing to handle.

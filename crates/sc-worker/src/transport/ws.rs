@@ -395,7 +395,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         if self.wbuf.capacity() == 0 {
             self.wbuf = BytesMut::with_capacity(WBUF_FIRST.max(len + 4));
         }
-        self.wbuf.reserve(len + 4);
         if len < 126 {
             self.wbuf.extend_from_slice(&[0x80 | opcode, len as u8]);
         } else {
@@ -413,6 +412,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
         let len = sc_protocol::encode::response_len(rid, data.map(<[u8]>::len));
         if len <= COALESCE {
             self.small_header(0x1, len);
+            // One capacity check for the pieces `put_response` appends.
+            self.wbuf.reserve(len);
             sc_protocol::encode::put_response(&mut self.wbuf, rid, data);
         } else {
             let mut payload = Vec::with_capacity(len);
@@ -551,12 +552,11 @@ where
     /// frame, then half-closes and reads to the end, so the close frame is not lost to a TCP
     /// reset.
     async fn shutdown(&mut self) {
+        let _ = self.flush().await;
         if self.close_received {
-            let _ = self.flush().await;
             let _ = self.io.shutdown().await;
             return;
         }
-        let _ = self.flush().await;
         while let Ok(ev) = self.next().await {
             if matches!(ev, WsEvent::Close(..)) {
                 break;
