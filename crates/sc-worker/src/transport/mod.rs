@@ -51,6 +51,8 @@ use bytes::Bytes;
 
 pub(crate) mod ws;
 
+pub use ws::WsStream;
+
 /// What a transport read from the client.
 #[derive(Debug)]
 #[non_exhaustive]

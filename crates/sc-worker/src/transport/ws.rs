@@ -52,7 +52,71 @@ pub(crate) enum WsError {
     Io(io::Error),
 }
 
-pub(crate) struct WsStream<S> {
+/// The server side of a WebSocket connection (RFC 6455) over any upgraded IO: the framing that
+/// the crate's WebSocket endpoint runs on, for a server that does its own upgrade (another HTTP
+/// stack, a test, a proxy).
+///
+/// It takes the connection after the handshake: build it with [`WsStream::new`] and use it
+/// through [`Transport`]: [`poll_recv`](Transport::poll_recv) yields whole messages (fragments
+/// reassembled, pings answered, the client's close answered), [`send`](Transport::send) and the
+/// other `send` methods queue text messages, [`send_binary`](WsStream::send_binary) a binary one,
+/// [`poll_flush`](Transport::poll_flush) writes what is queued, [`close`](Transport::close)
+/// queues the server's close and [`shutdown`](Transport::shutdown) ends the connection after
+/// either side's close. It can also be handed to [`ScHandle::accept`](crate::ScHandle::accept)
+/// to run as a SocketCluster socket.
+///
+/// What it checks: client frames masked, no RSV bits (no extension is negotiated), known
+/// opcodes, control frames unfragmented and at most 125 bytes, continuation frames only inside a
+/// fragmented message, a valid close code and a UTF-8 close reason; a violation is a
+/// [`TransportError::Protocol`] with 1002 (1007 for the close reason), and a message longer
+/// than `max_payload` one with 1009, from its header, before it is read. What it does not check:
+/// **text messages are not validated as UTF-8** (the socket does that once, on the whole
+/// message); a caller that reads [`Incoming::Text`] itself must check it and close with 1007.
+/// The caller answers a protocol error with [`close`](Transport::close) and
+/// [`shutdown`](Transport::shutdown).
+///
+/// `crates/sc-worker/examples/autobahn_echo.rs` in the repository upgrades with hyper and echoes;
+/// the Autobahn test suite runs against it (`scripts/autobahn`). The echo loop alone:
+///
+/// ```
+/// use std::future::poll_fn;
+///
+/// use sc_worker::transport::{Incoming, Transport, TransportError, WsStream};
+/// use tokio::io::{AsyncRead, AsyncWrite};
+///
+/// /// Echoes every message until either side closes. `io` is the connection after the server
+/// /// answered the upgrade with 101.
+/// async fn echo<S>(io: S) -> Result<(), TransportError>
+/// where
+///     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// {
+///     let mut ws = WsStream::new(io, bytes::Bytes::new(), 16 << 20);
+///     loop {
+///         match poll_fn(|cx| ws.poll_recv(cx)).await {
+///             Ok(Incoming::Text(text)) if std::str::from_utf8(&text).is_ok() => ws.send(text),
+///             Ok(Incoming::Text(_)) => {
+///                 ws.close(1007, "invalid UTF-8");
+///                 break;
+///             }
+///             Ok(Incoming::Binary(data)) => ws.send_binary(data),
+///             Ok(Incoming::Closed(..)) => break,
+///             Ok(_) => {} // a ping (answered already) or a pong
+///             Err(TransportError::Protocol(code, reason)) => {
+///                 ws.close(code, &reason);
+///                 break;
+///             }
+///             Err(e) => return Err(e),
+///         }
+///         poll_fn(|cx| ws.poll_flush(cx)).await?;
+///     }
+///     // Flushes, waits for the client's close (bound it in time), releases the connection.
+///     ws.shutdown().await;
+///     Ok(())
+/// }
+/// # let (server, _client) = tokio::io::duplex(64);
+/// # let _ = echo(server);
+/// ```
+pub struct WsStream<S> {
     io: S,
     rbuf: BytesMut,
     /// Opcode kind (text?) and payload of a fragmented message being assembled.
@@ -101,10 +165,28 @@ enum Parsed {
     Need(usize),
 }
 
+impl<S> std::fmt::Debug for WsStream<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsStream")
+            .field("max_payload", &self.max_payload)
+            .field("buffered", &self.rbuf.len())
+            .field(
+                "has_pending",
+                &(!self.wbuf.is_empty() || !self.wq.is_empty()),
+            )
+            .field("close_sent", &self.close_sent)
+            .field("close_received", &self.close_received)
+            .finish_non_exhaustive()
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
-    /// `read` holds bytes the peer sent that were already read off `io` (after the HTTP
-    /// upgrade request, say).
-    pub(crate) fn new(io: S, read: Bytes, max_payload: usize) -> Self {
+    /// The server side of the WebSocket connection `io`, whose upgrade is done (the server
+    /// answered 101). `read` holds bytes the client sent that were already read off `io` after
+    /// the upgrade request (hyper's `Parts::read_buf` when the upgraded IO is downcast), usually
+    /// none. `max_payload` is the longest message accepted, all its fragments together: a longer
+    /// one fails the connection with 1009.
+    pub fn new(io: S, read: Bytes, max_payload: usize) -> Self {
         WsStream {
             io,
             rbuf: if read.is_empty() {
@@ -243,7 +325,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
                 Ok(Some(WsEvent::Close(code, reason)))
             }
             9 => {
-                self.queue_frame(0xA, payload.freeze());
+                // Nothing is sent after the server's close (RFC 6455 §5.5.1).
+                if !self.close_sent {
+                    self.queue_frame(0xA, payload.freeze());
+                }
                 Ok(Some(WsEvent::Control))
             }
             _ => Ok(Some(WsEvent::Control)),
@@ -346,6 +431,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WsStream<S> {
     pub(crate) fn queue_text(&mut self, payload: Bytes) {
         if !self.close_sent {
             self.queue_frame(0x1, payload);
+        }
+    }
+
+    /// Queues a binary message (written by the next flush; nothing after the server's close).
+    /// Payloads up to 1 KiB are copied next to their header, larger ones referenced, not copied.
+    pub fn send_binary(&mut self, payload: Bytes) {
+        if !self.close_sent {
+            self.queue_frame(0x2, payload);
         }
     }
 
@@ -691,6 +784,26 @@ mod tests {
         b.write_all(&big).await.unwrap();
         assert!(matches!(ws.next().await.unwrap(), WsEvent::Message(m, false) if m.len() == 2000));
         assert!(ws.may_have_more());
+    }
+
+    /// After the server's close nothing else is written: a ping then gets no pong, and messages
+    /// queued then are dropped (RFC 6455 §5.5.1).
+    #[tokio::test]
+    async fn nothing_is_sent_after_the_servers_close() {
+        let (a, mut b) = tokio::io::duplex(1024);
+        let mut ws = WsStream::new(a, Bytes::new(), 1000);
+        ws.send_binary(Bytes::from_static(b"bin"));
+        ws.queue_close(Some(1000), "");
+        ws.send_binary(Bytes::from_static(b"late"));
+        ws.queue_text(Bytes::from_static(b"late"));
+        b.write_all(&client_frame(true, 9, b"ping")).await.unwrap();
+        assert!(matches!(ws.next().await.unwrap(), WsEvent::Control));
+        assert!(ws.has_pending());
+        ws.flush().await.unwrap();
+        drop(ws);
+        let mut out = Vec::new();
+        b.read_to_end(&mut out).await.unwrap();
+        assert_eq!(out, [0x82, 3, b'b', b'i', b'n', 0x88, 2, 0x03, 0xE8]);
     }
 
     #[tokio::test]
