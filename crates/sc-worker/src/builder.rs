@@ -373,6 +373,11 @@ impl ScServerBuilder {
             }
             (None, None) => Box::new(LocalBroker::default()),
         };
+        let addresses = crate::limits::AddressLimits::new(
+            self.cfg.address_connection_limit,
+            self.cfg.address_connect_rate,
+            self.cfg.address_connect_burst,
+        );
         Ok(Arc::new(ServerInner {
             cfg: self.cfg,
             auth,
@@ -389,6 +394,7 @@ impl ScServerBuilder {
             clients: RwLock::default(),
             sockets: RwLock::default(),
             connections: AtomicUsize::new(0),
+            addresses,
             next_key: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
             shutdown_tx: watch::Sender::new(false),

@@ -31,6 +31,15 @@ use serde::{Deserialize, Serialize};
 /// | `max_channel_name` | 1024 | bytes of a channel name; a longer one in `#subscribe` or `#publish` is answered with `InvalidActionError` |
 /// | `trusted_proxies` | `[]` | proxies (`10.0.0.0/8`, `127.0.0.1`, `::1`, `fd00::/8`) whose `Forwarded` / `X-Forwarded-For` headers, and PROXY protocol headers, give the client's address; from any other peer they are ignored |
 /// | `proxy_protocol` | false | [`serve`](crate::serve) reads a PROXY protocol (v1 or v2) header first on connections from trusted proxies (others are served as they are) |
+/// | `outbound_queue_bytes` | 16 MiB | bytes queued for a socket and not yet written; a socket over it is a slow consumer (4100) |
+/// | `socket_channel_bytes` | 65536 | total bytes of the channel names one socket is subscribed to; a `#subscribe` over it gets `InvalidActionError` |
+/// | `address_connection_limit` | 4096 | sockets and engine.io sessions open at once from one client address (IPv6: one /64); further ones get HTTP 429; 0 = no limit |
+/// | `address_connect_rate` | 100 | new sockets and engine.io sessions per second from one client address, after a burst of `address_connect_burst`; further ones get HTTP 429; 0 = no limit |
+/// | `address_connect_burst` | 2000 | how many new sockets one client address may open at once before `address_connect_rate` applies |
+/// | `address_tcp_limit` | 8192 | [`serve`](crate::serve): TCP connections open at once from one peer address that is not a trusted proxy; further ones are closed at once; 0 = no limit |
+/// | `engineio_max_sessions` | 20000 | engine.io sessions open at once; further opens get HTTP 503 |
+/// | `inbound_rate_messages` | 0 (off) | messages per second one socket may send (token bucket, a burst of one second's worth); over it the socket is closed with 4429 |
+/// | `inbound_rate_bytes` | 0 (off) | bytes per second one socket may send, likewise |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -97,6 +106,40 @@ pub struct Config {
     /// of each connection from a trusted proxy (a connection from any other peer is served as
     /// it is). Defaults to false.
     pub proxy_protocol: bool,
+    /// Bytes queued for one socket and not yet written to it: a socket over this is a slow
+    /// consumer, closed with [`SLOW_CONSUMER`](crate::SLOW_CONSUMER) (4100). What was queued and
+    /// not written is dropped; the close frame follows what the transport holds, and a socket
+    /// that does not take it within 2 s is dropped. One frame larger than this still goes to a
+    /// socket with nothing queued. Defaults to 16 MiB.
+    pub outbound_queue_bytes: usize,
+    /// Total bytes of the names of the channels one socket is subscribed to: a `#subscribe` that
+    /// would go over is answered with `InvalidActionError`. Defaults to 65536.
+    pub socket_channel_bytes: usize,
+    /// Sockets and engine.io sessions open at once from one client address (the address from
+    /// [`trusted_proxies`](Self::trusted_proxies); IPv6 addresses count per /64): a WebSocket
+    /// upgrade or engine.io open over it gets HTTP 429. 0 = no limit. Defaults to 4096 (room for
+    /// many browsers behind one NAT).
+    pub address_connection_limit: usize,
+    /// New sockets and engine.io sessions per second from one client address, once its
+    /// [`address_connect_burst`](Self::address_connect_burst) is spent: further ones get HTTP 429.
+    /// 0 = no limit. Defaults to 100.
+    pub address_connect_rate: u32,
+    /// New sockets one client address may open at once before
+    /// [`address_connect_rate`](Self::address_connect_rate) applies. Defaults to 2000.
+    pub address_connect_burst: u32,
+    /// TCP connections [`serve`](crate::serve) holds at once from one peer address that is not a
+    /// trusted proxy (before any HTTP is read): further ones are closed at once. 0 = no limit.
+    /// Defaults to 8192.
+    pub address_tcp_limit: usize,
+    /// Engine.io sessions open at once: a request that would open another gets HTTP 503.
+    /// Defaults to 20000.
+    pub engineio_max_sessions: usize,
+    /// Messages per second one socket may send (a token bucket holding one second's worth): a
+    /// socket over it is closed with [`RATE_LIMITED`](crate::RATE_LIMITED) (4429; clients
+    /// reconnect after their backoff). 0 = no limit. Defaults to 0.
+    pub inbound_rate_messages: u32,
+    /// Bytes per second one socket may send, likewise. 0 = no limit. Defaults to 0.
+    pub inbound_rate_bytes: u64,
 }
 
 impl Default for Config {
@@ -126,6 +169,15 @@ impl Default for Config {
             max_channel_name: 1024,
             trusted_proxies: Vec::new(),
             proxy_protocol: false,
+            outbound_queue_bytes: 16 * 1024 * 1024,
+            socket_channel_bytes: 64 * 1024,
+            address_connection_limit: 4096,
+            address_connect_rate: 100,
+            address_connect_burst: 2000,
+            address_tcp_limit: 8192,
+            engineio_max_sessions: 20_000,
+            inbound_rate_messages: 0,
+            inbound_rate_bytes: 0,
         }
     }
 }
@@ -179,6 +231,9 @@ impl Config {
             ("engineio_max_payload", self.engineio_max_payload as u64),
             ("http_header_timeout_ms", self.http_header_timeout_ms),
             ("max_channel_name", self.max_channel_name as u64),
+            ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
+            ("socket_channel_bytes", self.socket_channel_bytes as u64),
+            ("engineio_max_sessions", self.engineio_max_sessions as u64),
         ] {
             if v == 0 {
                 return err(format!("{name} must be greater than 0"));
@@ -189,6 +244,12 @@ impl Config {
                 "ping_interval_ms ({}) must be less than ping_timeout_ms ({})",
                 self.ping_interval_ms, self.ping_timeout_ms
             ));
+        }
+        if self.address_connect_rate > 0 && self.address_connect_burst == 0 {
+            return err(
+                "address_connect_burst must be greater than 0 when address_connect_rate is set"
+                    .to_owned(),
+            );
         }
         if !matches!(self.protocol_version, 1 | 2) {
             return err(format!(

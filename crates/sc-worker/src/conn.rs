@@ -6,7 +6,7 @@
 //! bounded queue. Every read burst and every drained queue batch is written with one flush.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -26,12 +26,15 @@ use crate::auth::{missing_token_error, now_s};
 use crate::data::Data;
 use crate::exchange::{Sub, Subscriber};
 use crate::handler::{Procedure, Request, SyncProcedureFn, SyncRequest};
+use crate::limits::{AddrSlot, InboundRate};
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
 use crate::published::{Published, publish_frame};
 use crate::request::{HandshakeRequest, StoredRequest};
-use crate::socket::{Out, SLOW_CONSUMER, ScEvent, ScSocket, SocketShared, SocketState};
+use crate::socket::{
+    Out, RATE_LIMITED, SLOW_CONSUMER, ScEvent, ScSocket, SocketShared, SocketState,
+};
 use crate::state::ServerInner;
 use crate::transport::{Incoming, Transport, TransportError};
 
@@ -201,11 +204,16 @@ pub(crate) fn run<T: Transport>(
     server: Arc<ServerInner>,
     request: HandshakeRequest,
     ext: http::Extensions,
+    slot: AddrSlot,
 ) -> impl Future<Output = ()> + Send + 'static {
     // The socket is made here, not in the task: the request becomes the socket's compact copy
     // and is dropped (its headers are slices of the HTTP server's read buffer), and the task's
     // future, which every socket holds for its life, carries none of it.
     let (socket, rx) = open_socket(&server, request, ext);
+    let inbound_rate = InboundRate::new(
+        server.cfg.inbound_rate_messages,
+        server.cfg.inbound_rate_bytes,
+    );
     async move {
         let mut conn = Conn {
             io: transport,
@@ -215,6 +223,8 @@ pub(crate) fn run<T: Transport>(
             last_seen: Instant::now(),
             receivers: None,
             last_sync: None,
+            slot,
+            inbound_rate,
         };
         let end = match conn.handshake().await {
             Ok(()) => conn.main_loop().await,
@@ -336,6 +346,8 @@ fn open_socket(
         id: new_id(),
         key,
         tx,
+        queued: AtomicUsize::new(0),
+        queue_limit: server.cfg.outbound_queue_bytes,
         host: server.clone(),
         request: StoredRequest::new(&request),
         state: Mutex::new(SocketState::default()),
@@ -363,6 +375,10 @@ struct Conn<T> {
     /// The sync procedure this socket invoked last, by name: a client calling the same one again
     /// (the usual case) skips the procedure table's hash lookup.
     last_sync: Option<(Arc<str>, Arc<SyncProcedureFn>)>,
+    /// The client address's place in its count, given back when the socket closes.
+    slot: AddrSlot,
+    /// The inbound rate limit, if one is set.
+    inbound_rate: Option<InboundRate>,
 }
 
 impl<T: Transport> Conn<T> {
@@ -376,6 +392,12 @@ impl<T: Transport> Conn<T> {
 
     async fn recv(&mut self) -> Result<Incoming, TransportError> {
         std::future::poll_fn(|cx| self.io.poll_recv(cx)).await
+    }
+
+    /// Drops what the outbound queue holds (a slow consumer's backlog: its close frame goes
+    /// next).
+    fn discard_queued(&mut self) {
+        while self.outbox.try_recv().is_some() {}
     }
 
     /// Writes the pending frames with one flush. A flush that cannot finish (the client stopped
@@ -400,7 +422,8 @@ impl<T: Transport> Conn<T> {
                     let close = self.socket.0.state.lock().close.clone();
                     match close {
                         Some((code, reason, _)) if code == SLOW_CONSUMER => {
-                            break Err(End::Gone(code, reason));
+                            self.discard_queued();
+                            break Err(End::Close(code, reason));
                         }
                         // Set again after the flush for the main loop, which may rely on
                         // this wake-up (it does not poll the signal again until it is set).
@@ -616,6 +639,8 @@ impl<T: Transport> Conn<T> {
                 () = std::future::poll_fn(|cx| control.poll(cx)) => {
                     if let Some((code, reason, drain)) = self.take_close() {
                         if code == SLOW_CONSUMER {
+                            batch.clear();
+                            self.discard_queued();
                             return End::Close(code, reason);
                         }
                         if drain {
@@ -743,15 +768,14 @@ impl<T: Transport> Conn<T> {
         let server = self.server.clone();
         let outbound = &server.mw.outbound;
         // One allocation for the batch's small frames (they are copied into the write buffer).
-        let small: usize = batch
-            .iter()
-            .map(|o| match o {
-                Out::Frame(b) => b.len(),
-                Out::Publish(p) => p.frame.len(),
-            })
-            .filter(|&n| n <= SMALL_FRAME)
-            .map(|n| n + 4)
-            .sum();
+        let mut small = 0;
+        let mut total = 0;
+        for n in batch.iter().map(Out::len) {
+            total += n;
+            if n <= SMALL_FRAME {
+                small += n + 4;
+            }
+        }
         self.io.reserve(small);
         for out in batch.drain(..) {
             match out {
@@ -776,7 +800,10 @@ impl<T: Transport> Conn<T> {
                 }
             }
         }
-        self.flush_out().await
+        // The batch counts against the socket's queue bytes until it is written.
+        let flushed = self.flush_out().await;
+        self.socket.0.queued.fetch_sub(total, Ordering::AcqRel);
+        flushed
     }
 
     /// The synchronous part of handling a message: UTF-8, decoding, and whether it is an invoke
@@ -784,6 +811,11 @@ impl<T: Transport> Conn<T> {
     /// bytes, [`Self::call_sync`]). What needs the async handlers (or the raw inbound
     /// middleware) is returned, borrowing `bytes`.
     fn on_message<'a>(&mut self, bytes: &'a Bytes, is_text: bool) -> Result<Next<'a>, End> {
+        if let Some(rate) = &mut self.inbound_rate
+            && !rate.take(bytes.len())
+        {
+            return Err(End::close(RATE_LIMITED, "Inbound rate limit exceeded"));
+        }
         match std::str::from_utf8(bytes) {
             Ok(text) if self.server.mw.inbound_raw.is_empty() => {
                 let src = Src { bytes, text };
@@ -1144,6 +1176,7 @@ impl<T: Transport> Conn<T> {
             return;
         }
         let limit = self.server.cfg.socket_channel_limit;
+        let max_bytes = self.server.cfg.socket_channel_bytes;
         let result = {
             let mut s = self.socket.0.state.lock();
             if s.channels.iter().any(|c| **c == *channel) {
@@ -1156,8 +1189,17 @@ impl<T: Transport> Conn<T> {
                         self.socket.id()
                     ),
                 ))
+            } else if s.channel_bytes + channel.len() > max_bytes {
+                Err(ScError::new(
+                    ErrorName::InvalidActionError,
+                    format!(
+                        "Socket {} tried to exceed the limit of {max_bytes} bytes of channel names",
+                        self.socket.id()
+                    ),
+                ))
             } else {
                 s.channels.push(Arc::from(&*channel));
+                s.channel_bytes += channel.len();
                 Ok(true)
             }
         };
@@ -1303,7 +1345,10 @@ impl<T: Transport> Conn<T> {
             s.close = None;
             (
                 std::mem::take(&mut s.open),
-                std::mem::take(&mut s.channels),
+                {
+                    s.channel_bytes = 0;
+                    std::mem::take(&mut s.channels)
+                },
                 std::mem::take(&mut s.acks),
             )
         };
@@ -1317,6 +1362,7 @@ impl<T: Transport> Conn<T> {
         }
         self.server.sockets.write().remove(&socket.key());
         self.server.connections.fetch_sub(1, Ordering::AcqRel);
+        drop(std::mem::replace(&mut self.slot, AddrSlot::none()));
         self.outbox.close();
         if was_open && let Some(hook) = self.server.on_disconnection.clone() {
             hook(&socket, code, reason);

@@ -62,8 +62,10 @@ impl ScHandle {
     /// [`Transport`]). The socket starts with `extensions` ([`ScSocket::get`]) and runs on a task
     /// of its own until it closes.
     ///
-    /// Fails when the server is shutting down or holds
-    /// [`max_connections`](Config::max_connections) sockets; the transport is dropped then.
+    /// Fails when the server is shutting down, holds
+    /// [`max_connections`](Config::max_connections) sockets, or the request's client address is
+    /// over [`address_connection_limit`](Config::address_connection_limit) or
+    /// [`address_connect_rate`](Config::address_connect_rate); the transport is dropped then.
     pub fn accept<T: Transport>(
         &self,
         transport: T,
@@ -71,14 +73,15 @@ impl ScHandle {
         extensions: http::Extensions,
     ) -> Result<(), ScError> {
         let server = &self.0;
-        server
-            .count_connection()
-            .map_err(|why| ScError::new(ErrorName::BadConnectionError, why))?;
+        let slot = server
+            .count_connection(request.client_addr)
+            .map_err(|why| ScError::new(ErrorName::BadConnectionError, why.message()))?;
         tokio::spawn(crate::conn::run(
             transport,
             server.clone(),
             request,
             extensions,
+            slot,
         ));
         Ok(())
     }

@@ -12,6 +12,7 @@ mod engineio;
 mod exchange;
 mod handle;
 mod handler;
+mod limits;
 pub mod middleware;
 mod published;
 mod request;
@@ -54,7 +55,7 @@ pub use serve::serve;
 #[doc(inline)]
 pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]
-pub use socket::{SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
+pub use socket::{RATE_LIMITED, SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
 
 /// Re-exported: JWT algorithms for [`AuthKey::Pem`].
 pub use jsonwebtoken::Algorithm;

@@ -14,6 +14,7 @@ use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::handle::ScHandle;
+use crate::limits::{AddrSlot, AddressLimits};
 use crate::request::{ClientAddr, PeerAddr};
 
 /// How long a trusted proxy has to send its PROXY protocol header.
@@ -27,7 +28,10 @@ const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// [`PeerAddr`] in its extensions, and, with
 /// [`proxy_protocol`](crate::Config::proxy_protocol) on, the [`ClientAddr`] a trusted proxy gave
 /// in its PROXY protocol header (a connection from a trusted proxy without a valid header is
-/// dropped). Accept errors (such as too many open files) are logged and the loop goes on.
+/// dropped). A peer that is not a trusted proxy may hold
+/// [`address_tcp_limit`](crate::Config::address_tcp_limit) connections at once; further ones
+/// are closed as soon as they are accepted. Accept errors (such as too many open files) are
+/// logged and the loop goes on.
 pub async fn serve<S, B>(listener: TcpListener, service: S, handle: ScHandle)
 where
     S: Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
@@ -42,6 +46,9 @@ where
     let stop = handle.shutdown_signal();
     tokio::pin!(stop);
     let proxy_protocol = handle.config().proxy_protocol;
+    let mut failed = 0u64;
+    let mut last_warning = None;
+    let peers = AddressLimits::new(handle.config().address_tcp_limit, 0, 0);
     let header_timeout = Duration::from_millis(handle.config().http_header_timeout_ms);
     loop {
         let accepted = tokio::select! {
@@ -51,15 +58,37 @@ where
         let (mut stream, peer) = match accepted {
             Ok(a) => a,
             Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
+                // Out of file handles, say: warn at most once a second, with the count.
+                failed += 1;
+                if last_warning
+                    .is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_secs(1))
+                {
+                    tracing::warn!(error = %e, failures = failed, "accept failed");
+                    failed = 0;
+                    last_warning = Some(tokio::time::Instant::now());
+                }
                 tokio::time::sleep(std::time::Duration::from_millis(10)).await;
                 continue;
             }
         };
+        let trusted = handle.0.trusted.contains(peer.ip());
+        // A trusted proxy carries many clients: their addresses are counted per socket.
+        let slot = if trusted {
+            AddrSlot::none()
+        } else {
+            match peers.admit(Some(peer.ip())) {
+                Ok(slot) => slot,
+                Err(_) => {
+                    tracing::debug!(%peer, "too many connections from this address: closed");
+                    continue;
+                }
+            }
+        };
         let _ = stream.set_nodelay(true);
         let service = service.clone();
-        let proxied = proxy_protocol && handle.0.trusted.contains(peer.ip());
+        let proxied = proxy_protocol && trusted;
         tokio::spawn(async move {
+            let _slot = slot;
             let mut client = None;
             if proxied {
                 match crate::client_addr::read_proxy_header(&mut stream, PROXY_HEADER_TIMEOUT).await

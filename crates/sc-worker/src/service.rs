@@ -239,7 +239,7 @@ enum UpgradeRejection {
     BadRequest(&'static str),
     Origin,
     Blocked(String),
-    Unavailable(&'static str),
+    Refused(crate::limits::Refusal),
 }
 
 impl UpgradeRejection {
@@ -248,7 +248,7 @@ impl UpgradeRejection {
             UpgradeRejection::BadRequest(m) => (StatusCode::BAD_REQUEST, m.to_owned()),
             UpgradeRejection::Origin => (StatusCode::FORBIDDEN, "Origin not allowed".to_owned()),
             UpgradeRejection::Blocked(m) => (StatusCode::UNAUTHORIZED, m),
-            UpgradeRejection::Unavailable(m) => (StatusCode::SERVICE_UNAVAILABLE, m.to_owned()),
+            UpgradeRejection::Refused(r) => (r.status(), r.message().to_owned()),
         };
         let mut res = Response::new(body);
         *res.status_mut() = status;
@@ -353,9 +353,10 @@ fn check_upgrade<ReqBody>(
     if !server.cfg.origin_allowed(origin) {
         return Err(UpgradeRejection::Origin);
     }
-    if server.shutting_down.load(Ordering::Acquire) {
-        return Err(UpgradeRejection::Unavailable("Server is shutting down"));
-    }
+    let client = parts.extensions.get::<ClientAddr>().map(|a| a.0);
+    server
+        .check_connection(client)
+        .map_err(UpgradeRejection::Refused)?;
     let on_upgrade = parts
         .extensions
         .remove::<hyper::upgrade::OnUpgrade>()
@@ -369,17 +370,17 @@ fn check_upgrade<ReqBody>(
     })
 }
 
-/// Counts the connection (503 over the limit), runs the socket once the connection is upgraded,
-/// and answers 101.
+/// Counts the connection (503 over the server's limit, 429 over the address's), runs the socket
+/// once the connection is upgraded, and answers 101.
 fn accept_upgrade(
     server: &Arc<ServerInner>,
     on_upgrade: hyper::upgrade::OnUpgrade,
     accept: &str,
     action: HandshakeWsAction,
 ) -> Result<Response<String>, UpgradeRejection> {
-    server
-        .count_connection()
-        .map_err(UpgradeRejection::Unavailable)?;
+    let slot = server
+        .count_connection(action.request.client_addr)
+        .map_err(UpgradeRejection::Refused)?;
     let server = server.clone();
     let HandshakeWsAction {
         request,
@@ -394,16 +395,17 @@ fn accept_upgrade(
             Ok(upgraded) => match upgraded.downcast::<TokioIo<tokio::net::TcpStream>>() {
                 Ok(parts) => {
                     let ws = WsStream::new(parts.io.into_inner(), parts.read_buf, max_payload);
-                    crate::conn::run(ws, server, request, extensions).await;
+                    crate::conn::run(ws, server, request, extensions, slot).await;
                 }
                 Err(upgraded) => {
                     let ws =
                         WsStream::new(TokioIo::new(upgraded), bytes::Bytes::new(), max_payload);
-                    crate::conn::run(ws, server, request, extensions).await;
+                    crate::conn::run(ws, server, request, extensions, slot).await;
                 }
             },
             Err(e) => {
                 server.connections.fetch_sub(1, Ordering::AcqRel);
+                drop(slot);
                 tracing::debug!(error = %e, "WebSocket upgrade failed");
             }
         }

@@ -23,6 +23,11 @@ use crate::request::{HandshakeRequest, StoredRequest};
 /// The close code of a socket dropped as a slow consumer (its outbound queue was full). Below
 /// 4500, so clients reconnect.
 pub const SLOW_CONSUMER: u16 = 4100;
+/// The close code of a socket that sent more than
+/// [`inbound_rate_messages`](crate::Config::inbound_rate_messages) or
+/// [`inbound_rate_bytes`](crate::Config::inbound_rate_bytes) allow. Below 4500, so clients
+/// reconnect (after their backoff).
+pub const RATE_LIMITED: u16 = 4429;
 /// The close code sent to every socket on graceful shutdown (1001, going away): clients reconnect
 /// (elsewhere, or here once the server is back) and raise no error for it.
 pub const SHUTDOWN: u16 = 1001;
@@ -94,6 +99,17 @@ pub(crate) enum Out {
     Publish(Arc<Published>),
 }
 
+impl Out {
+    /// The bytes the item holds (a shared publish counts in full: the socket keeps it alive).
+    #[inline]
+    pub(crate) fn len(&self) -> usize {
+        match self {
+            Out::Frame(b) => b.len(),
+            Out::Publish(p) => p.frame.len(),
+        }
+    }
+}
+
 type Ack = oneshot::Sender<Result<Option<Data>, ScError>>;
 
 #[derive(Default)]
@@ -103,6 +119,8 @@ pub(crate) struct SocketState {
     pub(crate) auth_token: Option<Arc<Value>>,
     pub(crate) signed_token: Option<Arc<str>>,
     pub(crate) channels: Vec<Arc<str>>,
+    /// Total bytes of the names in `channels`.
+    pub(crate) channel_bytes: usize,
     pub(crate) acks: HashMap<u64, Ack>,
     pub(crate) close: Option<(u16, String, bool)>,
 }
@@ -111,6 +129,10 @@ pub(crate) struct SocketShared {
     pub(crate) id: Box<str>,
     pub(crate) key: u64,
     pub(crate) tx: mpsc::Sender<Out>,
+    /// Bytes of the items in `tx` and of those the socket's task took and has not written yet.
+    pub(crate) queued: AtomicUsize,
+    /// The most `queued` may hold ([`Config::outbound_queue_bytes`](crate::Config::outbound_queue_bytes)).
+    pub(crate) queue_limit: usize,
     pub(crate) host: Arc<dyn Host>,
     /// The HTTP request that opened the socket.
     pub(crate) request: StoredRequest,
@@ -230,16 +252,27 @@ impl ScSocket {
         f(&mut self.0.ext.lock())
     }
 
-    /// Queues an outbound item; closes the socket as a slow consumer when the queue is full.
+    /// Queues an outbound item; closes the socket as a slow consumer when the queue is full (in
+    /// frames or in bytes).
     pub(crate) fn deliver(&self, out: Out) -> bool {
+        let len = out.len();
+        let before = self.0.queued.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before + len > self.0.queue_limit {
+            self.0.queued.fetch_sub(len, Ordering::AcqRel);
+            tracing::debug!(sid = %self.id(), queued = before, "outbound queue over its bytes: closing slow consumer");
+            self.close_with(SLOW_CONSUMER, "Slow consumer", false);
+            return false;
+        }
         match self.0.tx.try_send(out) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                tracing::debug!(sid = %self.id(), "outbound queue full: closing slow consumer");
-                self.close_with(SLOW_CONSUMER, "Slow consumer", false);
+            Err(e) => {
+                self.0.queued.fetch_sub(len, Ordering::AcqRel);
+                if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    tracing::debug!(sid = %self.id(), "outbound queue full: closing slow consumer");
+                    self.close_with(SLOW_CONSUMER, "Slow consumer", false);
+                }
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
 
@@ -406,7 +439,11 @@ impl ScSocket {
             let mut s = self.0.state.lock();
             let before = s.channels.len();
             s.channels.retain(|c| &**c != channel);
-            before != s.channels.len()
+            let removed = before != s.channels.len();
+            if removed {
+                s.channel_bytes = s.channel_bytes.saturating_sub(channel.len());
+            }
+            removed
         };
         if removed {
             self.0.host.unsubscribe(channel, self.key());

@@ -2,6 +2,7 @@
 //! builder makes it; the service, the socket tasks and the handle share it.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::client_addr::TrustedProxies;
 use crate::config::Config;
 use crate::exchange::Broker;
 use crate::handler::{ConnectFn, DisconnectFn, EventFn, Procedure, ReceiverFn};
+use crate::limits::{AddrSlot, AddressLimits, Refusal};
 use crate::middleware::Middlewares;
 use crate::socket::{Host, ScEvent, ScSocket};
 
@@ -41,6 +43,8 @@ pub(crate) struct ServerInner {
     /// Every socket, handshaking or open, by key.
     pub(crate) sockets: RwLock<HashMap<u64, ScSocket, foldhash::fast::RandomState>>,
     pub(crate) connections: AtomicUsize,
+    /// Sockets per client address and new ones per second ([`Config::address_connection_limit`]).
+    pub(crate) addresses: Arc<AddressLimits>,
     pub(crate) next_key: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
     pub(crate) shutdown_tx: watch::Sender<bool>,
@@ -54,19 +58,32 @@ impl std::fmt::Debug for ServerInner {
 }
 
 impl ServerInner {
-    /// Counts one more connection, unless the server is shutting down or holds
-    /// `max_connections` already; the error says which. The socket uncounts it when it closes.
-    pub(crate) fn count_connection(&self) -> Result<(), &'static str> {
-        if self.shutting_down.load(Ordering::Acquire) {
-            return Err("Server is shutting down");
-        }
+    /// Counts one more connection from `client` (its address, if known), unless the server is
+    /// shutting down, holds `max_connections` already, or the address is over its limits; the
+    /// error says which. The socket uncounts the connection when it closes, and gives the
+    /// address's place back by dropping the slot.
+    pub(crate) fn count_connection(&self, client: Option<IpAddr>) -> Result<AddrSlot, Refusal> {
+        self.check_connection(client)?;
         let max = self.cfg.max_connections;
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < max).then_some(n + 1)
             })
-            .map(|_| ())
-            .map_err(|_| "Too many connections")
+            .map_err(|_| Refusal::Full)?;
+        self.addresses.admit(client).inspect_err(|_| {
+            self.connections.fetch_sub(1, Ordering::AcqRel);
+        })
+    }
+
+    /// Whether a connection from `client` would be counted now (nothing is counted).
+    pub(crate) fn check_connection(&self, client: Option<IpAddr>) -> Result<(), Refusal> {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Refusal::ShuttingDown);
+        }
+        if self.connections.load(Ordering::Acquire) >= self.cfg.max_connections {
+            return Err(Refusal::Full);
+        }
+        self.addresses.check(client)
     }
 }
 

@@ -148,3 +148,190 @@ async fn a_signed_token_whose_dates_are_not_numbers_is_invalid() {
     let r = c.invoke("#authenticate", Value::String(never), 2).await;
     assert_eq!(r["error"]["name"], "AuthTokenInvalidError");
 }
+
+/// The status of a plain `GET path` on a new connection.
+async fn get_status(addr: std::net::SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sockets_per_address_are_capped_with_429_and_given_back_on_close() {
+    let server = start(app(Config {
+        address_connection_limit: 2,
+        trusted_proxies: vec!["127.0.0.1".into()],
+        ..Config::default()
+    }))
+    .await;
+    let from = |ip: &str| format!("X-Forwarded-For: {ip}\r\n");
+    let a = upgrade_stream(server.addr, "/socketcluster/", &from("192.0.2.1")).await;
+    let _b = upgrade_stream(server.addr, "/socketcluster/", &from("192.0.2.1")).await;
+    assert_eq!(
+        common::upgrade_status(server.addr, "/socketcluster/", &from("192.0.2.1")).await,
+        429
+    );
+    // An engine.io session counts the same.
+    assert_eq!(
+        get_status(server.addr, "/engine.io/?EIO=4&transport=polling").await,
+        200,
+        "the proxy's own address is another client"
+    );
+    // Another client address behind the same proxy has its own count.
+    let _c = upgrade_stream(server.addr, "/socketcluster/", &from("192.0.2.2")).await;
+    // A closed socket gives its place back.
+    drop(a);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let s = common::upgrade_status(server.addr, "/socketcluster/", &from("192.0.2.1")).await;
+        if s == 101 {
+            break;
+        }
+        assert_eq!(s, 429);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the place was not given back"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn new_sockets_per_address_are_rate_limited_with_429() {
+    let server = start(app(Config {
+        address_connect_rate: 1,
+        address_connect_burst: 3,
+        ..Config::default()
+    }))
+    .await;
+    for _ in 0..3 {
+        drop(upgrade_stream(server.addr, "/socketcluster/", "").await);
+    }
+    // The burst is spent (closing sockets does not refill it): WebSocket and engine.io alike.
+    assert_eq!(
+        common::upgrade_status(server.addr, "/socketcluster/", "").await,
+        429
+    );
+    assert_eq!(
+        get_status(server.addr, "/engine.io/?EIO=4&transport=polling").await,
+        429
+    );
+}
+
+#[tokio::test]
+async fn engine_io_sessions_are_capped() {
+    let server = start(app(Config {
+        engineio_max_sessions: 2,
+        ..Config::default()
+    }))
+    .await;
+    for _ in 0..2 {
+        assert_eq!(
+            get_status(server.addr, "/engine.io/?EIO=4&transport=polling").await,
+            200
+        );
+    }
+    assert_eq!(
+        get_status(server.addr, "/engine.io/?EIO=4&transport=polling").await,
+        503
+    );
+}
+
+#[tokio::test]
+async fn tcp_connections_per_peer_are_capped_at_accept() {
+    let server = start(app(Config {
+        address_tcp_limit: 2,
+        ..Config::default()
+    }))
+    .await;
+    let _a = TcpStream::connect(server.addr).await.unwrap();
+    let _b = TcpStream::connect(server.addr).await.unwrap();
+    let mut c = TcpStream::connect(server.addr).await.unwrap();
+    // Closed at once, nothing written.
+    assert!(read_to_close(&mut c).await.is_empty());
+    drop(_a);
+    // The place is given back once the server sees the close.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if get_status(server.addr, "/nothing").await == 404 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline);
+    }
+}
+
+#[tokio::test]
+async fn subscriptions_are_capped_in_name_bytes() {
+    let server = start(app(Config {
+        socket_channel_bytes: 100,
+        ..Config::default()
+    }))
+    .await;
+    let (mut c, _) = Client::connect(&server).await;
+    let name = |i: u8| format!("{}{i}", "n".repeat(39));
+    for (cid, i) in [(2, 0u8), (3, 1)] {
+        assert_eq!(
+            c.invoke("#subscribe", json!({"channel": name(i)}), cid)
+                .await,
+            json!({"rid": cid})
+        );
+    }
+    let r = c.invoke("#subscribe", json!({"channel": name(2)}), 4).await;
+    assert_eq!(r["error"]["name"], "InvalidActionError");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("100 bytes"),
+        "{r}"
+    );
+    // Unsubscribing frees the bytes.
+    c.invoke("#unsubscribe", json!(name(0)), 5).await;
+    assert_eq!(
+        c.invoke("#subscribe", json!({"channel": name(2)}), 6).await,
+        json!({"rid": 6})
+    );
+}
+
+#[tokio::test]
+async fn a_socket_over_the_inbound_rate_is_closed_with_4429() {
+    let server = start(app(Config {
+        inbound_rate_messages: 5,
+        ..Config::default()
+    }))
+    .await;
+    let (mut c, _) = Client::connect(&server).await;
+    for cid in 2..20 {
+        c.send_json(json!({"event": "echo", "data": 1, "cid": cid}))
+            .await;
+    }
+    assert_eq!(c.closed().await, sc_worker::RATE_LIMITED);
+}
+
+#[tokio::test]
+async fn a_reader_that_stops_is_cut_off_by_bytes_with_a_4100_close_frame() {
+    let server = start(app(Config {
+        outbound_queue_bytes: 1 << 20,
+        ..Config::default()
+    }))
+    .await;
+    let (mut c, reply) = Client::connect(&server).await;
+    let id = reply["id"].as_str().unwrap().to_owned();
+    let socket = server.handle.socket(&id).unwrap();
+    // The client reads nothing: transmits pile up in the kernel's buffers, then in the socket's
+    // queue, until it holds more than 1 MiB.
+    let big = "x".repeat(100 * 1024);
+    let mut sent = 0usize;
+    while socket.transmit("big", big.as_str()).is_ok() {
+        sent += 1;
+        assert!(sent < 2000, "never cut off");
+        tokio::task::yield_now().await;
+    }
+    // The client reads again: what was written, then the close frame.
+    assert_eq!(c.closed().await, sc_worker::SLOW_CONSUMER);
+    assert!(!socket.is_open());
+}

@@ -28,8 +28,8 @@ use parking_lot::Mutex;
 use tower_service::Service;
 
 use crate::middleware::HandshakeWsAction;
-use crate::request::HandshakeRequest;
 use crate::request::RequestBody;
+use crate::request::{ClientAddr, HandshakeRequest};
 use crate::state::ServerInner;
 
 mod transport;
@@ -134,8 +134,8 @@ impl Endpoint {
     }
 
     /// The checks of a WebSocket upgrade, for a request that opens a session (no `sid`):
-    /// origin (403), shutdown and connection limit (503). The `handshake_ws` middleware runs
-    /// next ([`admit`]).
+    /// origin (403), shutdown, the connection and session limits (503) and the address's
+    /// limits (429). The `handshake_ws` middleware runs next ([`admit`]).
     #[allow(clippy::result_large_err)]
     fn check<B>(&self, req: Request<B>) -> Result<Request<B>, Response<String>> {
         if !opens_session(&req) {
@@ -152,16 +152,14 @@ impl Endpoint {
                 "Origin not allowed".to_owned(),
             ));
         }
-        if server.shutting_down.load(Ordering::Acquire) {
-            return Err(plain(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Server is shutting down".to_owned(),
-            ));
+        let client = req.extensions().get::<ClientAddr>().map(|a| a.0);
+        if let Err(refusal) = server.check_connection(client) {
+            return Err(plain(refusal.status(), refusal.message().to_owned()));
         }
-        if server.connections.load(Ordering::Acquire) >= server.cfg.max_connections {
+        if self.sessions() >= server.cfg.engineio_max_sessions {
             return Err(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "Too many connections".to_owned(),
+                "Too many engine.io sessions".to_owned(),
             ));
         }
         Ok(req)
@@ -261,23 +259,27 @@ impl EngineIoHandler for Handler {
                 request: HandshakeRequest::copy_from(&socket.req_parts),
                 extensions: http::Extensions::new(),
             });
-        if let Err(why) = self.server.count_connection() {
-            let _ = socket.emit(close_message(1013, why));
-            tokio::spawn(close_after_grace(socket, self.grace));
-            return;
-        }
+        let slot = match self.server.count_connection(action.request.client_addr) {
+            Ok(slot) => slot,
+            Err(refusal) => {
+                let _ = socket.emit(close_message(1013, refusal.message()));
+                tokio::spawn(close_after_grace(socket, self.grace));
+                return;
+            }
+        };
         let cfg = &self.server.cfg;
         let rx = socket
             .data
             .open(4 * cfg.engineio_max_payload.max(cfg.max_payload));
         tracing::debug!(sid = %socket.id, transport = ?socket.transport_type(), "engine.io session opened");
         let stall = Duration::from_millis(cfg.ping_timeout_ms);
-        let transport = EioTransport::new(socket, rx, stall, self.grace);
+        let transport = EioTransport::new(socket, rx, stall, self.grace, cfg.outbound_queue_bytes);
         tokio::spawn(crate::conn::run(
             transport,
             self.server.clone(),
             action.request,
             action.extensions,
+            slot,
         ));
     }
 

@@ -3,7 +3,8 @@
 //! engineioxide calls the endpoint's handler with each client message; the handler hands it to
 //! the session's transport through an unbounded queue, bounded in bytes (a client that sends
 //! faster than its socket reads is closed with 1008). Frames the socket writes become engine.io
-//! messages, one frame each, queued on the session (its buffer holds `outbound_queue` messages;
+//! messages, one frame each, queued on the session (its buffer holds `outbound_queue` messages
+//! and `outbound_queue_bytes` bytes, counted until engineioxide has let go of each message;
 //! while it is full, a polling client that has not fetched yet, the flush waits, and one that
 //! stays full for the ping timeout drops the socket as a slow consumer with 4100). Engine.io has
 //! no close codes: a close travels in-band as `#close:{"code":..,"reason":".."}` before the
@@ -126,6 +127,13 @@ pub(crate) struct EioTransport {
     close_sent: bool,
     /// The close the client (or the session's end) gave.
     peer_close: Option<(u16, String)>,
+    /// The messages handed to the session, in order, while the session still holds them (a
+    /// message is unique here again once it was sent to the client).
+    handed: VecDeque<Bytes>,
+    /// Bytes of `handed`.
+    handed_bytes: usize,
+    /// The most `handed_bytes` may reach before the flush waits.
+    budget: usize,
 }
 
 impl EioTransport {
@@ -134,6 +142,7 @@ impl EioTransport {
         rx: mpsc::UnboundedReceiver<Inbound>,
         stall: Duration,
         grace: Duration,
+        budget: usize,
     ) -> Self {
         EioTransport {
             socket,
@@ -144,7 +153,23 @@ impl EioTransport {
             grace,
             close_sent: false,
             peer_close: None,
+            handed: VecDeque::new(),
+            handed_bytes: 0,
+            budget,
         }
+    }
+
+    /// Forgets the handed messages the session let go of (oldest first) and says whether the
+    /// session holds more than the budget.
+    fn over_budget(&mut self) -> bool {
+        while let Some(front) = self.handed.front() {
+            if !front.is_unique() {
+                break;
+            }
+            self.handed_bytes -= front.len();
+            self.handed.pop_front();
+        }
+        self.handed_bytes > self.budget
     }
 
     fn queue(&mut self, message: Str) {
@@ -193,9 +218,19 @@ impl Transport for EioTransport {
 
     fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), TransportError>> {
         while !self.out.is_empty() {
-            match self.socket.reserve() {
+            let reserved = if self.over_budget() {
+                Err(mpsc::error::TrySendError::Full(()))
+            } else {
+                self.socket.reserve()
+            };
+            match reserved {
                 Ok(permit) => {
                     if let Some(message) = self.out.pop_front() {
+                        if !message.is_empty() {
+                            let kept = Bytes::from(message.clone());
+                            self.handed_bytes += kept.len();
+                            self.handed.push_back(kept);
+                        }
                         permit.emit(message);
                     }
                     self.retry = None;
@@ -294,6 +329,7 @@ mod tests {
             rx,
             Duration::from_millis(300),
             Duration::from_millis(50),
+            1 << 20,
         );
         (t, socket, packets)
     }
@@ -366,6 +402,36 @@ mod tests {
         socket.data.send(Str::from("y".repeat(600)));
         assert!(matches!(recv(&mut t).await, Ok(Incoming::Text(b)) if b.len() == 600));
         assert!(matches!(recv(&mut t).await, Ok(Incoming::Closed(1008, _))));
+    }
+
+    #[tokio::test]
+    async fn the_session_holds_at_most_its_budget_in_bytes() {
+        // Room for 16 messages, but a budget of 1000 bytes: two 600-byte messages go (the
+        // budget is checked before each), the third waits until the client fetched them.
+        let (socket, mut packets) =
+            Socket::<Session>::new_dummy_piped(Sid::new(), Box::new(|_, _| {}), 16);
+        let rx = socket.data.open(1000);
+        let mut t = EioTransport::new(
+            socket.clone(),
+            rx,
+            Duration::from_secs(5),
+            Duration::from_millis(50),
+            1000,
+        );
+        for c in ['a', 'b', 'c'] {
+            t.send(Bytes::from(c.to_string().repeat(600)));
+        }
+        let stalled =
+            tokio::time::timeout(Duration::from_millis(100), poll_fn(|cx| t.poll_flush(cx))).await;
+        assert!(
+            stalled.is_err(),
+            "the third message must wait for the budget"
+        );
+        assert_eq!(t.handed_bytes, 1200);
+        assert!(message(&mut packets).await.starts_with('a'));
+        assert!(message(&mut packets).await.starts_with('b'));
+        flush(&mut t).await.unwrap();
+        assert!(message(&mut packets).await.starts_with('c'));
     }
 
     #[tokio::test]
