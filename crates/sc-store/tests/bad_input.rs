@@ -3,6 +3,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod common;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
@@ -526,4 +528,460 @@ async fn a_transaction_cannot_queue_more_than_the_query_buffer() {
     assert!(refused);
     assert!(is_err(&c.cmd(&[b"EXEC"]).await, "EXECABORT"));
     assert_eq!(c.cmd(&[b"GET", b"k"]).await, Reply::Bulk(None));
+}
+
+// Connections that have not authenticated (the server has a secret): Redis's small limits, a
+// small input buffer and an auth timeout, so that a client without the secret holds little of
+// the server's memory and not for long.
+
+const SECRET: &str = "s3cret";
+
+fn with_secret() -> ServerConfig {
+    ServerConfig {
+        secret: Some(SECRET.into()),
+        ..ServerConfig::default()
+    }
+}
+
+async fn authed_client(addr: SocketAddr) -> Client {
+    let mut c = Client::connect(addr).await;
+    assert_eq!(
+        c.cmd(&[b"AUTH", SECRET.as_bytes()]).await,
+        Reply::Simple("OK".into())
+    );
+    c
+}
+
+/// `INFO`'s `total_net_input_bytes`: what the server has read from all its connections.
+async fn net_input_bytes(c: &mut Client) -> u64 {
+    let Reply::Bulk(Some(info)) = c.cmd(&[b"INFO"]).await else {
+        panic!("INFO")
+    };
+    String::from_utf8(info)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("total_net_input_bytes:"))
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The wire size of the `INFO` command [`net_input_bytes`] sends.
+const INFO_LEN: u64 = 14;
+
+const MIB_32: usize = 32 << 20;
+
+/// Writes `head`, then `block` again and again until `total` bytes are written or a write
+/// fails (the server closed the connection); returns the bytes written.
+async fn stream(w: &mut OwnedWriteHalf, head: &[u8], block: &[u8], total: usize) -> usize {
+    let mut sent = 0;
+    if w.write_all(head).await.is_err() {
+        return 0;
+    }
+    sent += head.len();
+    while sent < total {
+        let n = block.len().min(total - sent);
+        if w.write_all(&block[..n]).await.is_err() {
+            break;
+        }
+        sent += n;
+    }
+    sent
+}
+
+/// Reads (and drops) everything until the server closes the connection.
+async fn until_closed(r: &mut BufReader<OwnedReadHalf>) {
+    let mut buf = vec![0u8; 64 << 10];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the server did not close the connection");
+}
+
+/// Connects without authenticating and sends `head` and then `block` repeatedly, up to `total`
+/// bytes, from another task; returns the first reply (`None` when the connection closed without
+/// one) once the server has closed the connection.
+async fn hostile(addr: SocketAddr, head: Vec<u8>, block: Vec<u8>, total: usize) -> Option<Reply> {
+    let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    let writer = tokio::spawn(async move { stream(&mut w, &head, &block, total).await });
+    let first = tokio::time::timeout(WAIT, read_reply(&mut r))
+        .await
+        .expect("neither a reply nor a close");
+    until_closed(&mut r).await;
+    tokio::time::timeout(WAIT, writer)
+        .await
+        .expect("the writer did not stop")
+        .unwrap();
+    first
+}
+
+/// A multibulk request of `n` bulks of `len` bytes.
+fn request(n: usize, len: usize) -> Vec<u8> {
+    let arg = vec![b'x'; len];
+    encode(&vec![&arg[..]; n])
+}
+
+/// The header of a `SET k <value>` whose value is `len` bytes, without the value.
+fn set_head(len: usize) -> Vec<u8> {
+    format!("*3\r\n$3\r\nSET\r\n$1\r\nk\r\n${len}\r\n").into_bytes()
+}
+
+fn protocol_error(r: &Option<Reply>, what: &str) -> bool {
+    matches!(r, Some(Reply::Error(e)) if e == &format!("ERR Protocol error: {what}"))
+}
+
+#[tokio::test]
+async fn before_auth_requests_are_limited_as_in_redis() {
+    let s = start(with_secret());
+    let addr = s.local_addr();
+    // More than 10 arguments: refused and closed, from the header on.
+    for n in [11, 1000] {
+        let r = hostile(addr, request(n, 1), Vec::new(), 0).await;
+        assert!(
+            protocol_error(&r, "unauthenticated multibulk length"),
+            "{n}: {r:?}"
+        );
+    }
+    let r = hostile(
+        addr,
+        b"GET a b c d e f g h i j k\r\n".to_vec(),
+        Vec::new(),
+        0,
+    )
+    .await;
+    assert!(
+        protocol_error(&r, "unauthenticated multibulk length"),
+        "{r:?}"
+    );
+    // A bulk over 16 KiB: refused before its bytes are read.
+    let mut auth = b"*2\r\n$4\r\nAUTH\r\n$16385\r\n".to_vec();
+    auth.extend(vec![b'x'; 16385]);
+    auth.extend(b"\r\n");
+    let r = hostile(addr, auth, Vec::new(), 0).await;
+    assert!(protocol_error(&r, "unauthenticated bulk length"), "{r:?}");
+    // At the limits the commands run (and get NOAUTH or WRONGPASS) and the connection stays.
+    let mut c = Client::connect(addr).await;
+    let ten = request(10, 1);
+    c.send(&ten).await;
+    assert!(is_err(&c.reply().await, "NOAUTH"));
+    let long = vec![b'p'; 16 << 10];
+    assert!(is_err(&c.cmd(&[b"AUTH", &long]).await, "WRONGPASS"));
+    // After AUTH the connection has the full limits, from the next command of the same write.
+    let mut pipeline = encode(&[b"AUTH", SECRET.as_bytes()]);
+    let keys: Vec<Vec<u8>> = (0..999).map(|i| format!("k{i}").into_bytes()).collect();
+    let mut del: Vec<&[u8]> = vec![b"DEL"];
+    del.extend(keys.iter().map(Vec::as_slice));
+    pipeline.extend(encode(&del));
+    c.send(&pipeline).await;
+    assert_eq!(c.reply().await, Reply::Simple("OK".into()));
+    assert_eq!(c.reply().await, Reply::Int(0));
+    serves_others_authed(addr).await;
+}
+
+#[tokio::test]
+async fn an_unauthenticated_1_mib_bulk_or_32_mib_stream_is_refused_after_reading_little() {
+    let s = start(with_secret());
+    let addr = s.local_addr();
+    let mut observer = authed_client(addr).await;
+    let block = vec![b'x'; 64 << 10];
+    // (what, first write, repeated block, total bytes, the accepted errors)
+    type Case = (
+        &'static str,
+        Vec<u8>,
+        Vec<u8>,
+        usize,
+        &'static [&'static str],
+    );
+    let cases: [Case; 5] = [
+        // A 1 MiB bulk: the header is enough to refuse it.
+        (
+            "1 MiB SET value, in one write",
+            [set_head(1 << 20), vec![b'x'; 1 << 20], b"\r\n".to_vec()].concat(),
+            Vec::new(),
+            0,
+            &["unauthenticated bulk length"],
+        ),
+        (
+            "1 MiB AUTH secret",
+            b"*2\r\n$4\r\nAUTH\r\n$1048576\r\n".to_vec(),
+            block.clone(),
+            1 << 20,
+            &["unauthenticated bulk length"],
+        ),
+        // 32 MiB of requests that keep under the bulk and argument limits: the buffer cap.
+        (
+            "32 MiB of 10 x 16 KiB requests",
+            Vec::new(),
+            request(10, 16 << 10),
+            MIB_32,
+            &["unauthenticated request too large"],
+        ),
+        // 32 MiB declared as one value.
+        (
+            "32 MiB SET value",
+            set_head(MIB_32),
+            block.clone(),
+            MIB_32,
+            &["unauthenticated bulk length"],
+        ),
+        // 32 MiB without a line end.
+        (
+            "32 MiB inline line",
+            Vec::new(),
+            block.clone(),
+            MIB_32,
+            &[
+                "unauthenticated request too large",
+                "too big inline request",
+            ],
+        ),
+    ];
+    for (name, head, block, total, errors) in cases {
+        let before = net_input_bytes(&mut observer).await;
+        let r = hostile(addr, head, block, total).await;
+        assert!(
+            errors.iter().any(|e| protocol_error(&r, e)),
+            "{name}: {r:?}"
+        );
+        let read = net_input_bytes(&mut observer).await - before - INFO_LEN;
+        println!("{name}: the server read {read} bytes before closing the connection");
+        // At most the unauthenticated buffer and one read more.
+        let most = ServerConfig::default().unauth_max_query_buffer + (16 << 10);
+        assert!(read <= most as u64, "{name}: the server read {read} bytes");
+    }
+    serves_others_authed(addr).await;
+}
+
+async fn serves_others_authed(addr: SocketAddr) {
+    let mut c = authed_client(addr).await;
+    assert_eq!(c.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+}
+
+#[tokio::test]
+async fn after_auth_a_bulk_of_max_bulk_len_is_accepted() {
+    let max = ServerConfig::default().max_bulk_len;
+    let s = start(with_secret());
+    let Client { mut r, mut w } = Client::connect(s.local_addr()).await;
+    // AUTH and the largest SET in one write: the limits change between the two commands.
+    let mut head = encode(&[b"AUTH", SECRET.as_bytes()]);
+    head.extend(set_head(max));
+    let writer = tokio::spawn(async move {
+        let sent = stream(&mut w, &head, &vec![b'v'; 1 << 20], head.len() + max).await;
+        w.write_all(b"\r\n").await.unwrap();
+        (w, sent)
+    });
+    let mut c = {
+        let ok = tokio::time::timeout(WAIT, read_reply(&mut r))
+            .await
+            .unwrap();
+        assert_eq!(ok, Some(Reply::Simple("OK".into())));
+        let ok = tokio::time::timeout(WAIT, read_reply(&mut r))
+            .await
+            .unwrap();
+        assert_eq!(ok, Some(Reply::Simple("OK".into())));
+        let (w, _) = writer.await.unwrap();
+        Client { r, w }
+    };
+    let Reply::Bulk(Some(v)) = c.cmd(&[b"GET", b"k"]).await else {
+        panic!("GET")
+    };
+    assert_eq!(v.len(), max);
+    assert!(v.iter().all(|&b| b == b'v'));
+}
+
+#[tokio::test]
+async fn a_connection_without_auth_is_closed_after_the_auth_timeout() {
+    let timeout = Duration::from_millis(300);
+    let s = start(ServerConfig {
+        auth_timeout: timeout,
+        ..with_secret()
+    });
+    let open = start(ServerConfig {
+        auth_timeout: timeout,
+        ..ServerConfig::default()
+    });
+    let addr = s.local_addr();
+    let started = Instant::now();
+    let mut good = authed_client(addr).await;
+    let mut no_secret = Client::connect(open.local_addr()).await;
+    // Sends nothing: closed at the deadline, with a reason.
+    let mut idle = Client::connect(addr).await;
+    let r = idle.reply().await;
+    assert!(
+        is_err(
+            &r,
+            "ERR unauthenticated connection closed: no successful AUTH within 300 ms"
+        ),
+        "{r:?}"
+    );
+    idle.closed().await;
+    let idle_closed = started.elapsed();
+    assert!(idle_closed >= timeout, "{idle_closed:?}");
+    // Sends commands all along, and a wrong secret: closed too.
+    let chatty_started = Instant::now();
+    let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+    let mut r = BufReader::new(r);
+    let mut last = None;
+    for i in 0.. {
+        let cmd = if i % 2 == 0 {
+            encode(&[b"GET", b"k"])
+        } else {
+            encode(&[b"AUTH", b"wrong"])
+        };
+        if w.write_all(&cmd).await.is_err() {
+            break;
+        }
+        match tokio::time::timeout(WAIT, read_reply(&mut r))
+            .await
+            .unwrap()
+        {
+            Some(Reply::Error(e)) if e.starts_with("NOAUTH") || e.starts_with("WRONGPASS") => {}
+            other => {
+                last = other;
+                break;
+            }
+        }
+        assert!(chatty_started.elapsed() < WAIT, "never closed");
+    }
+    until_closed(&mut r).await;
+    let chatty = chatty_started.elapsed();
+    assert!(chatty >= timeout, "{chatty:?}");
+    assert!(
+        last.is_none()
+            || is_err(
+                last.as_ref().unwrap(),
+                "ERR unauthenticated connection closed"
+            ),
+        "{last:?}"
+    );
+    println!(
+        "idle closed after {idle_closed:?}, chatty after {chatty:?} (auth_timeout {timeout:?})"
+    );
+    // The authenticated client, and a client of a server without a secret, outlive the deadline.
+    assert_eq!(good.cmd(&[b"PING"]).await, Reply::Simple("PONG".into()));
+    assert_eq!(
+        no_secret.cmd(&[b"PING"]).await,
+        Reply::Simple("PONG".into())
+    );
+    await_clients(&mut good, 1).await;
+}
+
+/// The issue's measurement: 40 unauthenticated clients each sending 32 MiB took the store process
+/// to 1.28 GB. Now each is refused after a few KiB (or, if it sends only small commands and never
+/// reads, held to its socket buffers until the auth timeout), while a client with the secret is
+/// served throughout. Measured on a real `sc-store-server` process: its peak RSS (`VmHWM`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forty_unauthenticated_32_mib_senders_leave_the_store_process_small() {
+    let proc =
+        common::StoreProcess::start_with(0, &["--secret", SECRET, "--auth-timeout-ms", "2000"]);
+    let addr: SocketAddr = proc.addr.parse().unwrap();
+    let store = RespStore::connect(RespConfig::new([proc.addr.clone()]).secret(SECRET))
+        .await
+        .unwrap();
+    store.set("warm", "up".into(), None).await.unwrap();
+    let mut observer = authed_client(addr).await;
+    let clients = connected_clients(&mut observer).await;
+    let (baseline, _) = proc.rss();
+    let read_before = net_input_bytes(&mut observer).await;
+
+    let block = vec![b'x'; 64 << 10];
+    let gets: Vec<u8> = encode(&[b"GET", b"k"]).repeat((64 << 10) / 20);
+    let flood = (0..40).map(|i| {
+        let (head, block) = match i % 4 {
+            0 => (set_head(MIB_32), block.clone()),
+            1 => (Vec::new(), request(10, 16 << 10)),
+            2 => (Vec::new(), block.clone()),
+            _ => (Vec::new(), gets.clone()),
+        };
+        tokio::spawn(async move {
+            let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
+            let mut r = BufReader::new(r);
+            if i % 4 == 3 {
+                // Small commands, replies never read: the server stops reading when its replies
+                // cannot be written, and closes the connection at the auth timeout.
+                let sent = tokio::time::timeout(WAIT, stream(&mut w, &head, &block, MIB_32))
+                    .await
+                    .expect("the server never closed the connection");
+                until_closed(&mut r).await;
+                (i, None, sent)
+            } else {
+                let writer =
+                    tokio::spawn(async move { stream(&mut w, &head, &block, MIB_32).await });
+                let first = tokio::time::timeout(WAIT, read_reply(&mut r))
+                    .await
+                    .unwrap();
+                until_closed(&mut r).await;
+                (i, first, writer.await.unwrap())
+            }
+        })
+    });
+    let flood = futures_util::future::join_all(flood);
+    tokio::pin!(flood);
+    // Meanwhile the client with the secret keeps working.
+    let mut ops = 0u64;
+    let mut slowest = Duration::ZERO;
+    let results = loop {
+        let t = Instant::now();
+        let op = async {
+            let v = bytes::Bytes::from(format!("v{ops}"));
+            store.set("k", v.clone(), None).await.unwrap();
+            assert_eq!(store.get("k").await.unwrap(), Some(v));
+        };
+        tokio::select! {
+            results = &mut flood => break results,
+            r = tokio::time::timeout(WAIT, op) => r.expect("the good client stalled"),
+        }
+        slowest = slowest.max(t.elapsed());
+        ops += 1;
+    };
+    let results: Vec<_> = results.into_iter().map(Result::unwrap).collect();
+    await_clients(&mut observer, clients).await;
+    let read = net_input_bytes(&mut observer).await - read_before - INFO_LEN;
+    let (rss, peak) = proc.rss();
+    println!(
+        "40 unauthenticated clients: {} MiB sent, {} KiB read by the server; store RSS {} KiB \
+         before, peak {} KiB, {} KiB after; the client with the secret did {ops} SET+GET \
+         meanwhile, slowest {slowest:?}",
+        results.iter().map(|r| r.2).sum::<usize>() >> 20,
+        read >> 10,
+        baseline >> 10,
+        peak >> 10,
+        rss >> 10
+    );
+    for (i, first, _) in results {
+        let expected = match i % 4 {
+            0 => &["unauthenticated bulk length"][..],
+            1 => &["unauthenticated request too large"][..],
+            2 => &[
+                "unauthenticated request too large",
+                "too big inline request",
+            ][..],
+            _ => &[][..],
+        };
+        if expected.is_empty() {
+            // Replies are NOAUTH errors, never read; the connection was closed.
+            assert!(first.is_none());
+        } else {
+            assert!(
+                expected.iter().any(|e| protocol_error(&first, e)),
+                "client {i}: {first:?}"
+            );
+        }
+    }
+    assert!(ops > 0);
+    // Before the limits the peak grew by hundreds of MiB (254 MiB here, with the authenticated
+    // limits for everyone); now by about 2 MiB: 40 buffers of at most 64 KiB plus replies.
+    assert!(
+        peak < baseline + (16 << 20),
+        "peak RSS {} MiB over a baseline of {} MiB",
+        peak >> 20,
+        baseline >> 20
+    );
 }

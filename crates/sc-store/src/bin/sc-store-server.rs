@@ -1,4 +1,5 @@
-//! A bare store server process: `sc-store-server [--host H] [--port P] [--secret S]`.
+//! A bare store server process:
+//! `sc-store-server [--host H] [--port P] [--secret S] [--auth-timeout-ms MS]`.
 //!
 //! The `socketcluster store` command is the user-facing entry point; this binary exists so the
 //! crate's own tests can start, kill and restart real store processes. Once listening it prints
@@ -22,11 +23,20 @@ fn main() -> std::io::Result<()> {
             "--host" => host = value,
             "--port" => port = value,
             "--secret" => config.secret = Some(value),
+            "--auth-timeout-ms" => {
+                let ms = value.parse().map_err(|_| {
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("--auth-timeout-ms needs a number of milliseconds, not {value:?}"),
+                    )
+                })?;
+                config.auth_timeout = std::time::Duration::from_millis(ms);
+            }
             _ => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     format!(
-                        "unknown flag {flag}; usage: sc-store-server [--host H] [--port P] [--secret S]"
+                        "unknown flag {flag}; usage: sc-store-server [--host H] [--port P] [--secret S] [--auth-timeout-ms MS]"
                     ),
                 ));
             }

@@ -180,7 +180,7 @@ pub(crate) fn exec(
 ) -> Flow {
     let name = a.get(0);
     let cmd = lookup(name);
-    if !c.authed && !matches!(cmd, Cmd::Auth | Cmd::Hello | Cmd::Quit) {
+    if !c.authed() && !matches!(cmd, Cmd::Auth | Cmd::Hello | Cmd::Quit) {
         error(out, "NOAUTH Authentication required.");
         return Flow::Continue;
     }
@@ -359,9 +359,10 @@ fn run(
         Cmd::Command => array(out, 0),
         Cmd::Info => {
             let info = format!(
-                "# Server\r\nredis_version:7.0.0\r\nsc_store_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
+                "# Server\r\nredis_version:7.0.0\r\nsc_store_version:{}\r\nredis_mode:standalone\r\n\r\n# Clients\r\nconnected_clients:{}\r\n\r\n# Stats\r\ntotal_net_input_bytes:{}\r\n\r\n# Keyspace\r\ndb0:keys={}\r\n",
                 env!("CARGO_PKG_VERSION"),
                 st.clients,
+                st.net_input_bytes,
                 st.db.len()
             );
             bulk(out, info.as_bytes());
@@ -606,7 +607,7 @@ fn auth(c: &mut ConnCtx, cfg: &ServerConfig, pass: &[u8], out: &mut BytesMut, re
         diff |= b ^ pass.get(i).copied().unwrap_or(0);
     }
     if diff == 0 {
-        c.authed = true;
+        c.shared.authed.set(true);
         if reply {
             ok(out);
         }
@@ -643,7 +644,7 @@ fn hello(c: &mut ConnCtx, cfg: &ServerConfig, a: &Args<'_>, out: &mut BytesMut) 
             return;
         }
     }
-    if !c.authed {
+    if !c.authed() {
         error(
             out,
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",

@@ -11,6 +11,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
+use tokio::time::Instant;
 
 use super::cmd::{self, Args, Flow};
 use super::resp::{self, Limits, Parsed};
@@ -33,6 +34,10 @@ pub(crate) struct ConnShared {
     pub(crate) in_flight: Cell<usize>,
     pub(crate) closing: Cell<bool>,
     pub(crate) notify: Notify,
+    /// Whether the client may run commands: set from the start without a secret, else by a
+    /// successful `AUTH`. Until then the connection runs under the `unauth_*` limits and the
+    /// auth timeout.
+    pub(crate) authed: Cell<bool>,
 }
 
 impl ConnShared {
@@ -61,12 +66,18 @@ impl ConnShared {
 #[derive(Debug)]
 pub(crate) struct ConnCtx {
     pub(crate) shared: Rc<ConnShared>,
-    pub(crate) authed: bool,
     pub(crate) subs: HashSet<Bytes, Hasher>,
     pub(crate) multi: Option<Vec<cmd::Queued>>,
     pub(crate) multi_failed: bool,
     /// Bytes of the commands queued by the current `MULTI`.
     pub(crate) multi_bytes: usize,
+}
+
+impl ConnCtx {
+    /// Whether the client has authenticated (or needs not).
+    pub(crate) fn authed(&self) -> bool {
+        self.shared.authed.get()
+    }
 }
 
 pub(crate) async fn serve(
@@ -96,16 +107,33 @@ pub(crate) async fn serve(
         in_flight: Cell::new(0),
         closing: Cell::new(false),
         notify: Notify::new(),
+        authed: Cell::new(config.secret.is_none()),
     });
     let mut ctx = ConnCtx {
         shared: shared.clone(),
-        authed: config.secret.is_none(),
         subs: HashSet::default(),
         multi: None,
         multi_failed: false,
         multi_bytes: 0,
     };
-    let r = run(&stream, &state, &config, &mut ctx).await;
+    let r = if shared.authed.get() {
+        run(&stream, &state, &config, &mut ctx, None).await
+    } else {
+        let deadline = Instant::now() + config.auth_timeout;
+        tokio::select! {
+            biased;
+            r = run(&stream, &state, &config, &mut ctx, Some(deadline)) => r,
+            () = auth_deadline(&shared, deadline) => {
+                // `run` was dropped: say why, unless it was dropped halfway through a reply.
+                let pending = shared.in_flight.get() > 0
+                    || shared.out.try_borrow().map_or(true, |o| !o.is_empty());
+                if !pending {
+                    let _ = stream.try_write(auth_timeout_error(&config).as_bytes());
+                }
+                Err(io::Error::new(io::ErrorKind::TimedOut, "no AUTH within auth_timeout"))
+            }
+        }
+    };
     tracing::debug!(%peer, id, result = ?r, "store client disconnected");
     if let Ok(mut st) = state.try_borrow_mut() {
         st.clients = st.clients.saturating_sub(1);
@@ -115,22 +143,69 @@ pub(crate) async fn serve(
     }
 }
 
+/// Completes at `deadline` if the connection has not authenticated by then; else never.
+async fn auth_deadline(shared: &ConnShared, deadline: Instant) {
+    tokio::time::sleep_until(deadline).await;
+    if shared.authed.get() {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn auth_timeout_error(config: &ServerConfig) -> String {
+    format!(
+        "-ERR unauthenticated connection closed: no successful AUTH within {} ms\r\n",
+        config.auth_timeout.as_millis()
+    )
+}
+
+/// Serves the connection. `auth_deadline` is set while it has not authenticated: `serve` closes
+/// it then, and this loop checks it too, for a client whose input never lets it wait.
 async fn run(
     stream: &TcpStream,
     state: &Rc<RefCell<State>>,
     config: &ServerConfig,
     ctx: &mut ConnCtx,
+    auth_deadline: Option<Instant>,
 ) -> io::Result<()> {
     let lim = Limits {
         max_bulk_len: config.max_bulk_len,
         max_multibulk_len: config.max_multibulk_len,
         max_inline_len: config.max_inline_len,
+        unauth: false,
     };
+    // Before AUTH: Redis's small limits, and a small buffer, so that a client without the secret
+    // cannot make the server hold much memory.
+    let unauth_lim = Limits {
+        max_bulk_len: config.unauth_max_bulk_len.min(config.max_bulk_len),
+        max_multibulk_len: config
+            .unauth_max_multibulk_len
+            .min(config.max_multibulk_len),
+        max_inline_len: config.max_inline_len.min(config.unauth_max_query_buffer),
+        unauth: true,
+    };
+    let unauth_max_query_buffer = config.unauth_max_query_buffer.min(config.max_query_buffer);
     let shared = ctx.shared.clone();
     let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut wbuf = BytesMut::with_capacity(READ_CHUNK);
     let mut ranges: Vec<(usize, usize)> = Vec::with_capacity(8);
+    // Bytes read and not yet added to the server's count.
+    let mut got = 0;
     loop {
+        if let Some(deadline) = auth_deadline
+            && !ctx.authed()
+            && Instant::now() >= deadline
+        {
+            shared
+                .out
+                .try_borrow_mut()
+                .map_err(|_| io::Error::other("output busy"))?
+                .extend_from_slice(auth_timeout_error(config).as_bytes());
+            flush(stream, &shared, &mut wbuf, config.write_stall_timeout).await?;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no AUTH within auth_timeout",
+            ));
+        }
         // Execute every complete command in the buffer (flushing every FLUSH_AT bytes).
         let mut close = false;
         let mut more = false;
@@ -138,6 +213,8 @@ async fn run(
             let mut st = state
                 .try_borrow_mut()
                 .map_err(|_| io::Error::other("state busy"))?;
+            st.net_input_bytes += got;
+            got = 0;
             let mut out = shared
                 .out
                 .try_borrow_mut()
@@ -149,7 +226,8 @@ async fn run(
                     break;
                 }
                 let buf = rbuf.get(consumed..).unwrap_or_default();
-                match resp::parse(buf, &mut ranges, &lim) {
+                let authed = ctx.authed();
+                match resp::parse(buf, &mut ranges, if authed { &lim } else { &unauth_lim }) {
                     Ok(Parsed::Command(n)) => {
                         if !ranges.is_empty() {
                             let args = Args::new(buf, &ranges);
@@ -167,6 +245,12 @@ async fn run(
                     Ok(Parsed::Incomplete(need)) => {
                         if need > config.max_query_buffer {
                             resp::error(&mut out, "ERR Protocol error: request too large");
+                            close = true;
+                        } else if !authed && need > unauth_max_query_buffer {
+                            resp::error(
+                                &mut out,
+                                "ERR Protocol error: unauthenticated request too large",
+                            );
                             close = true;
                         } else if need > rbuf.len() - consumed + READ_CHUNK {
                             // A large bulk is on its way: make room once rather than in steps.
@@ -198,7 +282,10 @@ async fn run(
         }
         match read(stream, &mut rbuf) {
             Ok(0) => return Ok(()),
-            Ok(_) => continue,
+            Ok(n) => {
+                got += n as u64;
+                continue;
+            }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }

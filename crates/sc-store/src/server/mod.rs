@@ -40,7 +40,8 @@ use crate::db::{Db, Hasher};
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// When set, clients must send `AUTH <secret>` (or `HELLO 2 AUTH <user> <secret>`) before
-    /// any other command, or get a `NOAUTH` error. Defaults to none.
+    /// any other command, or get a `NOAUTH` error; until then the `unauth_*` limits and
+    /// [`auth_timeout`](Self::auth_timeout) apply. Defaults to none.
     pub secret: Option<String>,
     /// Largest bulk string (key or value) accepted; a larger declared length is a protocol error
     /// and closes the connection. Defaults to 32 MiB.
@@ -65,6 +66,24 @@ pub struct ServerConfig {
     pub max_clients: usize,
     /// How often expired keys are swept (they also expire when accessed). Defaults to 100 ms.
     pub sweep_interval: Duration,
+    /// With a [`secret`](Self::secret), the most arguments in one command of a connection that has
+    /// not authenticated yet; more is `-ERR Protocol error: unauthenticated multibulk length` and
+    /// closes the connection. Defaults to 10, as in Redis (`HELLO 2 AUTH <user> <secret>
+    /// SETNAME <name>` has 6).
+    pub unauth_max_multibulk_len: usize,
+    /// With a secret, the largest bulk string of a connection that has not authenticated yet; a
+    /// larger declared length is `-ERR Protocol error: unauthenticated bulk length` and closes the
+    /// connection before its bytes are read. Defaults to 16 KiB, as in Redis.
+    pub unauth_max_bulk_len: usize,
+    /// With a secret, the largest incomplete request buffered for a connection that has not
+    /// authenticated yet (the whole unread input of a connection that sends no complete command);
+    /// more is `-ERR Protocol error: unauthenticated request too large` and closes the connection.
+    /// Defaults to 64 KiB.
+    pub unauth_max_query_buffer: usize,
+    /// With a secret, a connection without a successful `AUTH` (or `HELLO ... AUTH`) this long
+    /// after it was accepted gets `-ERR unauthenticated connection closed: ...` and is closed,
+    /// whatever it sent meanwhile. Defaults to 10 seconds.
+    pub auth_timeout: Duration,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +98,10 @@ impl Default for ServerConfig {
             write_stall_timeout: Duration::from_secs(30),
             max_clients: 10_000,
             sweep_interval: Duration::from_millis(100),
+            unauth_max_multibulk_len: 10,
+            unauth_max_bulk_len: 16 << 10,
+            unauth_max_query_buffer: 64 << 10,
+            auth_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -90,6 +113,8 @@ pub(crate) struct State {
     pub(crate) channels: HashMap<Bytes, Vec<Rc<conn::ConnShared>>, Hasher>,
     pub(crate) clients: usize,
     pub(crate) next_id: u64,
+    /// Bytes read from all connections since the start (`INFO`'s `total_net_input_bytes`).
+    pub(crate) net_input_bytes: u64,
 }
 
 /// Serves `listener` on the calling thread until the process ends. See [`run_until`].
@@ -127,6 +152,7 @@ async fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> io::R
         channels: HashMap::default(),
         clients: 0,
         next_id: 1,
+        net_input_bytes: 0,
     }));
     tokio::task::spawn_local(sweep(Rc::downgrade(&state), config.sweep_interval));
     tracing::info!(addr = ?listener.local_addr().ok(), "store server listening");

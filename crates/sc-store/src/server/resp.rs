@@ -11,6 +11,26 @@ pub(crate) struct Limits {
     pub(crate) max_bulk_len: usize,
     pub(crate) max_multibulk_len: usize,
     pub(crate) max_inline_len: usize,
+    /// The limits of a connection that has not authenticated: errors say `unauthenticated`.
+    pub(crate) unauth: bool,
+}
+
+impl Limits {
+    fn multibulk_error(&self) -> ProtocolError {
+        ProtocolError(if self.unauth {
+            "unauthenticated multibulk length"
+        } else {
+            "invalid multibulk length"
+        })
+    }
+
+    fn bulk_error(&self) -> ProtocolError {
+        ProtocolError(if self.unauth {
+            "unauthenticated bulk length"
+        } else {
+            "invalid bulk length"
+        })
+    }
 }
 
 /// The outcome of parsing the start of a buffer.
@@ -101,7 +121,7 @@ pub(crate) fn parse(
     }
     let count = usize::try_from(count).unwrap_or(usize::MAX);
     if count > lim.max_multibulk_len {
-        return Err(ProtocolError("invalid multibulk length"));
+        return Err(lim.multibulk_error());
     }
     for _ in 0..count {
         let Some(&kind) = buf.get(pos) else {
@@ -115,7 +135,7 @@ pub(crate) fn parse(
         };
         let len = usize::try_from(len).map_err(|_| ProtocolError("invalid bulk length"))?;
         if len > lim.max_bulk_len {
-            return Err(ProtocolError("invalid bulk length"));
+            return Err(lim.bulk_error());
         }
         let end = start + len;
         if buf.len() < end + 2 {
@@ -161,7 +181,7 @@ fn parse_inline(
         }
         if i > start {
             if args.len() >= lim.max_multibulk_len {
-                return Err(ProtocolError("invalid multibulk length"));
+                return Err(lim.multibulk_error());
             }
             args.push((start, i));
         }
@@ -249,6 +269,7 @@ mod tests {
         max_bulk_len: 1024,
         max_multibulk_len: 8,
         max_inline_len: 64,
+        unauth: false,
     };
 
     fn words(buf: &[u8]) -> Result<Vec<String>, ProtocolError> {
@@ -287,6 +308,31 @@ mod tests {
         assert!(words(b"*1\r\n$1\r\nab\r\n").is_err());
         assert!(words(&[b'a'; 100]).is_err());
         assert!(words(b"*100000000000000000000000000000000000000").is_err());
+    }
+
+    #[test]
+    fn unauthenticated_limits_say_so() {
+        let lim = Limits {
+            unauth: true,
+            ..LIM
+        };
+        let mut args = Vec::new();
+        assert_eq!(
+            parse(b"*9\r\n", &mut args, &lim),
+            Err(ProtocolError("unauthenticated multibulk length"))
+        );
+        assert_eq!(
+            parse(b"*1\r\n$1025\r\n", &mut args, &lim),
+            Err(ProtocolError("unauthenticated bulk length"))
+        );
+        assert_eq!(
+            parse(b"a b c d e f g h i\r\n", &mut args, &lim),
+            Err(ProtocolError("unauthenticated multibulk length"))
+        );
+        assert_eq!(
+            parse(b"*1\r\n$1024\r\n", &mut args, &lim),
+            Ok(Parsed::Incomplete(1037))
+        );
     }
 
     #[test]

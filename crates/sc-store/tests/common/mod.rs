@@ -37,8 +37,14 @@ pub struct StoreProcess {
 impl StoreProcess {
     /// Starts a store process on `port` (0 picks a free one).
     pub fn start(port: u16) -> Self {
+        Self::start_with(port, &[])
+    }
+
+    /// Starts a store process on `port` with more flags (`--secret S`, `--auth-timeout-ms MS`).
+    pub fn start_with(port: u16, flags: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_sc-store-server"))
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -60,6 +66,25 @@ impl StoreProcess {
 
     pub fn port(&self) -> u16 {
         self.addr.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// The process's resident memory now and its peak so far (`VmRSS`, `VmHWM`), in bytes.
+    pub fn rss(&self) -> (u64, u64) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let field = |name: &str| -> u64 {
+            let kb: u64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .trim_end_matches(" kB")
+                .trim()
+                .parse()
+                .unwrap();
+            kb * 1024
+        };
+        (field("VmRSS:"), field("VmHWM:"))
     }
 
     /// Kills the process (SIGKILL) and reaps it.
