@@ -39,6 +39,10 @@ pub(crate) struct StoreArgs {
     /// Most simultaneous client connections
     #[arg(long, default_value_t = 10_000)]
     pub(crate) max_clients: usize,
+    /// With --secret: milliseconds a connection has to authenticate before it is closed (until
+    /// then it may only send small requests: 10 arguments, 16 KiB each, 64 KiB pending)
+    #[arg(long, default_value_t = 10_000, value_name = "MS")]
+    pub(crate) auth_timeout_ms: u64,
 }
 
 /// Checks the options and turns them into the server's config: an error here is a usage error.
@@ -51,6 +55,9 @@ pub(crate) fn config(args: &StoreArgs) -> Result<ServerConfig, String> {
             "--max-bulk-len, --max-output-buffer and --max-clients must be positive".to_owned(),
         );
     }
+    if args.auth_timeout_ms == 0 {
+        return Err("--auth-timeout-ms must be greater than 0".to_owned());
+    }
     if args.write_stall_timeout == 0 {
         return Err("--write-stall-timeout must be at least 1 second".to_owned());
     }
@@ -60,6 +67,7 @@ pub(crate) fn config(args: &StoreArgs) -> Result<ServerConfig, String> {
         max_output_buffer: args.max_output_buffer,
         write_stall_timeout: Duration::from_secs(args.write_stall_timeout),
         max_clients: args.max_clients,
+        auth_timeout: Duration::from_millis(args.auth_timeout_ms),
         ..ServerConfig::default()
     })
 }
