@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod serve;
 mod store_cmd;
+mod trim;
 
 use std::io::Write;
 use std::process::ExitCode;

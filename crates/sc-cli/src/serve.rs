@@ -290,6 +290,7 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
     tracing::info!(addr = %local, path = %cfg.worker.path, threads = cfg.thread_count(), "serving");
 
     let server = tokio::spawn(sc_worker::serve(listener, service, handle.clone()));
+    tokio::spawn(crate::trim::after_churn(handle.clone()));
     shutdown_signal().await;
     tracing::info!("shutting down");
     handle.shutdown(Duration::from_secs(5)).await;

@@ -394,6 +394,7 @@ impl ScServerBuilder {
             clients: RwLock::default(),
             sockets: RwLock::default(),
             connections: AtomicUsize::new(0),
+            closed: AtomicU64::new(0),
             addresses,
             next_key: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),

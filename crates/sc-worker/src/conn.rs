@@ -1362,6 +1362,7 @@ impl<T: Transport> Conn<T> {
         }
         self.server.sockets.write().remove(&socket.key());
         self.server.connections.fetch_sub(1, Ordering::AcqRel);
+        self.server.closed.fetch_add(1, Ordering::Relaxed);
         drop(std::mem::replace(&mut self.slot, AddrSlot::none()));
         self.outbox.close();
         if was_open && let Some(hook) = self.server.on_disconnection.clone() {

@@ -112,6 +112,13 @@ impl ScHandle {
             .saturating_sub(self.clients_count())
     }
 
+    /// Sockets closed since the server started (handshaking ones included): with
+    /// [`clients_count`](Self::clients_count), what a process watches to notice churn, say
+    /// to give memory back after many sockets left.
+    pub fn closed_count(&self) -> u64 {
+        self.0.closed.load(Ordering::Relaxed)
+    }
+
     /// The open socket with id `id`.
     pub fn socket(&self, id: &str) -> Option<ScSocket> {
         self.0.clients.read().get(id).cloned()

@@ -43,6 +43,8 @@ pub(crate) struct ServerInner {
     /// Every socket, handshaking or open, by key.
     pub(crate) sockets: RwLock<HashMap<u64, ScSocket, foldhash::fast::RandomState>>,
     pub(crate) connections: AtomicUsize,
+    /// Sockets closed so far.
+    pub(crate) closed: AtomicU64,
     /// Sockets per client address and new ones per second ([`Config::address_connection_limit`]).
     pub(crate) addresses: Arc<AddressLimits>,
     pub(crate) next_key: AtomicU64,

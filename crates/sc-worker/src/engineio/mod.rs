@@ -27,6 +27,7 @@ use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use tower_service::Service;
 
+use crate::limits::AddrSlot;
 use crate::middleware::HandshakeWsAction;
 use crate::request::RequestBody;
 use crate::request::{ClientAddr, HandshakeRequest};
@@ -135,9 +136,11 @@ impl Endpoint {
 
     /// The checks of a WebSocket upgrade, for a request that opens a session (no `sid`):
     /// origin (403), shutdown, the connection and session limits (503) and the address's
-    /// limits (429). The `handshake_ws` middleware runs next ([`admit`]).
+    /// limits (429). An admitted request carries its [`Reservation`]: the session is counted
+    /// from here, so concurrent opens cannot go past a limit. The `handshake_ws` middleware
+    /// runs next ([`admit`]).
     #[allow(clippy::result_large_err)]
-    fn check<B>(&self, req: Request<B>) -> Result<Request<B>, Response<String>> {
+    fn check<B>(&self, mut req: Request<B>) -> Result<Request<B>, Response<String>> {
         if !opens_session(&req) {
             return Ok(req);
         }
@@ -152,19 +155,62 @@ impl Endpoint {
                 "Origin not allowed".to_owned(),
             ));
         }
-        let client = req.extensions().get::<ClientAddr>().map(|a| a.0);
-        if let Err(refusal) = server.check_connection(client) {
-            return Err(plain(refusal.status(), refusal.message().to_owned()));
-        }
-        if self.sessions() >= server.cfg.engineio_max_sessions {
+        let max = server.cfg.engineio_max_sessions;
+        if self
+            .handler
+            .sessions
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_err()
+        {
             return Err(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "Too many engine.io sessions".to_owned(),
             ));
         }
-        Ok(req)
+        let client = req.extensions().get::<ClientAddr>().map(|a| a.0);
+        match server.count_connection(client) {
+            Ok(slot) => {
+                req.extensions_mut()
+                    .insert(Reserved(Arc::new(Mutex::new(Some(Reservation {
+                        handler: self.handler.clone(),
+                        slot: Some(slot),
+                    })))));
+                Ok(req)
+            }
+            Err(refusal) => {
+                self.handler.sessions.fetch_sub(1, Ordering::AcqRel);
+                Err(plain(refusal.status(), refusal.message().to_owned()))
+            }
+        }
     }
 }
+
+/// A session counted when the request that opens it was admitted: one of
+/// `engineio_max_sessions`, one of `max_connections` and the client address's place. `on_connect`
+/// takes it; dropped unused (the middleware blocked the request, or engine.io refused it), it
+/// gives all three back.
+struct Reservation {
+    handler: Arc<Handler>,
+    slot: Option<AddrSlot>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.slot.take().is_some() {
+            self.handler
+                .server
+                .connections
+                .fetch_sub(1, Ordering::AcqRel);
+            self.handler.sessions.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The [`Reservation`] in a request's extensions, taken once.
+#[derive(Clone)]
+struct Reserved(Arc<Mutex<Option<Reservation>>>);
 
 /// Whether `req` opens a session (it has no `sid`).
 fn opens_session<B>(req: &Request<B>) -> bool {
@@ -249,7 +295,12 @@ impl EngineIoHandler for Handler {
     type Data = Session;
 
     fn on_connect(self: Arc<Self>, socket: Arc<Socket<Session>>) {
-        self.sessions.fetch_add(1, Ordering::AcqRel);
+        let reserved = socket
+            .req_parts
+            .extensions
+            .get::<Reserved>()
+            .and_then(|r| r.0.lock().take())
+            .and_then(|mut r| r.slot.take());
         let action = socket
             .req_parts
             .extensions
@@ -259,7 +310,15 @@ impl EngineIoHandler for Handler {
                 request: HandshakeRequest::copy_from(&socket.req_parts),
                 extensions: http::Extensions::new(),
             });
-        let slot = match self.server.count_connection(action.request.client_addr) {
+        let counted = match reserved {
+            Some(slot) => Ok(slot),
+            // Every opening request passes `Endpoint::check`; count here if one did not.
+            None => {
+                self.sessions.fetch_add(1, Ordering::AcqRel);
+                self.server.count_connection(action.request.client_addr)
+            }
+        };
+        let slot = match counted {
             Ok(slot) => slot,
             Err(refusal) => {
                 let _ = socket.emit(close_message(1013, refusal.message()));
