@@ -76,7 +76,7 @@ function tryConnect(port) {
   });
 }
 
-function serverCommand(port, authKey) {
+function serverCommand(port, authKey, extraArgs = []) {
   const args = ['--host', HOST, '--port', String(port), '--auth-key', authKey];
   if (process.env.SC_SERVER === 'reference') {
     return { cmd: process.execPath, args: [path.join(__dirname, 'reference-server.js'), ...args] };
@@ -87,7 +87,7 @@ function serverCommand(port, authKey) {
       'no server under test: set SC_SERVER=reference, or SC_BIN=/path/to/socketcluster (runs `$SC_BIN serve ...`)'
     );
   }
-  return { cmd: bin, args: ['serve', ...args] };
+  return { cmd: bin, args: ['serve', ...args, ...extraArgs] };
 }
 
 // eslint-disable-next-line no-control-regex
@@ -95,8 +95,10 @@ const ANSI_RE = /\x1b\[[0-9;]*[A-Za-z]/g;
 
 /** The server under test as a child process, restartable on the same port with the same key. */
 class ServerProcess {
-  constructor({ authKey } = {}) {
+  constructor({ authKey, args } = {}) {
     this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
+    // Extra `serve` flags (our server only).
+    this.extraArgs = args || [];
     this.port = null;
     this.child = null;
     this.output = [];
@@ -132,7 +134,7 @@ class ServerProcess {
   async _startOnce() {
     if (this.isRunning()) throw new Error('server already running');
     this.child = null;
-    const { cmd, args } = serverCommand(this.port, this.authKey);
+    const { cmd, args } = serverCommand(this.port, this.authKey, this.extraArgs);
     const child = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' },

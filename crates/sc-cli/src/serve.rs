@@ -42,6 +42,11 @@ pub(crate) struct ServeArgs {
     /// on a single-threaded runtime [default: 0]
     #[arg(long, value_name = "N")]
     pub(crate) threads: Option<usize>,
+    /// Where the demo page at `/` finds the browser builds it loads (socketcluster-client,
+    /// engine.io-client): a `node_modules` directory, as `npm ci --prefix web` makes it
+    /// [default: web/node_modules]
+    #[arg(long, value_name = "DIR")]
+    pub(crate) demo_assets: Option<PathBuf>,
     /// A proxy in front of the server (`10.0.0.0/8`, `127.0.0.1`, `::1`; repeat for several):
     /// from these peers only, the client's address is taken from `Forwarded` /
     /// `X-Forwarded-For` (or the PROXY protocol header). Replaces `worker.trusted_proxies` of
@@ -118,6 +123,8 @@ pub(crate) struct FileConfig {
     pub(crate) store_secret: Option<String>,
     /// Threads that serve sockets; 0 = one per core this process may run on.
     pub(crate) threads: usize,
+    /// Where the demo page finds its browser builds (`npm ci --prefix web` installs them).
+    pub(crate) demo_assets: PathBuf,
     /// The server's options and limits.
     pub(crate) worker: WorkerConfig,
 }
@@ -131,6 +138,7 @@ impl Default for FileConfig {
             store: "local".to_owned(),
             store_secret: None,
             threads: 0,
+            demo_assets: PathBuf::from("web/node_modules"),
             worker: WorkerConfig::default(),
         }
     }
@@ -177,6 +185,9 @@ pub(crate) fn resolve(args: ServeArgs) -> Result<FileConfig, ConfigProblem> {
     }
     if let Some(s) = args.store_secret {
         cfg.store_secret = Some(s);
+    }
+    if let Some(dir) = &args.demo_assets {
+        cfg.demo_assets = dir.clone();
     }
     if let Some(t) = args.threads {
         cfg.threads = t;
@@ -272,7 +283,14 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
     let (layer, handle) = crate::demo::app(builder)
         .build_layer()
         .map_err(|e| format!("invalid config: {e}"))?;
-    let service = layer.service(crate::demo::Stats::new(layer.clone(), handle.clone()));
+    // Sessions shared by every tab of a browser: the session cookie on every response.
+    let service = handle
+        .session_layer()
+        .service(layer.service(crate::demo::Stats::new(
+            layer.clone(),
+            handle.clone(),
+            std::sync::Arc::new(crate::demo::DemoAssets::load(&cfg.demo_assets)),
+        )));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;

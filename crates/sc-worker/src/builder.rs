@@ -41,6 +41,7 @@ impl ScServer {
             mw: Middlewares::default(),
             on_connection: None,
             on_disconnection: None,
+            on_session_end: None,
             on_event: None,
             store: None,
             broker: None,
@@ -59,6 +60,7 @@ pub struct ScServerBuilder {
     mw: Middlewares,
     on_connection: Option<Arc<ConnectFn>>,
     on_disconnection: Option<Arc<DisconnectFn>>,
+    on_session_end: Option<Arc<ConnectFn>>,
     on_event: Option<Arc<EventFn>>,
     store: Option<Arc<dyn sc_store::Store>>,
     broker: Option<Box<dyn Broker>>,
@@ -238,6 +240,15 @@ impl ScServerBuilder {
         self
     }
 
+    /// Called when the last socket of a session in this process closed, with that socket
+    /// (`socket.session()` is the session). Per process: another process may still hold
+    /// sockets of the session, and its data lives on in the store until its TTL
+    /// ([`Config::session_timeout_s`]) runs out after the last socket anywhere left.
+    pub fn on_session_end(mut self, f: impl Fn(&ScSocket) + Send + Sync + 'static) -> Self {
+        self.on_session_end = Some(Arc::new(f));
+        self
+    }
+
     /// Called when an open socket closed, with the close code and reason.
     pub fn on_disconnection(
         mut self,
@@ -373,6 +384,12 @@ impl ScServerBuilder {
             }
             (None, None) => Box::new(LocalBroker::default()),
         };
+        let sessions = crate::session::Sessions::new(
+            &key,
+            &self.cfg.app_name,
+            Duration::from_secs(self.cfg.session_timeout_s),
+            store_handle.clone(),
+        );
         let addresses = crate::limits::AddressLimits::new(
             self.cfg.address_connection_limit,
             self.cfg.address_connect_rate,
@@ -386,6 +403,8 @@ impl ScServerBuilder {
             mw: self.mw,
             on_connection: self.on_connection,
             on_disconnection: self.on_disconnection,
+            on_session_end: self.on_session_end,
+            sessions,
             on_event: self.on_event,
             broker,
             store: store_handle,

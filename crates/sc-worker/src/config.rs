@@ -40,6 +40,8 @@ use serde::{Deserialize, Serialize};
 /// | `engineio_max_sessions` | 20000 | engine.io sessions open at once; further opens get HTTP 503 |
 /// | `inbound_rate_messages` | 0 (off) | messages per second one socket may send (token bucket, a burst of one second's worth); over it the socket is closed with 4429 |
 /// | `inbound_rate_bytes` | 0 (off) | bytes per second one socket may send, likewise |
+/// | `app_name` | `socketcluster` | names the session cookie, `n/<app_name>/ssid`, so that two apps on one domain keep their sessions apart |
+/// | `session_timeout_s` | 1200 | how long a session's data lives in the store after the last of its sockets anywhere left (renewed four times per timeout while one lives) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -140,6 +142,14 @@ pub struct Config {
     pub inbound_rate_messages: u32,
     /// Bytes per second one socket may send, likewise. 0 = no limit. Defaults to 0.
     pub inbound_rate_bytes: u64,
+    /// The app's name: the session cookie is `n/<app_name>/ssid`, so two apps on one domain
+    /// keep their sessions apart. Letters, digits, `-`, `_` and `.`. Defaults to
+    /// `socketcluster`.
+    pub app_name: String,
+    /// Seconds a session's data lives in the store after the last of its sockets (on any
+    /// process) left; every process holding one of its sockets renews it four times per
+    /// timeout. Defaults to 1200 (the original's `sessionTimeout`).
+    pub session_timeout_s: u64,
 }
 
 impl Default for Config {
@@ -178,6 +188,8 @@ impl Default for Config {
             engineio_max_sessions: 20_000,
             inbound_rate_messages: 0,
             inbound_rate_bytes: 0,
+            app_name: "socketcluster".to_owned(),
+            session_timeout_s: 1200,
         }
     }
 }
@@ -234,6 +246,7 @@ impl Config {
             ("outbound_queue_bytes", self.outbound_queue_bytes as u64),
             ("socket_channel_bytes", self.socket_channel_bytes as u64),
             ("engineio_max_sessions", self.engineio_max_sessions as u64),
+            ("session_timeout_s", self.session_timeout_s),
         ] {
             if v == 0 {
                 return err(format!("{name} must be greater than 0"));
@@ -250,6 +263,17 @@ impl Config {
                 "address_connect_burst must be greater than 0 when address_connect_rate is set"
                     .to_owned(),
             );
+        }
+        if self.app_name.is_empty()
+            || !self
+                .app_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return err(format!(
+                "app_name must be letters, digits, '-', '_' or '.': {:?}",
+                self.app_name
+            ));
         }
         if !matches!(self.protocol_version, 1 | 2) {
             return err(format!(

@@ -342,8 +342,14 @@ fn open_socket(
 ) -> (ScSocket, mpsc::Receiver<Out>) {
     let (tx, rx) = mpsc::channel(server.cfg.outbound_queue);
     let key = server.next_key.fetch_add(1, Ordering::Relaxed);
+    let id = new_id();
+    let session = match &request.session_id {
+        Some(s) => s.clone(),
+        None => Arc::from(&*id),
+    };
     let socket = ScSocket(Arc::new(SocketShared {
-        id: new_id(),
+        id,
+        session,
         key,
         tx,
         queued: AtomicUsize::new(0),
@@ -378,7 +384,7 @@ struct Conn<T> {
     /// The client address's place in its count, given back when the socket closes.
     slot: AddrSlot,
     /// The inbound rate limit, if one is set.
-    inbound_rate: Option<InboundRate>,
+    inbound_rate: Option<Box<InboundRate>>,
 }
 
 impl<T: Transport> Conn<T> {
@@ -594,6 +600,7 @@ impl<T: Transport> Conn<T> {
             .clients
             .write()
             .insert(self.socket.id().into(), self.socket.clone());
+        self.join_session().await;
         tracing::debug!(sid = %self.socket.id(), authenticated, "handshake done");
         self.flush_out().await?;
         if let Some(c) = resign {
@@ -781,7 +788,8 @@ impl<T: Transport> Conn<T> {
             match out {
                 Out::Frame(b) => self.io.send(b),
                 Out::Publish(p) => {
-                    if outbound.is_empty() {
+                    // Outbound middleware sees channel publishes, not session emits.
+                    if outbound.is_empty() || p.session.is_some() {
                         self.io.send_shared(&p.frame);
                     } else {
                         let action = OutboundAction {
@@ -1229,6 +1237,15 @@ impl<T: Transport> Conn<T> {
 
     /// A channel name over `max_channel_name` bytes is refused before anything keeps it.
     fn check_channel_name(&self, channel: &str) -> Result<(), ScError> {
+        if channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX) {
+            return Err(ScError::new(
+                ErrorName::InvalidActionError,
+                format!(
+                    "Socket {} tried to use the reserved channel name {channel:?}",
+                    self.socket.id()
+                ),
+            ));
+        }
         let max = self.server.cfg.max_channel_name;
         if channel.len() > max {
             return Err(ScError::new(
@@ -1337,6 +1354,25 @@ impl<T: Transport> Conn<T> {
         tracing::debug!(sid = %self.socket.id(), code, %reason, "socket closed");
     }
 
+    /// Joins the socket's session: its channel (emits to the session reach the socket; with a
+    /// store, once the store confirmed the subscription, bounded by the ack timeout) and the
+    /// sessions held here (their data's TTL is renewed while one socket lives).
+    async fn join_session(&mut self) {
+        let sid = self.socket.0.session.clone();
+        let channel = crate::session::channel(&sid);
+        self.server
+            .broker
+            .subscribe(&channel, Subscriber(Sub::Socket(self.socket.clone())));
+        self.server.sessions.join(&self.server, &sid);
+        if self.server.has_store {
+            let ready = self.server.broker.ready(&channel);
+            let wait = Duration::from_millis(self.server.cfg.ack_timeout_ms);
+            if tokio::time::timeout(wait, ready).await.is_err() {
+                tracing::warn!(sid = %self.socket.id(), "store subscription of the session not confirmed in time");
+            }
+        }
+    }
+
     fn mark_closed(&mut self, code: u16, reason: &str) {
         let socket = self.socket.clone();
         let (was_open, channels, acks) = {
@@ -1359,6 +1395,15 @@ impl<T: Transport> Conn<T> {
         }
         if was_open {
             self.server.clients.write().remove(socket.id());
+            let sid = &socket.0.session;
+            self.server
+                .broker
+                .unsubscribe(&crate::session::channel(sid), socket.key());
+            if self.server.sessions.leave(sid)
+                && let Some(hook) = self.server.on_session_end.clone()
+            {
+                hook(&socket);
+            }
         }
         self.server.sockets.write().remove(&socket.key());
         self.server.connections.fetch_sub(1, Ordering::AcqRel);

@@ -27,6 +27,10 @@ pub struct Data(Bytes);
 
 impl Data {
     /// Wraps bytes known to be one valid JSON value.
+    pub(crate) fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
     pub(crate) fn from_trusted(bytes: Bytes) -> Self {
         Data(bytes)
     }

@@ -112,6 +112,22 @@ impl ScHandle {
             .saturating_sub(self.clients_count())
     }
 
+    /// The session `id` (to emit to it, or read its data, from outside a socket).
+    pub fn session(&self, id: &str) -> crate::Session {
+        crate::Session::new(self.0.clone(), Arc::from(id), None)
+    }
+
+    /// The tower layer that gives every request its session cookie (see
+    /// [`SessionLayer`](crate::SessionLayer)); put it outside the [`ScLayer`](crate::ScLayer).
+    pub fn session_layer(&self) -> crate::SessionLayer {
+        crate::SessionLayer::new(self.0.clone())
+    }
+
+    /// Sessions with at least one open socket in this process.
+    pub fn sessions_count(&self) -> usize {
+        self.0.sessions.local_count()
+    }
+
     /// Sockets closed since the server started (handshaking ones included): with
     /// [`clients_count`](Self::clients_count), what a process watches to notice churn, say
     /// to give memory back after many sockets left.

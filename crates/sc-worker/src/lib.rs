@@ -18,6 +18,7 @@ mod published;
 mod request;
 mod serve;
 mod service;
+mod session;
 mod socket;
 mod state;
 pub mod transport;
@@ -49,11 +50,13 @@ pub use middleware::{
 #[doc(inline)]
 pub use published::Published;
 #[doc(inline)]
-pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody};
+pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody, SessionId};
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]
 pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
+#[doc(inline)]
+pub use session::{Session, SessionFuture, SessionLayer, SessionService};
 #[doc(inline)]
 pub use socket::{RATE_LIMITED, SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
 

@@ -11,19 +11,21 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-/// An address as counted: IPv4 as its IPv6-mapped form, IPv6 cut to its /64.
+/// An address as counted: IPv4 as its IPv6-mapped form, IPv6 cut to its /64. Two `u64`s, not
+/// a `u128`: every socket holds one (in its [`AddrSlot`]), and a `u128` would align it to 16.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-pub(crate) struct AddrKey(u128);
+pub(crate) struct AddrKey([u64; 2]);
 
 impl AddrKey {
     pub(crate) fn of(ip: IpAddr) -> Self {
-        match ip {
-            IpAddr::V4(v4) => AddrKey(u128::from(v4.to_ipv6_mapped())),
+        let bits = match ip {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
             IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => AddrKey(u128::from(v4.to_ipv6_mapped())),
-                None => AddrKey(u128::from(v6) & !((1u128 << 64) - 1)),
+                Some(v4) => u128::from(v4.to_ipv6_mapped()),
+                None => u128::from(v6) & !((1u128 << 64) - 1),
             },
-        }
+        };
+        AddrKey([(bits >> 64) as u64, bits as u64])
     }
 }
 
@@ -221,20 +223,21 @@ pub(crate) struct InboundRate {
 }
 
 impl InboundRate {
-    /// `None` when both rates are 0 (no limit).
-    pub(crate) fn new(messages: u32, bytes: u64) -> Option<Self> {
+    /// `None` when both rates are 0 (no limit). Boxed: a socket without a limit holds a
+    /// pointer's worth for it.
+    pub(crate) fn new(messages: u32, bytes: u64) -> Option<Box<Self>> {
         if messages == 0 && bytes == 0 {
             return None;
         }
         #[allow(clippy::cast_precision_loss)]
         let bytes = bytes as f64;
-        Some(InboundRate {
+        Some(Box::new(InboundRate {
             messages: f64::from(messages),
             bytes,
             msg_tokens: f64::from(messages),
             byte_tokens: bytes,
             at: tokio::time::Instant::now(),
-        })
+        }))
     }
 
     /// Takes one message of `len` bytes; false when either bucket is empty.

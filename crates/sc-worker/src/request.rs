@@ -1,6 +1,7 @@
 //! The HTTP request that opened a socket, and the client's address.
 
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, header};
 
@@ -20,6 +21,12 @@ pub struct PeerAddr(pub SocketAddr);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct ClientAddr(pub IpAddr);
 
+/// The id of the session a request belongs to, in its extensions once it passed the
+/// [`SessionLayer`](crate::SessionLayer) (from a valid cookie, or new). A socket opened by the
+/// request belongs to that session; without the layer, each socket is a session of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SessionId(pub Arc<str>);
+
 /// The HTTP request that opened a socket: the WebSocket upgrade, or the engine.io request that
 /// opened the session. Kept with the socket for its life ([`ScSocket::request`]).
 ///
@@ -36,6 +43,10 @@ pub struct HandshakeRequest {
     pub client_addr: Option<IpAddr>,
     /// The TCP peer (see [`PeerAddr`]), `None` when not known.
     pub peer_addr: Option<SocketAddr>,
+    /// The session the request belongs to (see [`SessionId`](crate::SessionId)), `None` when
+    /// no [`SessionLayer`](crate::SessionLayer) saw it: a socket it opens is then a session of
+    /// its own.
+    pub session_id: Option<Arc<str>>,
 }
 
 impl HandshakeRequest {
@@ -49,6 +60,7 @@ impl HandshakeRequest {
             headers: parts.headers.clone(),
             client_addr: parts.extensions.get::<ClientAddr>().map(|a| a.0),
             peer_addr: parts.extensions.get::<PeerAddr>().map(|a| a.0),
+            session_id: parts.extensions.get::<SessionId>().map(|s| s.0.clone()),
         }
     }
 
@@ -85,6 +97,7 @@ pub(crate) struct StoredRequest {
     head: Box<[u8]>,
     pub(crate) client_addr: Option<IpAddr>,
     peer_addr: Option<SocketAddr>,
+    pub(crate) session_id: Option<Arc<str>>,
 }
 
 impl StoredRequest {
@@ -107,6 +120,7 @@ impl StoredRequest {
             head: head.into_boxed_slice(),
             client_addr: req.client_addr,
             peer_addr: req.peer_addr,
+            session_id: req.session_id.clone(),
         }
     }
 
@@ -149,6 +163,7 @@ impl StoredRequest {
             headers,
             client_addr: self.client_addr,
             peer_addr: self.peer_addr,
+            session_id: self.session_id.clone(),
         }
     }
 }

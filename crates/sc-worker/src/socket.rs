@@ -136,6 +136,8 @@ pub(crate) struct SocketShared {
     pub(crate) host: Arc<dyn Host>,
     /// The HTTP request that opened the socket.
     pub(crate) request: StoredRequest,
+    /// The id of the socket's session (its own id when the request had none).
+    pub(crate) session: Arc<str>,
     pub(crate) state: Mutex<SocketState>,
     pub(crate) ext: Mutex<http::Extensions>,
     pub(crate) next_cid: AtomicU64,

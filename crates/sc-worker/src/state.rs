@@ -32,6 +32,10 @@ pub(crate) struct ServerInner {
     pub(crate) mw: Middlewares,
     pub(crate) on_connection: Option<Arc<ConnectFn>>,
     pub(crate) on_disconnection: Option<Arc<DisconnectFn>>,
+    /// Called when the last socket of a session in this process closed.
+    pub(crate) on_session_end: Option<Arc<ConnectFn>>,
+    /// The sessions with a socket here, their cookie and their data's store.
+    pub(crate) sessions: crate::session::Sessions,
     pub(crate) on_event: Option<Arc<EventFn>>,
     pub(crate) broker: Box<dyn Broker>,
     pub(crate) store: Option<Arc<dyn sc_store::Store>>,

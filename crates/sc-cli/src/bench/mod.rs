@@ -63,6 +63,11 @@ enum Scenario {
     /// Opens N connections (handshake done), holds them, and reports the server's memory per
     /// connection (`--server-pid`); source addresses are spread over 127.0.0.0/8
     Conns(ConnsArgs),
+    /// N sessions of two tabs, tab 1 on --url and tab 2 (same session cookie) on --url2 (another
+    /// worker sharing the store); tab 1 emits to its session R times/s (`sessionEmit`, or with
+    /// --mode channel a `#publish` to a channel both tabs subscribed); reports the latency from
+    /// emit to tab 2, lost messages, and the store's CPU per emit (--store-pid)
+    Session(SessionArgs),
 }
 
 /// Options every scenario takes.
@@ -173,6 +178,45 @@ pub(crate) struct FanoutArgs {
     common: Common,
 }
 
+/// What `bench session` sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum SessionMode {
+    /// `sessionEmit` of the demo app: the server emits to every socket of the session.
+    Session,
+    /// `#publish` to a channel of the pair that both tabs subscribed (the same fan-out by
+    /// channel, for comparison).
+    Channel,
+}
+
+/// Options of `bench session`.
+#[derive(Debug, Args)]
+#[deny(missing_docs)]
+pub(crate) struct SessionArgs {
+    /// Sessions (two tabs each)
+    #[arg(long, short = 's', default_value_t = 1000)]
+    sessions: usize,
+    /// Emits per second per session, from tab 1
+    #[arg(long, short = 'r', default_value_t = 10)]
+    rate: u64,
+    /// The worker of tab 2 [default: --url]
+    #[arg(long)]
+    url2: Option<String>,
+    /// What tab 1 sends
+    #[arg(long, value_enum, default_value = "session")]
+    mode: SessionMode,
+    /// Pid of tab 2's worker, to report its CPU time
+    #[arg(long)]
+    server2_pid: Option<u32>,
+    /// Pid of the store process, to report its CPU time per emit
+    #[arg(long)]
+    store_pid: Option<u32>,
+    /// After the last emit, how long to wait for tab 2 to receive it
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    drain: Duration,
+    #[command(flatten)]
+    common: Common,
+}
+
 /// Options of `bench conns`.
 #[derive(Debug, Args)]
 #[deny(missing_docs)]
@@ -224,6 +268,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
         Scenario::Ping(a) => &a.common,
         Scenario::Fanout(a) => &a.common,
         Scenario::Conns(a) => &a.common,
+        Scenario::Session(a) => &a.common,
     }
     .clone();
     let rt = if common.threads <= 1 {
@@ -250,6 +295,7 @@ pub(crate) fn run(args: BenchArgs) -> ExitCode {
             Scenario::Ping(a) => scenarios::ping(a).await,
             Scenario::Fanout(a) => scenarios::fanout(a).await,
             Scenario::Conns(a) => scenarios::conns(a).await,
+            Scenario::Session(a) => scenarios::session(a).await,
         }
     });
     // Connections still held are dropped with the runtime.

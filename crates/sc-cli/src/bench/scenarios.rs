@@ -1140,3 +1140,343 @@ mod tests {
         assert_eq!(f.0.len(), 2);
     }
 }
+
+/// The session cookie (`name=value`) a 101 response set: the one whose name ends in `/ssid`.
+fn session_cookie(head: &str) -> Option<String> {
+    head.lines()
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.trim().eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim().split(';').next().unwrap_or_default())
+        .find(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(n, _)| n.ends_with("/ssid"))
+        })
+        .map(str::to_owned)
+}
+
+/// Upgrades (with `extra` header lines), completes the handshake; returns the 101's head too.
+async fn open_with(target: &Target, extra: &str) -> Result<(Conn, String), String> {
+    let (mut conn, head) = Conn::connect_with(target, None, extra)
+        .await
+        .map_err(|e| format!("connect to {}: {e}", target.addr))?;
+    Protocol::Sc.handshake(&mut conn).await?;
+    Ok((conn, head))
+}
+
+/// Subscribes `conn` to `channel` (invoke id 2) and waits for the reply.
+async fn subscribe_one(conn: &mut Conn, channel: &str) -> Result<(), String> {
+    Protocol::Sc.subscribe(&mut conn.out, channel, 2);
+    conn.flush().await.map_err(|e| e.to_string())?;
+    let fut = async {
+        loop {
+            conn.read_more().await.map_err(|e| e.to_string())?;
+            let mut done = None;
+            conn.drain_frames(|m, out| {
+                if let Incoming::Reply { id: 2, error, .. } = Protocol::Sc.classify(m, out) {
+                    done = Some(error);
+                }
+            })
+            .map_err(|e| e.to_string())?;
+            conn.flush().await.map_err(|e| e.to_string())?;
+            match done {
+                Some(false) => return Ok(()),
+                Some(true) => return Err(format!("subscribe to {channel} failed")),
+                None => {}
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), fut)
+        .await
+        .map_err(|_| "no reply to the subscribe within 10 s".to_owned())?
+}
+
+/// What one session's pair of tabs measured.
+#[derive(Debug)]
+struct PairStats {
+    seq: SeqTracker,
+    sent: u64,
+    in_window: u64,
+    errors: u64,
+    closed: Option<String>,
+}
+
+/// `bench session`.
+pub(super) async fn session(a: super::SessionArgs) -> Result<Report, String> {
+    use super::SessionMode;
+    let c = &a.common;
+    if c.protocol != Protocol::Sc {
+        return Err("bench session drives a SocketCluster server (--protocol sc)".to_owned());
+    }
+    let (target1, mut r) = setup(c, "session").await?;
+    let url2 = a
+        .url2
+        .clone()
+        .or_else(|| c.url.clone())
+        .unwrap_or_else(|| Protocol::Sc.default_url().to_owned());
+    let target2 = Target::resolve(&url2, "").await?;
+    if a.sessions == 0 || a.rate == 0 {
+        return Err("--sessions and --rate must be at least 1".to_owned());
+    }
+    r.set("url2", Value::from(url2));
+    let mode = a.mode;
+    r.set(
+        "mode",
+        Value::from(match mode {
+            SessionMode::Session => "session",
+            SessionMode::Channel => "channel",
+        }),
+    );
+    let progress = Arc::new(Progress::default());
+    let stop_progress = Arc::new(AtomicBool::new(false));
+    let pr = spawn_progress(
+        "session",
+        c.quiet,
+        progress.clone(),
+        stop_progress.clone(),
+        "deliveries",
+    );
+    // The pairs: tab 1 gets the session cookie from its 101, tab 2 presents it to the other
+    // worker. 100 pairs at a time.
+    let sem = Arc::new(Semaphore::new(100));
+    let mut opening = Vec::new();
+    for i in 0..a.sessions {
+        let (sem, t1, t2, progress) = (
+            sem.clone(),
+            target1.clone(),
+            target2.clone(),
+            progress.clone(),
+        );
+        opening.push(tokio::spawn(async move {
+            let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
+            let (mut tab1, head) = open_with(&t1, "").await?;
+            let extra = match mode {
+                SessionMode::Session => {
+                    let cookie = session_cookie(&head).ok_or_else(|| {
+                        "the server set no session cookie on the 101 (is its session layer on?)"
+                            .to_owned()
+                    })?;
+                    format!("Cookie: {cookie}\r\n")
+                }
+                SessionMode::Channel => String::new(),
+            };
+            let (mut tab2, _) = open_with(&t2, &extra).await?;
+            if mode == SessionMode::Channel {
+                let channel = format!("bench/session/{i}");
+                subscribe_one(&mut tab1, &channel).await?;
+                subscribe_one(&mut tab2, &channel).await?;
+            }
+            progress.conns.fetch_add(2, Relaxed);
+            Ok::<_, String>((tab1, tab2))
+        }));
+    }
+    let mut pairs = Vec::with_capacity(a.sessions);
+    for t in opening {
+        pairs.push(t.await.map_err(|e| e.to_string())??);
+    }
+    let w = Window::new(c);
+    let t0 = Instant::now();
+    let lat = SharedLatency::new();
+    let stop_at = w.to + a.drain;
+    let period = Duration::from_secs_f64(1.0 / a.rate as f64);
+    let n = pairs.len();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, (tab1, tab2)) in pairs.into_iter().enumerate() {
+        // Spread the pairs' schedules over one period.
+        let start = t0 + period.mul_f64(i as f64 / n as f64);
+        tasks.push(tokio::spawn(pair(
+            tab1,
+            tab2,
+            i,
+            mode,
+            (start, period, w, t0, stop_at),
+            progress.clone(),
+            lat.clone(),
+        )));
+    }
+    let cpu1 = cpu_at_start(w, c.server_pid).await;
+    let cpu2 = CpuWindow::start(a.server2_pid);
+    let cpu_store = CpuWindow::start(a.store_pid);
+    tokio::time::sleep_until(w.to).await;
+    let (used1, used2, used_store) = (cpu1.end(), cpu2.end(), cpu_store.end());
+    let (mut sent, mut lost, mut dups, mut reordered, mut received, mut in_window) =
+        (0, 0, 0, 0, 0, 0);
+    let (mut errors, mut closed, mut close_reason) = (0u64, 0u64, None);
+    for t in tasks {
+        let s = t.await.map_err(|e| e.to_string())??;
+        if let Some(why) = s.closed {
+            closed += 1;
+            close_reason.get_or_insert(why);
+        }
+        lost += s.seq.lost(s.sent);
+        dups += s.seq.dups;
+        reordered += s.seq.reordered;
+        received += s.seq.received;
+        in_window += s.in_window;
+        sent += s.sent;
+        errors += s.errors;
+    }
+    stop_progress.store(true, Relaxed);
+    let secs = c.duration.as_secs_f64();
+    r.num("sessions", a.sessions);
+    r.num("rate_per_session", a.rate);
+    r.num("duration_s", secs);
+    r.num("target_emits_per_s", a.rate * a.sessions as u64);
+    r.num("deliveries_per_s", (in_window as f64 / secs).round());
+    let lat = lat.snapshot();
+    lat.report(&mut r, "");
+    r.num("emitted", sent);
+    r.num("received", received);
+    r.num("lost", lost);
+    r.num("duplicated", dups);
+    r.num("order_violations", reordered);
+    r.num("error_replies", errors);
+    r.num("pairs_closed", closed);
+    if let Some(why) = close_reason {
+        r.set("close_reason", Value::from(why));
+    }
+    r.num("latency_samples", lat.len());
+    used1.report(&mut r, c.duration, in_window, "delivery");
+    let per =
+        |d: Duration| (d.as_secs_f64() * 1e6 / in_window.max(1) as f64 * 100.0).round() / 100.0;
+    if let Some(d) = used2.server() {
+        r.num("server2_cpu_pct", round1(d.as_secs_f64() / secs * 100.0));
+        r.num("server2_cpu_us_per_delivery", per(d));
+    }
+    if let Some(d) = used_store.server() {
+        r.num("store_cpu_pct", round1(d.as_secs_f64() / secs * 100.0));
+        r.num("store_cpu_us_per_emit", per(d));
+    }
+    if let Some(p) = pr {
+        let _ = p.await;
+    }
+    Ok(r)
+}
+
+/// One session's two tabs: tab 1 sends on its schedule until the window ends; tab 2's
+/// deliveries are checked (sequence) and timed (from the scheduled send) until every one
+/// arrived or `stop_at`.
+async fn pair(
+    mut tab1: Conn,
+    mut tab2: Conn,
+    index: usize,
+    mode: super::SessionMode,
+    (start, period, w, t0, stop_at): (Instant, Duration, Window, Instant, Instant),
+    progress: Arc<Progress>,
+    lat: SharedLatency,
+) -> Result<PairStats, String> {
+    let mut s = PairStats {
+        seq: SeqTracker::default(),
+        sent: 0,
+        in_window: 0,
+        errors: 0,
+        closed: None,
+    };
+    let channel = json_string(&format!("bench/session/{index}"));
+    let mut next = start;
+    let mut id: u64 = 3;
+    let tick = tokio::time::sleep_until(next);
+    tokio::pin!(tick);
+    let end = tokio::time::sleep_until(stop_at);
+    tokio::pin!(end);
+    loop {
+        if next >= w.to && s.seq.next >= s.sent && s.seq.lost(s.sent) == 0 {
+            break;
+        }
+        tokio::select! {
+            biased;
+            () = &mut end => break,
+            r = tab2.read_more() => {
+                if let Err(e) = r {
+                    s.closed = Some(e.to_string());
+                    break;
+                }
+                let now = Instant::now();
+                let in_win = w.contains(now);
+                let mut got = 0;
+                let drained = tab2.drain_frames(|m, out| {
+                    let body = match (mode, Protocol::Sc.classify(m, out)) {
+                        (super::SessionMode::Channel, Incoming::Publish(b)) => b,
+                        (super::SessionMode::Session, _) if m.starts_with(b"{\"event\":\"m\"") => m,
+                        _ => return,
+                    };
+                    if let Some(seq) = field_u64(body, b"\"seq\":") {
+                        s.seq.observe(seq);
+                        got += 1;
+                        if in_win {
+                            s.in_window += 1;
+                            if let Some(t) = field_u64(body, b"\"t\":") {
+                                lat.record(now.saturating_duration_since(t0 + Duration::from_micros(t)));
+                            }
+                        }
+                    }
+                });
+                progress.ops.fetch_add(got, Relaxed);
+                if let Err(e) = drained {
+                    s.closed = Some(e.to_string());
+                    break;
+                }
+            }
+            r = tab1.read_more() => {
+                if let Err(e) = r {
+                    s.closed = Some(e.to_string());
+                    break;
+                }
+                let mut errors = 0;
+                let drained = tab1.drain_frames(|m, out| {
+                    if let Incoming::Reply { error: true, .. } = Protocol::Sc.classify(m, out) {
+                        errors += 1;
+                    }
+                });
+                s.errors += errors;
+                if let Err(e) = drained {
+                    s.closed = Some(e.to_string());
+                    break;
+                }
+            }
+            () = &mut tick, if next < w.to => {
+                let now = Instant::now();
+                while next <= now && next < w.to {
+                    let t_us = (next - t0).as_micros() as u64;
+                    let mut nb = itoa::Buffer::new();
+                    let mut data = Vec::with_capacity(96);
+                    match mode {
+                        super::SessionMode::Session => data.extend_from_slice(b"{\"event\":\"m\",\"data\":"),
+                        super::SessionMode::Channel => {
+                            data.extend_from_slice(b"{\"channel\":");
+                            data.extend_from_slice(channel.as_bytes());
+                            data.extend_from_slice(b",\"data\":");
+                        }
+                    }
+                    data.extend_from_slice(b"{\"seq\":");
+                    data.extend_from_slice(nb.format(s.sent).as_bytes());
+                    data.extend_from_slice(b",\"t\":");
+                    data.extend_from_slice(nb.format(t_us).as_bytes());
+                    data.extend_from_slice(b"}}");
+                    let event = match mode {
+                        super::SessionMode::Session => "sessionEmit",
+                        super::SessionMode::Channel => "#publish",
+                    };
+                    Protocol::Sc.invoke(&mut tab1.out, event, &data, id);
+                    id += 1;
+                    s.sent += 1;
+                    next += period;
+                }
+                tick.as_mut().reset(next);
+            }
+        }
+        for conn in [&mut tab1, &mut tab2] {
+            if let Err(e) = conn.flush().await {
+                s.closed = Some(e.to_string());
+            }
+        }
+        if s.closed.is_some() {
+            break;
+        }
+    }
+    if s.closed.is_some() {
+        progress.errors.fetch_add(1, Relaxed);
+    }
+    tab1.close().await;
+    tab2.close().await;
+    Ok(s)
+}

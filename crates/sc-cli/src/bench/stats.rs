@@ -144,6 +144,11 @@ pub(crate) struct CpuUse {
 }
 
 impl CpuUse {
+    /// The server's CPU time over the window, when its pid was known.
+    pub(crate) fn server(&self) -> Option<Duration> {
+        self.server
+    }
+
     /// Reports CPU share over `wall` and CPU time per `messages` (named `unit`).
     pub(crate) fn report(&self, r: &mut Report, wall: Duration, messages: u64, unit: &str) {
         let wall = wall.as_secs_f64().max(1e-9);

@@ -197,6 +197,18 @@ static SEED: std::sync::atomic::AtomicU64 =
 impl Conn {
     /// Opens a TCP connection (from `source` when given) and performs the WebSocket upgrade.
     pub(crate) async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<Conn> {
+        Self::connect_with(target, source, "")
+            .await
+            .map(|(conn, _)| conn)
+    }
+
+    /// Like [`Self::connect`], with `extra` request header lines (each ending in `\r\n`);
+    /// returns the connection and the head of the 101 response.
+    pub(crate) async fn connect_with(
+        target: &Target,
+        source: Option<IpAddr>,
+        extra: &str,
+    ) -> io::Result<(Conn, String)> {
         let stream = match source {
             Some(ip) => {
                 let sock = match ip {
@@ -221,7 +233,7 @@ impl Conn {
         };
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n",
             target.path, target.host
         );
         conn.stream.write_all(req.as_bytes()).await?;
@@ -235,7 +247,7 @@ impl Conn {
                     )));
                 }
                 conn.rbuf.drain(..end + 4);
-                return Ok(conn);
+                return Ok((conn, head));
             }
             if conn.rbuf.len() > 16 * 1024 {
                 return Err(io::Error::other("upgrade response too long"));

@@ -75,7 +75,15 @@ impl Subscriber {
     /// that lags loses the message. `false` when it was not queued.
     pub fn deliver(&self, msg: &Arc<Published>) -> bool {
         match &self.0 {
-            Sub::Socket(socket) => socket.deliver(Out::Publish(msg.clone())),
+            Sub::Socket(socket) => {
+                // A session's `transmit` skips the socket it came from.
+                if let Some(s) = &msg.session
+                    && s.skip.as_deref() == Some(socket.id())
+                {
+                    return true;
+                }
+                socket.deliver(Out::Publish(msg.clone()))
+            }
             Sub::Local { tx, .. } => {
                 let queued = tx.try_send(msg.clone()).is_ok();
                 if !queued {

@@ -171,8 +171,18 @@ impl Published {
         }
     }
 
-    /// A publish that arrived from a store; `None` (with a warning) when it is not JSON.
+    /// A publish that arrived from a store; `None` (with a warning) when it is not JSON (or,
+    /// on a session's channel, not a session emit).
     fn from_store(channel: &Arc<str>, payload: Bytes) -> Option<Self> {
+        if channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX) {
+            if serde_json::from_slice::<&serde_json::value::RawValue>(&payload).is_ok()
+                && let Some(p) = Published::session_from_envelope(channel, payload.clone())
+            {
+                return Some(p);
+            }
+            tracing::warn!(channel = %channel, len = payload.len(), "session emit from the store is malformed: dropped");
+            return None;
+        }
         let data = if payload.is_empty() {
             None
         } else {
@@ -187,6 +197,7 @@ impl Published {
             channel: channel.clone(),
             data,
             frame,
+            session: None,
         })
     }
 }
@@ -209,7 +220,10 @@ fn gap(channel: &str, on_gap: Option<&GapFn>, why: &str) {
         channel,
         "{why}: messages of this channel may have been lost"
     );
-    if let Some(f) = on_gap {
+    // A session's channel is the server's own, not the app's: logged, not reported.
+    if let Some(f) = on_gap
+        && !channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX)
+    {
         f(channel);
     }
 }

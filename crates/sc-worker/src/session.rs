@@ -1,0 +1,584 @@
+//! Sessions: every socket of one browser (its tabs) shares one session, whichever worker each
+//! tab reached. The session is a signed cookie ([`SessionLayer`]); emits to a session travel
+//! through the exchange on a channel of its own, so they reach its sockets on every process
+//! sharing the store; its data lives in the store under one key with a TTL that every process
+//! holding one of its sockets renews.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, header};
+use parking_lot::Mutex;
+use ring::hmac;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use sc_protocol::encode as enc;
+use sc_protocol::{ErrorName, ScError};
+use sc_store::Store;
+
+use crate::auth::AuthKey;
+use crate::data::{Data, IntoData};
+use crate::published::{Published, SESSION_CHANNEL_PREFIX};
+use crate::request::{PeerAddr, SessionId};
+use crate::state::ServerInner;
+
+/// The store key of a session's data: `sc:session:{<id>}` (the braces keep a session's keys in
+/// one slot of a Redis Cluster).
+const DATA_PREFIX: &str = "sc:session:";
+/// Local sessions renewed per batch of concurrent `PEXPIRE`s.
+const RENEW_BATCH: usize = 1000;
+
+/// A session's exchange channel.
+pub(crate) fn channel(id: &str) -> String {
+    format!("{SESSION_CHANNEL_PREFIX}{id}")
+}
+
+fn data_key(id: &str) -> String {
+    format!("{DATA_PREFIX}{{{id}}}")
+}
+
+/// A new session id: 128 random bits, base64url (22 characters).
+pub(crate) fn new_id() -> Arc<str> {
+    let bytes: [u8; 16] = rand::random();
+    Arc::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Signs and checks session cookies: `<id>.<HMAC-SHA256 of the id, base64url>`, keyed by a
+/// key derived from the server's auth key (so every process sharing the auth key accepts the
+/// others' cookies, and a guessed or forged id is refused).
+pub(crate) struct CookieKey(hmac::Key);
+
+impl CookieKey {
+    pub(crate) fn new(auth: &AuthKey) -> Self {
+        let secret: &[u8] = match auth {
+            AuthKey::Secret(s) => s,
+            AuthKey::Pem { private_pem, .. } => private_pem,
+        };
+        // A key of its own: a cookie signature is never a valid token signature.
+        let derived = hmac::sign(
+            &hmac::Key::new(hmac::HMAC_SHA256, b"socketcluster session cookie"),
+            secret,
+        );
+        CookieKey(hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref()))
+    }
+
+    pub(crate) fn sign(&self, id: &str) -> String {
+        let tag = hmac::sign(&self.0, id.as_bytes());
+        format!(
+            "{id}.{}",
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref())
+        )
+    }
+
+    /// The id of a cookie value whose signature holds.
+    pub(crate) fn verify<'a>(&self, value: &'a str) -> Option<&'a str> {
+        let (id, sig) = value.split_once('.')?;
+        if id.len() != 22
+            || !id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return None;
+        }
+        let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .ok()?;
+        hmac::verify(&self.0, id.as_bytes(), &sig).ok()?;
+        Some(id)
+    }
+}
+
+/// The sessions of one server: the cookie, the sessions with a socket here, and their data's
+/// store.
+pub(crate) struct Sessions {
+    pub(crate) cookie: CookieKey,
+    /// The cookie's name: `n/<app_name>/ssid`, as the original SocketCluster named it.
+    pub(crate) cookie_name: String,
+    pub(crate) ttl: Duration,
+    /// Sockets here per session.
+    local: Mutex<HashMap<Arc<str>, usize, foldhash::fast::RandomState>>,
+    /// The server's store, or an in-process one made on first use.
+    store: OnceLock<Arc<dyn Store>>,
+    /// Whether the renewal task runs.
+    renewing: OnceLock<()>,
+}
+
+impl Sessions {
+    pub(crate) fn new(
+        auth: &AuthKey,
+        app_name: &str,
+        ttl: Duration,
+        store: Option<Arc<dyn Store>>,
+    ) -> Self {
+        let store_cell = OnceLock::new();
+        if let Some(s) = store {
+            let _ = store_cell.set(s);
+        }
+        Sessions {
+            cookie: CookieKey::new(auth),
+            cookie_name: format!("n/{app_name}/ssid"),
+            ttl,
+            local: Mutex::default(),
+            store: store_cell,
+            renewing: OnceLock::new(),
+        }
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        self.store
+            .get_or_init(|| Arc::new(sc_store::MemoryStore::new()) as Arc<dyn Store>)
+    }
+
+    /// Counts one more socket of `id` here; the first one starts the TTL renewal.
+    pub(crate) fn join(&self, server: &Arc<ServerInner>, id: &Arc<str>) {
+        let first = {
+            let mut local = self.local.lock();
+            let n = local.entry(id.clone()).or_insert(0);
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            // The data lives on from now: renew its TTL at once (it may be near its end).
+            let store = self.store().clone();
+            let key = data_key(id);
+            let ttl = self.ttl;
+            tokio::spawn(async move {
+                if let Err(e) = store.expire(&key, ttl).await {
+                    tracing::debug!(%key, error = %e, "session TTL renewal failed");
+                }
+            });
+        }
+        if self.renewing.set(()).is_ok() {
+            tokio::spawn(renew(Arc::downgrade(server), self.ttl / 4));
+        }
+    }
+
+    /// Counts one socket of `id` less; true when it was the last one here.
+    pub(crate) fn leave(&self, id: &str) -> bool {
+        let mut local = self.local.lock();
+        match local.get_mut(id) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                local.remove(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sessions with a socket here.
+    pub(crate) fn local_count(&self) -> usize {
+        self.local.lock().len()
+    }
+
+    fn local_ids(&self) -> Vec<Arc<str>> {
+        self.local.lock().keys().cloned().collect()
+    }
+}
+
+impl crate::ScSocket {
+    /// The socket's session: every socket of one browser shares it when the
+    /// [`SessionLayer`] runs in front of the server (otherwise the socket is a session of its
+    /// own). Its [`transmit`](Session::transmit) skips this socket.
+    pub fn session(&self) -> Session {
+        Session::new(
+            self.server().0,
+            self.0.session.clone(),
+            Some(Arc::from(self.id())),
+        )
+    }
+
+    /// The id of the socket's session.
+    pub fn session_id(&self) -> &str {
+        &self.0.session
+    }
+}
+
+/// Renews the TTL of the data of every session with a socket here, four times per TTL (the
+/// original's `sessionHeartRate`), in batches, until the server is gone.
+async fn renew(server: Weak<ServerInner>, every: Duration) {
+    let every = every.max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(server) = server.upgrade() else {
+            return;
+        };
+        let sessions = &server.sessions;
+        let store = sessions.store().clone();
+        let ttl = sessions.ttl;
+        let ids = sessions.local_ids();
+        drop(server);
+        for batch in ids.chunks(RENEW_BATCH) {
+            let renewals = batch.iter().map(|id| {
+                let store = store.clone();
+                let key = data_key(id);
+                async move { store.expire(&key, ttl).await }
+            });
+            for r in futures_util::future::join_all(renewals).await {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "session TTL renewal failed");
+                }
+            }
+        }
+    }
+}
+
+fn store_error(e: &sc_store::Error) -> ScError {
+    ScError::new(ErrorName::BrokerError, format!("Session store failed: {e}"))
+}
+
+/// A session: its id, emits to every socket of it on every process, and its data in the store.
+///
+/// Get one from a socket ([`ScSocket::session`](crate::ScSocket::session)), or, in an HTTP
+/// handler behind the [`SessionLayer`], from the request's extensions (with axum:
+/// `Extension<Session>`).
+#[derive(Clone)]
+pub struct Session {
+    id: Arc<str>,
+    server: Arc<ServerInner>,
+    /// The socket it was taken from: [`transmit`](Self::transmit) skips it.
+    from: Option<Arc<str>>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("id", &self.id).finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(server: Arc<ServerInner>, id: Arc<str>, from: Option<Arc<str>>) -> Self {
+        Session { id, server, from }
+    }
+
+    /// The session id (from the cookie; a socket without one is a session of its own, whose id
+    /// is the socket's).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Sends the event `{"event":E,"data":D}` to every socket of the session, on every process
+    /// sharing the store (or in this process without one).
+    pub fn emit(&self, event: &str, data: impl IntoData) -> Result<(), ScError> {
+        self.send(event, data, None)
+    }
+
+    /// Like [`emit`](Self::emit), but skips the socket this session was taken from (the other
+    /// tabs get it); from an HTTP handler, the same as `emit`.
+    pub fn transmit(&self, event: &str, data: impl IntoData) -> Result<(), ScError> {
+        self.send(event, data, self.from.clone())
+    }
+
+    fn send(
+        &self,
+        event: &str,
+        data: impl IntoData,
+        skip: Option<Arc<str>>,
+    ) -> Result<(), ScError> {
+        let data = data.into_data()?;
+        let bytes = data.as_ref().map(Data::as_bytes);
+        let mut frame = Vec::with_capacity(24 + event.len() + bytes.map_or(0, <[u8]>::len));
+        enc::put_transmit(&mut frame, event, bytes);
+        let msg = Published::session(&channel(&self.id), skip, Bytes::from(frame));
+        self.server.broker.publish(Arc::new(msg));
+        Ok(())
+    }
+
+    /// Sets `key` of the session's data to `value` (JSON), and renews the data's TTL.
+    pub async fn set(&self, key: &str, value: impl IntoData) -> Result<(), ScError> {
+        let value = value.into_data()?;
+        let bytes = value.map_or_else(|| Bytes::from_static(b"null"), |d| d.into_bytes());
+        let store = self.server.sessions.store();
+        let k = data_key(&self.id);
+        store
+            .map_set(&k, key, bytes)
+            .await
+            .map_err(|e| store_error(&e))?;
+        store
+            .expire(&k, self.server.sessions.ttl)
+            .await
+            .map_err(|e| store_error(&e))?;
+        Ok(())
+    }
+
+    /// The value of `key` of the session's data.
+    pub async fn get(&self, key: &str) -> Result<Option<Data>, ScError> {
+        let v = self
+            .server
+            .sessions
+            .store()
+            .map_get(&data_key(&self.id), key)
+            .await
+            .map_err(|e| store_error(&e))?;
+        v.map(json).transpose()
+    }
+
+    /// Removes `key` of the session's data; whether it was there.
+    pub async fn remove(&self, key: &str) -> Result<bool, ScError> {
+        self.server
+            .sessions
+            .store()
+            .map_remove(&data_key(&self.id), key)
+            .await
+            .map_err(|e| store_error(&e))
+    }
+
+    /// Every key of the session's data with its value.
+    pub async fn get_all(&self) -> Result<Vec<(String, Data)>, ScError> {
+        let all = self
+            .server
+            .sessions
+            .store()
+            .map_get_all(&data_key(&self.id))
+            .await
+            .map_err(|e| store_error(&e))?;
+        all.into_iter()
+            .map(|(k, v)| json(v).map(|d| (k, d)))
+            .collect()
+    }
+}
+
+/// A stored value as `Data`: it must be JSON (the store may be shared with other programs).
+fn json(bytes: Bytes) -> Result<Data, ScError> {
+    if serde_json::from_slice::<&serde_json::value::RawValue>(&bytes).is_err() {
+        return Err(ScError::new(
+            ErrorName::BrokerError,
+            "Session data in the store is not JSON",
+        ));
+    }
+    Ok(Data::from_trusted(bytes))
+}
+
+/// The session cookie on every request: read and checked (a missing, forged or guessed one is
+/// replaced by a new session), its [`SessionId`] and [`Session`] put in the request's
+/// extensions, and a new cookie set on the response (ordinary responses, the WebSocket 101 and
+/// the engine.io handshake alike). Made by
+/// [`ScHandle::session_layer`](crate::ScHandle::session_layer); put it outside the
+/// [`ScLayer`](crate::ScLayer).
+///
+/// The cookie is `n/<app_name>/ssid=<id>.<signature>; Path=/; HttpOnly; SameSite=Lax`, with
+/// `Secure` when the request came over TLS (an `https` URI, or a trusted proxy's
+/// `X-Forwarded-Proto: https` / `Forwarded: proto=https`), and no `Max-Age`: it lasts as long
+/// as the browser session, while the session's data lives on in the store for the TTL after
+/// its last socket left.
+#[derive(Clone)]
+pub struct SessionLayer {
+    server: Arc<ServerInner>,
+}
+
+impl std::fmt::Debug for SessionLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLayer")
+            .field("cookie", &self.server.sessions.cookie_name)
+            .finish()
+    }
+}
+
+impl SessionLayer {
+    pub(crate) fn new(server: Arc<ServerInner>) -> Self {
+        SessionLayer { server }
+    }
+}
+
+impl SessionLayer {
+    /// Wraps `inner` (same as [`Layer::layer`]).
+    pub fn service<S>(&self, inner: S) -> SessionService<S> {
+        SessionService {
+            inner,
+            server: self.server.clone(),
+        }
+    }
+}
+
+impl<S> Layer<S> for SessionLayer {
+    type Service = SessionService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        self.service(inner)
+    }
+}
+
+/// The service of [`SessionLayer`].
+#[derive(Clone)]
+pub struct SessionService<S> {
+    inner: S,
+    server: Arc<ServerInner>,
+}
+
+impl<S: std::fmt::Debug> std::fmt::Debug for SessionService<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionService")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<S> SessionService<S> {
+    /// The session of `req`: its cookie's, if valid, or a new one (then `Some` cookie to set).
+    fn session_of<B>(&self, req: &Request<B>) -> (Arc<str>, Option<HeaderValue>) {
+        let sessions = &self.server.sessions;
+        let name = &sessions.cookie_name;
+        let valid = req
+            .headers()
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .filter(|(k, _)| k == name)
+            .find_map(|(_, v)| sessions.cookie.verify(v.trim_matches('"')));
+        if let Some(id) = valid {
+            return (Arc::from(id), None);
+        }
+        let id = new_id();
+        let mut cookie = format!(
+            "{name}={}; Path=/; HttpOnly; SameSite=Lax",
+            sessions.cookie.sign(&id)
+        );
+        if self.is_secure(req) {
+            cookie.push_str("; Secure");
+        }
+        (id, HeaderValue::from_str(&cookie).ok())
+    }
+
+    /// Whether the request came over TLS, as far as the server can tell.
+    fn is_secure<B>(&self, req: &Request<B>) -> bool {
+        if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) {
+            return true;
+        }
+        let trusted = req
+            .extensions()
+            .get::<PeerAddr>()
+            .is_some_and(|p| self.server.trusted.contains(p.0.ip()));
+        if !trusted {
+            return false;
+        }
+        let h = req.headers();
+        let forwarded_proto = h
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .is_some_and(|p| p.trim().eq_ignore_ascii_case("https"));
+        forwarded_proto
+            || h.get_all(header::FORWARDED)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split([',', ';']))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .any(|(k, v)| {
+                    k.eq_ignore_ascii_case("proto")
+                        && v.trim_matches('"').eq_ignore_ascii_case("https")
+                })
+    }
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for SessionService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = SessionFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
+        let (id, cookie) = self.session_of(&req);
+        let ext = req.extensions_mut();
+        ext.insert(SessionId(id.clone()));
+        ext.insert(Session::new(self.server.clone(), id, None));
+        SessionFuture {
+            future: self.inner.call(req),
+            cookie,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`SessionService`]: the inner response, with the new session's
+    /// cookie.
+    pub struct SessionFuture<F> {
+        #[pin]
+        future: F,
+        cookie: Option<HeaderValue>,
+    }
+}
+
+impl<F> std::fmt::Debug for SessionFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionFuture")
+    }
+}
+
+impl<F, B, E> Future for SessionFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.future.poll(cx))?;
+        if let Some(cookie) = this.cookie.take() {
+            res.headers_mut().append(header::SET_COOKIE, cookie);
+        }
+        Poll::Ready(Ok(res))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn cookies_are_signed_and_checked() {
+        let key = CookieKey::new(&AuthKey::Secret(b"one".to_vec()));
+        let id = new_id();
+        assert_eq!(id.len(), 22);
+        let value = key.sign(&id);
+        assert_eq!(key.verify(&value), Some(&*id));
+        // Another process with the same auth key accepts it; another key does not.
+        let same = CookieKey::new(&AuthKey::Secret(b"one".to_vec()));
+        assert_eq!(same.verify(&value), Some(&*id));
+        let other = CookieKey::new(&AuthKey::Secret(b"two".to_vec()));
+        assert_eq!(other.verify(&value), None);
+        // A guessed id, a changed signature, a bare id, garbage.
+        let (_, sig) = value.split_once('.').unwrap();
+        let guessed = format!("{}.{sig}", new_id());
+        assert_eq!(key.verify(&guessed), None);
+        let mut forged = value.clone();
+        forged.pop();
+        forged.push(if value.ends_with('A') { 'B' } else { 'A' });
+        assert_eq!(key.verify(&forged), None);
+        assert_eq!(key.verify(&id), None);
+        assert_eq!(key.verify("x.y"), None);
+        assert_eq!(key.verify(""), None);
+    }
+
+    #[test]
+    fn a_session_is_counted_per_socket_here() {
+        let s = Sessions::new(&AuthKey::random(), "app", Duration::from_secs(60), None);
+        assert_eq!(s.cookie_name, "n/app/ssid");
+        let id: Arc<str> = Arc::from("abc");
+        s.local.lock().insert(id.clone(), 2);
+        assert!(!s.leave(&id));
+        assert!(s.leave(&id));
+        assert!(!s.leave(&id), "not here any more");
+        assert_eq!(s.local_count(), 0);
+    }
+}
