@@ -7,9 +7,10 @@
 //    differ from the other context's; then the same with the page over engine.io long-polling
 //    only.
 // 2. Two `serve` processes sharing a store cluster (two `socketcluster store` processes), and
-//    again sharing Redis: one socketcluster-client on each with the same session cookie;
-//    `sessionEmit` reaches both, `sessionSet` on one is read by `sessionGet` on the other, and
-//    after `kill -9` of one worker a new socket of the session on the other still reads it.
+//    again sharing Redis: one tab on each (one browser context: cookies are per host, so both
+//    tabs present the same session cookie); `sessionEmit` reaches both, `sessionSet` on one is
+//    read by `sessionGet` on the other, and after `kill -9` of one worker its tab, reconnected
+//    to the other, still reads it.
 'use strict';
 
 const path = require('node:path');
@@ -18,7 +19,7 @@ const { spawn } = require('node:child_process');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { chromium } = require('playwright-core');
-const { HOST, ServerProcess, freePort, withTimeout, connectClient, closeClients } = require('./harness');
+const { HOST, ServerProcess, freePort, withTimeout } = require('./harness');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
 const CHROMIUM = '/usr/bin/chromium';
@@ -169,28 +170,22 @@ async function startStore() {
   return { port, child };
 }
 
-/** A session cookie from an ordinary GET to `server`. */
-async function newSessionCookie(server) {
-  const res = await fetch(`http://${HOST}:${server.port}/stats`);
-  const set = res.headers.getSetCookie().find((c) => c.startsWith(`${COOKIE}=`));
-  assert.ok(set, 'the server sets the session cookie');
-  return set.split(';')[0];
-}
+describe('sessions across two worker processes (headless Chromium)', { skip: REFERENCE && 'ours only' }, () => {
+  let browser;
+  before(async () => {
+    browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
+  });
+  after(async () => {
+    if (browser) await browser.close();
+  });
 
-/** A socketcluster-client connected to `server` with `cookie` (Node: the `ws` headers). */
-function connectWithCookie(server, cookie) {
-  return connectClient(server, { wsOptions: { headers: { Cookie: cookie } }, autoReconnect: false });
-}
-
-describe('sessions across two worker processes', { skip: REFERENCE && 'ours only' }, () => {
   for (const backend of ['store cluster', 'redis']) {
     describe(`sharing a ${backend}`, () => {
       const stores = [];
       const workers = [];
-      const clients = [];
-      let storeArg;
 
       before(async () => {
+        let storeArg;
         if (backend === 'redis') {
           storeArg = 'redis://127.0.0.1:6379';
         } else {
@@ -199,38 +194,42 @@ describe('sessions across two worker processes', { skip: REFERENCE && 'ours only
         }
         const authKey = `session-key-${process.pid}`;
         for (let i = 0; i < 2; i++) {
-          const w = new ServerProcess({ authKey, args: ['--store', storeArg] });
+          const w = new ServerProcess({ authKey, args: ['--store', storeArg, '--demo-assets', NODE_MODULES] });
           await w.start();
           workers.push(w);
         }
       });
       after(async () => {
-        closeClients(clients);
         for (const w of workers) await w.stop();
         for (const s of stores) s.child.kill('SIGKILL');
       });
 
       it('one tab on each worker: emit reaches both, data is shared and survives kill -9 of a worker', async () => {
-        const cookie = await newSessionCookie(workers[0]);
-        const { socket: tab1 } = await connectWithCookie(workers[0], cookie);
-        const { socket: tab2 } = await connectWithCookie(workers[1], cookie);
-        clients.push(tab1, tab2);
-        const sid = await tab1.invoke('sessionId');
-        assert.equal(await tab2.invoke('sessionId'), sid, 'worker 2 accepts worker 1 cookie');
+        // Cookies are per host, not per port: the second tab, on the other worker, presents
+        // the cookie the first worker set.
+        const context = await browser.newContext();
+        try {
+          const tab1 = await openTab(context, `http://${HOST}:${workers[0].port}/`);
+          const tab2 = await openTab(context, `http://${HOST}:${workers[1].port}/`);
+          const sid = await sessionIdOf(tab1);
+          assert.equal(await sessionIdOf(tab2), sid, 'worker 2 accepts the cookie of worker 1');
 
-        const notes = [tab1, tab2].map((t) => withTimeout(t.receiver('note').once(), WAIT_MS, 'the note'));
-        await tab1.invoke('sessionEmit', { event: 'note', data: 'both' });
-        assert.deepEqual(await Promise.all(notes), ['both', 'both']);
+          await tab1.evaluate(() => window.scSocket.invoke('sessionEmit', { event: 'note', data: 'both' }));
+          for (const tab of [tab1, tab2]) {
+            await waitIn(tab, () => window.scSeen.notes.includes('both'), null, 'the note in both tabs');
+          }
+          await tab1.evaluate(() => window.scSocket.invoke('sessionSet', { key: 'cart', value: { items: 3 } }));
+          assert.deepEqual(await tab2.evaluate(() => window.scSocket.invoke('sessionGet', { key: 'cart' })), { items: 3 });
 
-        await tab1.invoke('sessionSet', { key: 'cart', value: { items: 3 } });
-        assert.deepEqual(await tab2.invoke('sessionGet', { key: 'cart' }), { items: 3 });
-
-        // kill -9 worker 1; the tab reconnects to worker 2 (a new socket with the cookie).
-        await workers[0].kill();
-        const { socket: again } = await connectWithCookie(workers[1], cookie);
-        clients.push(again);
-        assert.equal(await again.invoke('sessionId'), sid);
-        assert.deepEqual(await again.invoke('sessionGet', { key: 'cart' }), { items: 3 });
+          // kill -9 worker 1; tab 1 reconnects to worker 2 (a new socket with the same cookie).
+          await workers[0].kill();
+          await tab1.goto(`http://${HOST}:${workers[1].port}/`);
+          await waitIn(tab1, () => window.scReady === true, null, 'tab 1 on worker 2');
+          assert.equal(await sessionIdOf(tab1), sid);
+          assert.deepEqual(await tab1.evaluate(() => window.scSocket.invoke('sessionGet', { key: 'cart' })), { items: 3 });
+        } finally {
+          await context.close();
+        }
       });
     });
   }

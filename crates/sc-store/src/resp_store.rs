@@ -628,6 +628,33 @@ impl Store for RespStore {
         })
     }
 
+    fn publish_many<'a>(&'a self, messages: &'a [(Arc<str>, Bytes)]) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            // One pipeline per node, in the messages' order; the nodes concurrently.
+            let nodes = &self.inner.nodes;
+            let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
+            for (channel, message) in messages {
+                let i = hash::owner(&self.inner.seeds, channel.as_bytes()).min(nodes.len() - 1);
+                if let Some(slot) = pipes.get_mut(i) {
+                    slot.get_or_insert_with(redis::pipe)
+                        .cmd("PUBLISH")
+                        .arg(&**channel)
+                        .arg(message.as_ref())
+                        .ignore();
+                }
+            }
+            let sends = pipes
+                .into_iter()
+                .zip(nodes.iter())
+                .filter_map(|(pipe, node)| pipe.map(|p| (p, node.conn.clone())))
+                .map(|(pipe, mut conn)| async move { pipe.query_async::<()>(&mut conn).await });
+            for r in futures_util::future::join_all(sends).await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+
     fn subscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<Subscription>> {
         Box::pin(async move {
             let node = &self.node(channel).pubsub;

@@ -107,6 +107,21 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
 
     /// Publishes `message` on `channel` (`PUBLISH`).
     fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> BoxFuture<'a, Result<()>>;
+    /// Publishes `messages` in their order: on one node, a later message is published after an
+    /// earlier one. A store over the network sends them together (one pipeline per node, one
+    /// round trip); this default publishes them one after the other. On an error, some may have
+    /// been published and the rest not.
+    fn publish_many<'a>(
+        &'a self,
+        messages: &'a [(std::sync::Arc<str>, Bytes)],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for (channel, message) in messages {
+                self.publish(channel, message.clone()).await?;
+            }
+            Ok(())
+        })
+    }
     /// Subscribes to `channel` (`SUBSCRIBE`). Once the future resolves, every later publish on
     /// the channel reaches the returned stream, in publication order, or a
     /// [`StoreEvent::Gap`] says that some did not. Dropping the stream ends the subscription.

@@ -341,3 +341,66 @@ async fn data_outlives_no_socket_past_the_ttl_and_is_renewed_while_one_lives() {
     assert_eq!(ended.load(Ordering::SeqCst), 1);
     assert_eq!(server.handle.sessions_count(), 0);
 }
+
+/// An HTTP handler of the app (what axum's `Extension<Session>` reads): `POST /cart` puts the
+/// request's session in the store.
+#[derive(Clone)]
+struct CartHandler;
+
+impl<B: Send + 'static> tower_service::Service<http::Request<B>> for CartHandler {
+    type Response = http::Response<String>;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        let session = req.extensions().get::<sc_worker::Session>().cloned();
+        Box::pin(async move {
+            let body = match session {
+                Some(s) => {
+                    s.set("cart", json!(["apple"])).await.unwrap();
+                    s.emit("cart", json!("changed")).unwrap();
+                    s.id().to_owned()
+                }
+                None => "no session".to_owned(),
+            };
+            Ok(http::Response::new(body))
+        })
+    }
+}
+
+#[tokio::test]
+async fn an_http_handler_reaches_the_session_of_its_request() {
+    let (layer, handle) = app(ScServer::builder()).build_layer().unwrap();
+    let svc = handle.session_layer().service(layer.service(CartHandler));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sc_worker::serve(listener, svc, handle.clone()));
+    let server = TestServer { addr, handle };
+    let (mut tab, set) = open(&server, None).await;
+    let cookie = pair(&set.unwrap());
+    let id = sid(&mut tab, 2).await;
+    let head = get_head(&server, "/cart", &format!("Cookie: {cookie}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.ends_with(&id),
+        "the handler saw the socket's session: {head}"
+    );
+    assert!(!head.to_ascii_lowercase().contains("set-cookie"), "{head}");
+    assert_eq!(
+        tab.next_matching(|v| v["event"] == "cart").await["data"],
+        "changed"
+    );
+    assert_eq!(
+        tab.invoke("get", json!("cart"), 3).await["data"],
+        json!(["apple"])
+    );
+}

@@ -202,16 +202,17 @@ impl Published {
     }
 }
 
-/// Sends one lane's queued publishes to the store, one after the other: a publish is sent once
-/// the store has acknowledged the previous one, so the store sees them in publication order.
+/// Sends one lane's queued publishes to the store: what is queued goes as one batch
+/// ([`Store::publish_many`]: one round trip per node, in order), and the next batch once the
+/// store has acknowledged it, so the store sees a lane's publishes in publication order.
 async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Arc<str>, Bytes)>) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        for (channel, payload) in batch.drain(..) {
-            if let Err(e) = store.publish(&channel, payload).await {
-                tracing::warn!(channel = %channel, error = %e, "publish to the store failed: message lost");
-            }
+        if let Err(e) = store.publish_many(&batch).await {
+            let first = batch.first().map(|(c, _)| c.clone());
+            tracing::warn!(messages = batch.len(), first_channel = ?first, error = %e, "publish to the store failed: messages of this batch may be lost");
         }
+        batch.clear();
     }
 }
 
