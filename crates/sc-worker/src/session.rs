@@ -240,8 +240,8 @@ fn store_error(e: &sc_store::Error) -> ScError {
 /// A session: its id, emits to every socket of it on every process, and its data in the store.
 ///
 /// Get one from a socket ([`ScSocket::session`](crate::ScSocket::session)), or, in an HTTP
-/// handler behind the [`SessionLayer`], from the request's extensions (with axum:
-/// `Extension<Session>`).
+/// handler behind the [`SessionLayer`], from the request's extensions (with the `axum` feature,
+/// `Session` is an extractor: a handler argument).
 #[derive(Clone)]
 pub struct Session {
     id: Arc<str>,
@@ -345,6 +345,23 @@ impl Session {
         all.into_iter()
             .map(|(k, v)| json(v).map(|d| (k, d)))
             .collect()
+    }
+}
+
+/// With the `axum` feature, a handler takes the request's session as an argument; without a
+/// [`SessionLayer`] in front, the request is refused with 500 and a message saying so.
+#[cfg(feature = "axum")]
+impl<S: Send + Sync> axum_core::extract::FromRequestParts<S> for Session {
+    type Rejection = (http::StatusCode, &'static str);
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Session>().cloned().ok_or((
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "no SessionLayer in front of this handler",
+        ))
     }
 }
 

@@ -404,3 +404,40 @@ async fn an_http_handler_reaches_the_session_of_its_request() {
         json!(["apple"])
     );
 }
+
+/// With the `axum` feature, a handler's argument.
+#[cfg(feature = "axum")]
+#[tokio::test]
+async fn an_axum_handler_takes_the_session_as_an_extractor() {
+    use axum::routing::get;
+    async fn cart(session: sc_worker::Session) -> String {
+        session.set("cart", json!(2)).await.unwrap();
+        session.id().to_owned()
+    }
+    let (layer, handle) = app(ScServer::builder()).build_layer().unwrap();
+    let router = axum::Router::new().route("/cart", get(cart));
+    let svc = handle.session_layer().service(layer.service(router));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sc_worker::serve(listener, svc, handle.clone()));
+    let server = TestServer { addr, handle };
+    let (mut tab, set) = open(&server, None).await;
+    let cookie = pair(&set.unwrap());
+    let id = sid(&mut tab, 2).await;
+    let head = get_head(&server, "/cart", &format!("Cookie: {cookie}\r\n")).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.ends_with(&id), "{head}");
+    assert_eq!(tab.invoke("get", json!("cart"), 3).await["data"], 2);
+    // Without the layer the extractor refuses.
+    let (layer, handle) = app(ScServer::builder()).build_layer().unwrap();
+    let svc = layer.service(axum::Router::new().route("/cart", get(cart)));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(sc_worker::serve(listener, svc, handle.clone()));
+    let head = get_head(&TestServer { addr, handle }, "/cart", "").await;
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    assert!(
+        head.ends_with("no SessionLayer in front of this handler"),
+        "{head}"
+    );
+}
