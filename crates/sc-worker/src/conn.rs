@@ -214,18 +214,20 @@ pub(crate) fn run<T: Transport>(
         server.cfg.inbound_rate_messages,
         server.cfg.inbound_rate_bytes,
     );
+    // Built out here and used in place by the task: a value the task's future captured and then
+    // moved into a local would take its room twice for the socket's whole life.
+    let mut conn = Conn {
+        io: transport,
+        outbox: Outbox::new(rx),
+        socket,
+        server,
+        last_seen: Instant::now(),
+        receivers: None,
+        last_sync: None,
+        slot,
+        inbound_rate,
+    };
     async move {
-        let mut conn = Conn {
-            io: transport,
-            outbox: Outbox::new(rx),
-            socket,
-            server,
-            last_seen: Instant::now(),
-            receivers: None,
-            last_sync: None,
-            slot,
-            inbound_rate,
-        };
         let end = match conn.handshake().await {
             Ok(()) => conn.main_loop().await,
             Err(end) => end,
@@ -719,7 +721,10 @@ impl<T: Transport> Conn<T> {
                                     self.call_sync(data.take(bytes), cid);
                                     Ok(())
                                 }
-                                Ok(Next::Async(slow)) => self.on_next(slow).await,
+                                // Boxed: the async handlers' future is the largest state
+                                // of this loop, and unboxed every socket would carry its room
+                                // for its whole life, idle or not.
+                                Ok(Next::Async(slow)) => Box::pin(self.on_next(slow)).await,
                                 Err(end) => Err(end),
                             },
                             Ok(None) => Ok(()),

@@ -139,11 +139,13 @@ impl Broker for LocalBroker {
         };
         let subs = match subs {
             Some(s) => s,
+            // Room for one: most channels of a process have one subscriber here (every
+            // socket's session channel, when its browser has one tab).
             None => self
                 .channels
                 .write()
                 .entry(Arc::from(channel))
-                .or_default()
+                .or_insert_with(|| Arc::new(Mutex::new(Vec::with_capacity(1))))
                 .clone(),
         };
         let mut list = subs.lock();
