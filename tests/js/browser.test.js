@@ -18,20 +18,9 @@ const http = require('node:http');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { chromium } = require('playwright-core');
-const { HOST, startServer, withTimeout } = require('./harness');
+const { HOST, CHROMIUM, CHROMIUM_ARGS, startServer, withTimeout } = require('./harness');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 
 const STATIC = {
   '/': [path.join(__dirname, 'browser', 'index.html'), 'text/html; charset=utf-8'],

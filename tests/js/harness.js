@@ -93,6 +93,19 @@ function serverCommand(port, authKey, extraArgs = []) {
 // eslint-disable-next-line no-control-regex
 const ANSI_RE = /\x1b\[[0-9;]*[A-Za-z]/g;
 
+/** Debian's Chromium, and the flags it needs headless on these machines (browser tests). */
+const CHROMIUM = '/usr/bin/chromium';
+const CHROMIUM_ARGS = [
+  '--headless',
+  '--no-sandbox',
+  '--disable-gpu',
+  '--disable-quic',
+  '--no-first-run',
+  '--disable-background-networking',
+  '--disable-component-update',
+  '--disable-sync',
+];
+
 /** The server under test as a child process, restartable on the same port with the same key. */
 class ServerProcess {
   constructor({ authKey, args } = {}) {
@@ -509,6 +522,8 @@ function uniqueChannel(prefix = 'ch') {
 
 module.exports = {
   HOST,
+  CHROMIUM,
+  CHROMIUM_ARGS,
   LISTENING_RE,
   DEFAULT_TIMEOUT_MS,
   ServerProcess,

@@ -19,20 +19,9 @@ const { spawn } = require('node:child_process');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { chromium } = require('playwright-core');
-const { HOST, ServerProcess, freePort, withTimeout } = require('./harness');
+const { HOST, CHROMIUM, CHROMIUM_ARGS, ServerProcess, freePort, withTimeout } = require('./harness');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
-const CHROMIUM = '/usr/bin/chromium';
-const CHROMIUM_ARGS = [
-  '--headless',
-  '--no-sandbox',
-  '--disable-gpu',
-  '--disable-quic',
-  '--no-first-run',
-  '--disable-background-networking',
-  '--disable-component-update',
-  '--disable-sync',
-];
 // The browser builds the page loads, from this suite's own npm install.
 const NODE_MODULES = path.join(__dirname, 'node_modules');
 const COOKIE = 'n/socketcluster/ssid';

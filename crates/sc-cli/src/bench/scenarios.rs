@@ -698,36 +698,7 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
             let mut conn = open(&target, proto, None).await?;
-            let id = proto.first_id();
-            proto.subscribe(&mut conn.out, &channel, id);
-            conn.flush().await.map_err(|e| e.to_string())?;
-            let fut = async {
-                loop {
-                    conn.read_more().await.map_err(|e| e.to_string())?;
-                    let mut done = None;
-                    conn.drain_frames(|m, out| {
-                        if let Incoming::Reply {
-                            id: rid,
-                            error,
-                            body,
-                        } = proto.classify(m, out)
-                            && rid == id
-                        {
-                            done = Some((error, String::from_utf8_lossy(body).into_owned()));
-                        }
-                    })
-                    .map_err(|e| e.to_string())?;
-                    conn.flush().await.map_err(|e| e.to_string())?;
-                    match done {
-                        Some((false, _)) => return Ok(()),
-                        Some((true, body)) => return Err(format!("subscribe failed: {body}")),
-                        None => {}
-                    }
-                }
-            };
-            tokio::time::timeout(Duration::from_secs(10), fut)
-                .await
-                .map_err(|_| "no reply to the subscribe within 10 s".to_owned())??;
+            subscribe_one(&mut conn, proto, &channel, proto.first_id()).await?;
             progress.conns.fetch_add(1, Relaxed);
             Ok::<_, String>(conn)
         }));
@@ -1163,24 +1134,35 @@ async fn open_with(target: &Target, extra: &str) -> Result<(Conn, String), Strin
     Ok((conn, head))
 }
 
-/// Subscribes `conn` to `channel` (invoke id 2) and waits for the reply.
-async fn subscribe_one(conn: &mut Conn, channel: &str) -> Result<(), String> {
-    Protocol::Sc.subscribe(&mut conn.out, channel, 2);
+/// Subscribes `conn` to `channel` (invoke `id`) and waits for the reply (10 s at most).
+async fn subscribe_one(
+    conn: &mut Conn,
+    proto: Protocol,
+    channel: &str,
+    id: u64,
+) -> Result<(), String> {
+    proto.subscribe(&mut conn.out, channel, id);
     conn.flush().await.map_err(|e| e.to_string())?;
     let fut = async {
         loop {
             conn.read_more().await.map_err(|e| e.to_string())?;
             let mut done = None;
             conn.drain_frames(|m, out| {
-                if let Incoming::Reply { id: 2, error, .. } = Protocol::Sc.classify(m, out) {
-                    done = Some(error);
+                if let Incoming::Reply {
+                    id: rid,
+                    error,
+                    body,
+                } = proto.classify(m, out)
+                    && rid == id
+                {
+                    done = Some((error, String::from_utf8_lossy(body).into_owned()));
                 }
             })
             .map_err(|e| e.to_string())?;
             conn.flush().await.map_err(|e| e.to_string())?;
             match done {
-                Some(false) => return Ok(()),
-                Some(true) => return Err(format!("subscribe to {channel} failed")),
+                Some((false, _)) => return Ok(()),
+                Some((true, body)) => return Err(format!("subscribe to {channel} failed: {body}")),
                 None => {}
             }
         }
@@ -1262,8 +1244,8 @@ pub(super) async fn session(a: super::SessionArgs) -> Result<Report, String> {
             let (mut tab2, _) = open_with(&t2, &extra).await?;
             if mode == SessionMode::Channel {
                 let channel = format!("bench/session/{i}");
-                subscribe_one(&mut tab1, &channel).await?;
-                subscribe_one(&mut tab2, &channel).await?;
+                subscribe_one(&mut tab1, Protocol::Sc, &channel, 2).await?;
+                subscribe_one(&mut tab2, Protocol::Sc, &channel, 2).await?;
             }
             progress.conns.fetch_add(2, Relaxed);
             Ok::<_, String>((tab1, tab2))
