@@ -384,7 +384,7 @@ impl ScServerBuilder {
             }
             (None, None) => Box::new(LocalBroker::default()),
         };
-        let sessions = crate::session::Sessions::new(
+        let sessions = crate::sessions::Sessions::new(
             &key,
             &self.cfg.app_name,
             Duration::from_secs(self.cfg.session_timeout_s),

@@ -1364,11 +1364,11 @@ impl<T: Transport> Conn<T> {
     /// sessions held here (their data's TTL is renewed while one socket lives).
     async fn join_session(&mut self) {
         let sid = self.socket.0.session.clone();
-        let channel = crate::session::channel(&sid);
+        let channel = crate::sessions::channel(&sid);
         self.server
             .broker
             .subscribe(&channel, Subscriber(Sub::Socket(self.socket.clone())));
-        self.server.sessions.join(&self.server, &sid);
+        self.server.sessions.join(&sid);
         if self.server.has_store {
             let ready = self.server.broker.ready(&channel);
             let wait = Duration::from_millis(self.server.cfg.ack_timeout_ms);
@@ -1403,7 +1403,7 @@ impl<T: Transport> Conn<T> {
             let sid = &socket.0.session;
             self.server
                 .broker
-                .unsubscribe(&crate::session::channel(sid), socket.key());
+                .unsubscribe(&crate::sessions::channel(sid), socket.key());
             if self.server.sessions.leave(sid)
                 && let Some(hook) = self.server.on_session_end.clone()
             {

@@ -19,6 +19,7 @@ mod request;
 mod serve;
 mod service;
 mod session;
+mod sessions;
 mod socket;
 mod state;
 pub mod transport;

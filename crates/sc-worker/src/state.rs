@@ -35,7 +35,7 @@ pub(crate) struct ServerInner {
     /// Called when the last socket of a session in this process closed.
     pub(crate) on_session_end: Option<Arc<ConnectFn>>,
     /// The sessions with a socket here, their cookie and their data's store.
-    pub(crate) sessions: crate::session::Sessions,
+    pub(crate) sessions: crate::sessions::Sessions,
     pub(crate) on_event: Option<Arc<EventFn>>,
     pub(crate) broker: Box<dyn Broker>,
     pub(crate) store: Option<Arc<dyn sc_store::Store>>,
