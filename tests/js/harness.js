@@ -522,6 +522,7 @@ function uniqueChannel(prefix = 'ch') {
 
 module.exports = {
   HOST,
+  tryConnect,
   CHROMIUM,
   CHROMIUM_ARGS,
   LISTENING_RE,

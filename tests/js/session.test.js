@@ -14,12 +14,11 @@
 'use strict';
 
 const path = require('node:path');
-const net = require('node:net');
 const { spawn } = require('node:child_process');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { chromium } = require('playwright-core');
-const { HOST, CHROMIUM, CHROMIUM_ARGS, ServerProcess, freePort, withTimeout } = require('./harness');
+const { HOST, CHROMIUM, CHROMIUM_ARGS, ServerProcess, freePort, tryConnect, withTimeout } = require('./harness');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
 // The browser builds the page loads, from this suite's own npm install.
@@ -131,22 +130,11 @@ describe('sessions in the browser (headless Chromium, the demo page)', { skip: R
 
 /** Resolves once something accepts TCP connections on `port`. */
 async function listening(port, what) {
-  const tryOnce = () =>
-    new Promise((resolve) => {
-      const s = net.connect(port, HOST);
-      s.once('connect', () => {
-        s.destroy();
-        resolve(true);
-      });
-      s.once('error', () => resolve(false));
-    });
-  await withTimeout(
-    (async () => {
-      while (!(await tryOnce())) await new Promise((r) => setTimeout(r, 20));
-    })(),
-    WAIT_MS,
-    what
-  );
+  const deadline = Date.now() + WAIT_MS;
+  while (!(await tryConnect(port))) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 /** A `socketcluster store` process; kill it with `.kill('SIGKILL')`. */
@@ -210,7 +198,10 @@ describe('sessions across two worker processes (headless Chromium)', { skip: REF
           await tab1.evaluate(() => window.scSocket.invoke('sessionSet', { key: 'cart', value: { items: 3 } }));
           assert.deepEqual(await tab2.evaluate(() => window.scSocket.invoke('sessionGet', { key: 'cart' })), { items: 3 });
 
-          // kill -9 worker 1; tab 1 reconnects to worker 2 (a new socket with the same cookie).
+          // Tab 2 closes (no process holds a socket of the session any more), then kill -9
+          // worker 1: the data lives in the store, not in a worker. Tab 1 reconnects to worker 2
+          // (a new socket with the same cookie) and finds it.
+          await tab2.close();
           await workers[0].kill();
           await tab1.goto(`http://${HOST}:${workers[1].port}/`);
           await waitIn(tab1, () => window.scReady === true, null, 'tab 1 on worker 2');

@@ -661,8 +661,19 @@ struct HttpResponse {
 }
 
 /// Reads one HTTP response (bytes past it stay in `buf`: a WebSocket's first frames, or the
-/// next response).
+/// next response); a server that does not answer within 5 s is an error, not a hang.
 async fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<HttpResponse> {
+    tokio::time::timeout(Duration::from_secs(5), read_response_now(s, buf))
+        .await
+        .unwrap_or_else(|_| {
+            Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no HTTP response within 5 s",
+            ))
+        })
+}
+
+async fn read_response_now(s: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<HttpResponse> {
     let head_end = loop {
         if let Some(i) = find(buf, b"\r\n\r\n") {
             break i + 4;
@@ -1158,9 +1169,14 @@ async fn tcp_per_address_limit_attack(addr: SocketAddr) -> Outcome {
             })
         })
         .collect();
-    for _ in 0..CONNS {
-        connected.recv().await.unwrap();
-    }
+    drop(connected_tx);
+    tokio::time::timeout(Duration::from_secs(10), async {
+        for _ in 0..CONNS {
+            connected.recv().await.expect("a connect task failed");
+        }
+    })
+    .await
+    .expect("the attacker's connections did not open within 10 s");
     // The attacker's address is full; another one is served.
     let other = tcp_from(Ipv4Addr::new(127, 0, 0, 5), addr, None)
         .await

@@ -808,10 +808,10 @@ async fn a_connection_without_auth_is_closed_after_the_auth_timeout() {
         ..ServerConfig::default()
     });
     let addr = s.local_addr();
-    let started = Instant::now();
     let mut good = authed_client(addr).await;
     let mut no_secret = Client::connect(open.local_addr()).await;
-    // Sends nothing: closed at the deadline, with a reason.
+    // Sends nothing: closed at the deadline (not long after), with a reason.
+    let idle_started = Instant::now();
     let mut idle = Client::connect(addr).await;
     let r = idle.reply().await;
     assert!(
@@ -822,8 +822,11 @@ async fn a_connection_without_auth_is_closed_after_the_auth_timeout() {
         "{r:?}"
     );
     idle.closed().await;
-    let idle_closed = started.elapsed();
-    assert!(idle_closed >= timeout, "{idle_closed:?}");
+    let idle_closed = idle_started.elapsed();
+    assert!(
+        idle_closed >= timeout && idle_closed < timeout * 10,
+        "{idle_closed:?}"
+    );
     // Sends commands all along, and a wrong secret: closed too.
     let chatty_started = Instant::now();
     let (r, mut w) = TcpStream::connect(addr).await.unwrap().into_split();
@@ -965,10 +968,8 @@ async fn forty_unauthenticated_32_mib_senders_leave_the_store_process_small() {
             ][..],
             _ => &[][..],
         };
-        if expected.is_empty() {
-            // Replies are NOAUTH errors, never read; the connection was closed.
-            assert!(first.is_none());
-        } else {
+        // The quiet-reader clients (no expected error) are checked above: closed within WAIT.
+        if !expected.is_empty() {
             assert!(
                 expected.iter().any(|e| protocol_error(&first, e)),
                 "client {i}: {first:?}"

@@ -1240,7 +1240,8 @@ impl<T: Transport> Conn<T> {
         }
     }
 
-    /// A channel name over `max_channel_name` bytes is refused before anything keeps it.
+    /// A channel name that is reserved (a session's) or over `max_channel_name` bytes is refused
+    /// before anything keeps it.
     fn check_channel_name(&self, channel: &str) -> Result<(), ScError> {
         if channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX) {
             return Err(ScError::new(
@@ -1384,12 +1385,10 @@ impl<T: Transport> Conn<T> {
             let mut s = socket.0.state.lock();
             s.closed = true;
             s.close = None;
+            s.channel_bytes = 0;
             (
                 std::mem::take(&mut s.open),
-                {
-                    s.channel_bytes = 0;
-                    std::mem::take(&mut s.channels)
-                },
+                std::mem::take(&mut s.channels),
                 std::mem::take(&mut s.acks),
             )
         };

@@ -331,11 +331,21 @@ mod tests {
             let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
             drop(l.admit(Some(a)).unwrap());
         }
-        // Bounded: entries are pruned (those with a spent bucket stay until it refills).
-        assert!(l.table.lock().map.len() <= 3001);
+        // Entries with a spent bucket stay (their limit holds) while pruning runs.
+        assert_eq!(l.table.lock().map.len(), 3001);
         assert_eq!(l.admit(ip("10.9.9.9")).err(), Some(Refusal::TooMany));
         drop(held);
         assert_eq!(l.admit(ip("10.0.0.0")).err(), Some(Refusal::Rate));
+        // Buckets that refill at once: entries holding nothing are pruned.
+        let fast = AddressLimits::new(1, u32::MAX, 1);
+        let held = fast.admit(ip("10.9.9.9")).unwrap();
+        for i in 0..3000u32 {
+            let a = IpAddr::from(std::net::Ipv4Addr::from(0x0a00_0000 + i));
+            drop(fast.admit(Some(a)).unwrap());
+        }
+        assert!(fast.table.lock().map.len() < 2 * PRUNE_MIN, "pruned");
+        assert_eq!(fast.admit(ip("10.9.9.9")).err(), Some(Refusal::TooMany));
+        drop(held);
     }
 
     #[test]

@@ -69,7 +69,10 @@ impl ServerInner {
     /// error says which. The socket uncounts the connection when it closes, and gives the
     /// address's place back by dropping the slot.
     pub(crate) fn count_connection(&self, client: Option<IpAddr>) -> Result<AddrSlot, Refusal> {
-        self.check_connection(client)?;
+        // Not `check_connection`: `admit` checks the address itself, with one lock.
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Err(Refusal::ShuttingDown);
+        }
         let max = self.cfg.max_connections;
         self.connections
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {

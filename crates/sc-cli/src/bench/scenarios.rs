@@ -48,9 +48,21 @@ async fn setup(c: &Common, scenario: &str) -> Result<(Target, Report), String> {
 /// A refused TCP connection is tried again (5 times, 200 ms apart): a server that has just
 /// started, or whose accept queue overflowed, may refuse a few.
 async fn open(target: &Target, proto: Protocol, source: Option<IpAddr>) -> Result<Conn, String> {
+    open_with(target, proto, source, "")
+        .await
+        .map(|(conn, _)| conn)
+}
+
+/// [`open`] with `extra` request header lines; returns the 101's head too.
+async fn open_with(
+    target: &Target,
+    proto: Protocol,
+    source: Option<IpAddr>,
+    extra: &str,
+) -> Result<(Conn, String), String> {
     let mut tries = 0;
-    let mut conn = loop {
-        match Conn::connect(target, source).await {
+    let (mut conn, head) = loop {
+        match Conn::connect_with(target, source, extra).await {
             Ok(c) => break c,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 5 => {
                 tries += 1;
@@ -60,7 +72,7 @@ async fn open(target: &Target, proto: Protocol, source: Option<IpAddr>) -> Resul
         }
     };
     proto.handshake(&mut conn).await?;
-    Ok(conn)
+    Ok((conn, head))
 }
 
 /// Opens `n` connections, `limit` at a time, each followed by `after` (e.g. a subscribe).
@@ -1125,15 +1137,6 @@ fn session_cookie(head: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
-/// Upgrades (with `extra` header lines), completes the handshake; returns the 101's head too.
-async fn open_with(target: &Target, extra: &str) -> Result<(Conn, String), String> {
-    let (mut conn, head) = Conn::connect_with(target, None, extra)
-        .await
-        .map_err(|e| format!("connect to {}: {e}", target.addr))?;
-    Protocol::Sc.handshake(&mut conn).await?;
-    Ok((conn, head))
-}
-
 /// Subscribes `conn` to `channel` (invoke `id`) and waits for the reply (10 s at most).
 async fn subscribe_one(
     conn: &mut Conn,
@@ -1230,7 +1233,7 @@ pub(super) async fn session(a: super::SessionArgs) -> Result<Report, String> {
         );
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
-            let (mut tab1, head) = open_with(&t1, "").await?;
+            let (mut tab1, head) = open_with(&t1, Protocol::Sc, None, "").await?;
             let extra = match mode {
                 SessionMode::Session => {
                     let cookie = session_cookie(&head).ok_or_else(|| {
@@ -1241,7 +1244,7 @@ pub(super) async fn session(a: super::SessionArgs) -> Result<Report, String> {
                 }
                 SessionMode::Channel => String::new(),
             };
-            let (mut tab2, _) = open_with(&t2, &extra).await?;
+            let (mut tab2, _) = open_with(&t2, Protocol::Sc, None, &extra).await?;
             if mode == SessionMode::Channel {
                 let channel = format!("bench/session/{i}");
                 subscribe_one(&mut tab1, Protocol::Sc, &channel, 2).await?;

@@ -195,14 +195,8 @@ static SEED: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(0x9e37_79b9_7f4a_7c15);
 
 impl Conn {
-    /// Opens a TCP connection (from `source` when given) and performs the WebSocket upgrade.
-    pub(crate) async fn connect(target: &Target, source: Option<IpAddr>) -> io::Result<Conn> {
-        Self::connect_with(target, source, "")
-            .await
-            .map(|(conn, _)| conn)
-    }
-
-    /// Like [`Self::connect`], with `extra` request header lines (each ending in `\r\n`);
+    /// Opens a TCP connection (from `source` when given) and performs the WebSocket upgrade,
+    /// with `extra` request header lines (each ending in `\r\n`);
     /// returns the connection and the head of the 101 response.
     pub(crate) async fn connect_with(
         target: &Target,
