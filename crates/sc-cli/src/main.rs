@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod balance;
 mod bench;
 mod demo;
 mod serve;
@@ -30,6 +31,8 @@ enum Command {
     GenConfig,
     /// Load generator for SocketCluster (and socket.io) servers: echo, rate, ping, fanout, conns
     Bench(bench::BenchArgs),
+    /// Run a balancer: the front door that proxies requests and WebSockets to workers
+    Balance(balance::BalanceArgs),
     /// Run a store server process: keys with TTL, maps, lists and pub/sub over the Redis protocol
     Store(store_cmd::StoreArgs),
 }
@@ -44,6 +47,17 @@ pub(crate) fn print_line(line: &str) {
     let _ = out.flush();
 }
 
+/// Log lines on stderr, filtered by `RUST_LOG` (default `info`).
+pub(crate) fn init_tracing() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::env::var_os("NO_COLOR").is_none())
+        .init();
+}
+
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(c) => c,
@@ -55,6 +69,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Balance(args) => balance::run(args),
         Command::Store(args) => store_cmd::run(args),
         Command::GenConfig => match serve::gen_config() {
             Ok(text) => {
@@ -74,13 +89,7 @@ fn main() -> ExitCode {
                     return ExitCode::from(EXIT_CONFIG);
                 }
             };
-            tracing_subscriber::fmt()
-                .with_env_filter(
-                    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-                )
-                .with_writer(std::io::stderr)
-                .with_ansi(std::env::var_os("NO_COLOR").is_none())
-                .init();
+            init_tracing();
             let runtime = match cfg.runtime() {
                 Ok(rt) => rt,
                 Err(e) => {

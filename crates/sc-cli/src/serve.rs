@@ -231,15 +231,20 @@ impl FileConfig {
     /// from) when there is one thread (`--threads 1`, or one CPU available, e.g. under
     /// `taskset -c 0`), else a work-stealing pool of `thread_count` threads.
     pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
-        match self.thread_count() {
-            1 => tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build(),
-            n => tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(n)
-                .enable_all()
-                .build(),
-        }
+        runtime_for(self.thread_count())
+    }
+}
+
+/// A single-threaded runtime for one thread, else a work-stealing pool of `threads`.
+pub(crate) fn runtime_for(threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+    match threads {
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
     }
 }
 
@@ -373,7 +378,7 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ").replace('\n', " ")
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -63,6 +63,8 @@ pub use socket::{RATE_LIMITED, SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
 
 /// Re-exported: JWT algorithms for [`AuthKey::Pem`].
 pub use jsonwebtoken::Algorithm;
+/// Per-address connection limits, shared with the balancer.
+pub use limits::{AddrSlot, AddressLimits, Refusal};
 /// Re-exported: the wire error object and names.
 pub use sc_protocol::{CloseCode, ErrorName, ScError};
 /// Re-exported: the store crate, for [`ScServerBuilder::store`].

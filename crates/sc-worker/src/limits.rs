@@ -31,7 +31,7 @@ impl AddrKey {
 
 /// Why a new connection was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Refusal {
+pub enum Refusal {
     /// The address holds its limit of open connections.
     TooMany,
     /// The address opened its burst and more than its rate since.
@@ -44,14 +44,15 @@ pub(crate) enum Refusal {
 
 impl Refusal {
     /// The HTTP status of the refusal: 429 for the address's limits, 503 for the server's.
-    pub(crate) fn status(self) -> http::StatusCode {
+    pub fn status(self) -> http::StatusCode {
         match self {
             Refusal::TooMany | Refusal::Rate => http::StatusCode::TOO_MANY_REQUESTS,
             Refusal::Full | Refusal::ShuttingDown => http::StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
-    pub(crate) fn message(self) -> &'static str {
+    /// The text of the refusal's response body.
+    pub fn message(self) -> &'static str {
         match self {
             Refusal::TooMany => "Too many connections from this address",
             Refusal::Rate => "Connection rate limit exceeded",
@@ -84,8 +85,10 @@ struct Table {
     prune_at: usize,
 }
 
-/// The limits of one server (or listener) and the addresses it counts.
-pub(crate) struct AddressLimits {
+/// The limits of one server (or listener) and the addresses it counts: how many connections one
+/// address holds at once and how fast it opens new ones. Shared (`Arc`) by every connection it
+/// admitted.
+pub struct AddressLimits {
     /// Open at once per address; 0 = none.
     limit: usize,
     /// New ones per second per address; 0 = none.
@@ -96,8 +99,28 @@ pub(crate) struct AddressLimits {
 
 const PRUNE_MIN: usize = 1024;
 
+impl std::fmt::Debug for AddressLimits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AddressLimits")
+            .field("limit", &self.limit)
+            .field("rate", &self.rate)
+            .field("burst", &self.burst)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for AddrSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("AddrSlot")
+            .field(&self.0.as_ref().map(|(_, k)| k))
+            .finish()
+    }
+}
+
 impl AddressLimits {
-    pub(crate) fn new(limit: usize, rate: u32, burst: u32) -> Arc<Self> {
+    /// `limit` connections at once per address (0 = none), `rate` new ones per second after a
+    /// `burst` (rate 0 = none).
+    pub fn new(limit: usize, rate: u32, burst: u32) -> Arc<Self> {
         Arc::new(AddressLimits {
             limit,
             rate: f64::from(rate),
@@ -138,7 +161,7 @@ impl AddressLimits {
 
     /// Counts one more connection of `ip`, or says why not. `None` (an unknown address) is
     /// not limited.
-    pub(crate) fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<AddrSlot, Refusal> {
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<AddrSlot, Refusal> {
         let Some(ip) = ip.filter(|_| self.enabled()) else {
             return Ok(AddrSlot(None));
         };
@@ -195,11 +218,11 @@ impl AddressLimits {
 
 /// One admitted connection's place in its address's count, given back on drop.
 #[must_use]
-pub(crate) struct AddrSlot(Option<(Arc<AddressLimits>, AddrKey)>);
+pub struct AddrSlot(Option<(Arc<AddressLimits>, AddrKey)>);
 
 impl AddrSlot {
     /// A slot that counts nothing (for connections that are not limited).
-    pub(crate) fn none() -> Self {
+    pub fn none() -> Self {
         AddrSlot(None)
     }
 }
