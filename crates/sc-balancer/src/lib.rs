@@ -44,7 +44,7 @@ pub mod tunnel;
 mod workers;
 
 pub use middleware::{
-    AddressLimit, AddressLimitLayer, IpBlocks, IpFilter, IpFilterLayer, Refusable,
+    AddressLimit, AddressLimitLayer, InvalidBlocks, IpBlocks, IpFilter, IpFilterLayer, Refusable,
 };
 pub use proxy::{Balancer, BalancerConfig, Body, BoxError, Secure, is_upgrade};
 pub use server::{ServeOptions, bind_reuseport, serve};

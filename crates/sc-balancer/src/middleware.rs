@@ -29,6 +29,8 @@ fn client_ip<B>(req: &Request<B>) -> Option<IpAddr> {
 
 /// A set of CIDR blocks (`10.0.0.0/8`, `192.168.1.7`, `fd00::/8`).
 pub type IpBlocks = TrustedProxies;
+/// An entry of an allow or deny list that is not an IP address or CIDR block.
+pub type InvalidBlocks = InvalidProxy;
 
 /// Allow and deny lists of client addresses: a request from a denied address, or from one
 /// outside a non-empty allow list, gets 403 before any worker sees it.
@@ -39,7 +41,7 @@ pub struct IpFilterLayer {
 
 impl IpFilterLayer {
     /// `allow` (empty: every address) and `deny` lists of CIDR blocks.
-    pub fn new<A, D, S1, S2>(allow: A, deny: D) -> Result<Self, InvalidProxy>
+    pub fn new<A, D, S1, S2>(allow: A, deny: D) -> Result<Self, InvalidBlocks>
     where
         A: IntoIterator<Item = S1>,
         D: IntoIterator<Item = S2>,
