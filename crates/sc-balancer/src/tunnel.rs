@@ -329,6 +329,9 @@ where
         down.pending.keep(&worker_early);
         down.flush = true;
     }
+    // The early bytes may be slices of the HTTP reader's buffers: copied above, let go now so
+    // an idle tunnel does not keep those buffers alive.
+    drop((client_early, worker_early));
     let outcome = Both {
         client: &mut client,
         worker: &mut worker,
