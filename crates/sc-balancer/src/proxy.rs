@@ -263,7 +263,7 @@ impl Inner {
         let slot = req.extensions_mut().remove::<SlotCell>();
         let (parts, _body) = req.into_parts();
         let mut failed = Vec::new();
-        let (w, stream) = loop {
+        let (w, load, stream) = loop {
             let w = match &target {
                 Target::Session(w) => w.clone(),
                 Target::Any => match self.pick(&parts.headers, &failed) {
@@ -271,8 +271,11 @@ impl Inner {
                     None => return no_worker(),
                 },
             };
+            // Counted from the choice on, so a burst of new connections sees the ones still
+            // connecting and spreads evenly.
+            let load = w.hold();
             match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr())).await {
-                Ok(Ok(s)) => break (w, s),
+                Ok(Ok(s)) => break (w, load, s),
                 Ok(Err(e)) => Self::worker_down(&w, &e),
                 Err(_) => Self::worker_down(&w, &"connect timed out"),
             }
@@ -282,7 +285,6 @@ impl Inner {
             failed.push(w);
         };
         let _ = stream.set_nodelay(true);
-        let load = w.hold();
         let (mut sender, conn) =
             match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await

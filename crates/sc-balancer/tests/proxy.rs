@@ -325,3 +325,35 @@ async fn ip_filter_and_address_limits() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_worker_added_at_run_time_takes_a_burst_until_loads_are_even() {
+    let (w1, w2) = (worker().await, worker().await);
+    let (b, set) = balancer(&[w1]).await;
+    let mut open = Vec::new();
+    for i in 0..10 {
+        let mut ws = connect(b, &[]).await;
+        assert_eq!(
+            call(&mut ws, "whoami", Value::Null, 2 + i).await["data"]["worker"],
+            w1.port()
+        );
+        open.push(ws);
+    }
+    set.add(&w2.to_string()).unwrap();
+    let burst = futures_util::future::join_all((0..30).map(|i| async move {
+        let mut ws = connect(b, &[]).await;
+        let who = call(&mut ws, "whoami", Value::Null, 2 + i).await;
+        (ws, who["data"]["worker"].as_u64().unwrap())
+    }))
+    .await;
+    let on_w2 = burst
+        .iter()
+        .filter(|(_, w)| *w == u64::from(w2.port()))
+        .count();
+    // Each connection counts from the moment its worker is chosen, so connects still in flight
+    // are seen by the next choice: the new worker takes 10 to catch up, then they alternate.
+    assert!(
+        (18..=22).contains(&on_w2),
+        "{on_w2} of 30 on the added worker"
+    );
+}
