@@ -5,11 +5,20 @@
 //   otherwise SC_BIN     -> `$SC_BIN serve --host 127.0.0.1 --port P --auth-key K`
 // The server is ready once it prints a line matching LISTENING_RE (stdout or stderr) and its port
 // accepts TCP connections.
+//
+// Topology (SC_TOPOLOGY, our binary only):
+//   unset / single -> startServer() starts one `serve` process (above)
+//   balancer       -> startServer() starts a ClusterProcess: one `store`, two `serve` workers sharing
+//                     it, and `balance` in front of them; clients connect to the balancer
+//   balancer-tls   -> the same, the balancer terminating TLS (https/wss) with a test CA made here
+//                     with the `openssl` CLI (testTls()); every client made here trusts that CA
 'use strict';
 
-const { spawn } = require('node:child_process');
+const { spawn, execFileSync } = require('node:child_process');
 const crypto = require('node:crypto');
+const fs = require('node:fs');
 const net = require('node:net');
+const os = require('node:os');
 const path = require('node:path');
 const socketClusterClient = require('socketcluster-client');
 const WebSocket = require('ws');
@@ -76,7 +85,26 @@ function tryConnect(port) {
   });
 }
 
-function serverCommand(port, authKey, extraArgs = []) {
+/** The path of our binary (SC_BIN); throws a helpful error when it is not set. */
+function scBin() {
+  const bin = process.env.SC_BIN;
+  if (!bin) {
+    throw new Error(
+      'no server under test: set SC_SERVER=reference, or SC_BIN=/path/to/socketcluster (runs `$SC_BIN serve ...`)'
+    );
+  }
+  return bin;
+}
+
+/**
+ * The command line of one process: `serve` (the server under test: our binary, or the reference
+ * server with SC_SERVER=reference) or another subcommand of our binary (`store`, `balance`), which
+ * gets `--host` and `--port` but no `--auth-key`.
+ */
+function serverCommand(port, authKey, extraArgs = [], subcommand = 'serve') {
+  if (subcommand !== 'serve') {
+    return { cmd: scBin(), args: [subcommand, '--host', HOST, '--port', String(port), ...extraArgs] };
+  }
   const args = ['--host', HOST, '--port', String(port), '--auth-key', authKey];
   if (process.env.SC_SERVER === 'reference') {
     return { cmd: process.execPath, args: [path.join(__dirname, 'reference-server.js'), ...args] };
@@ -108,18 +136,49 @@ const CHROMIUM_ARGS = [
 
 /** The server under test as a child process, restartable on the same port with the same key. */
 class ServerProcess {
-  constructor({ authKey, args } = {}) {
+  /**
+   * `subcommand` (default `serve`), `port` (default: a free one at the first start), `env` (added
+   * to the child's environment) are for the processes of a ClusterProcess.
+   */
+  constructor({ authKey, args, subcommand, port, env } = {}) {
     this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
     // Extra `serve` flags (our server only).
     this.extraArgs = args || [];
-    this.port = null;
+    this.subcommand = subcommand || 'serve';
+    this.env = env || {};
+    this.port = port == null ? null : port;
     this.child = null;
     this.output = [];
     this.exited = null;
+    // Waiters for a line the process prints (see waitForLine).
+    this.lineWaiters = new Set();
+  }
+
+  /**
+   * Resolves with the next line (printed from now on) that matches `re`; rejects after `ms`.
+   * Call it before the action that makes the process print the line.
+   */
+  waitForLine(re, ms = DEFAULT_TIMEOUT_MS) {
+    let waiter;
+    const seen = new Promise((resolve) => {
+      waiter = { re, resolve };
+      this.lineWaiters.add(waiter);
+    });
+    return withTimeout(seen, ms, `a line matching ${re}\n${this.tail()}`).finally(() => this.lineWaiters.delete(waiter));
   }
 
   get url() {
     return `ws://${HOST}:${this.port}/socketcluster/`;
+  }
+
+  /** Whether clients must use TLS (https/wss): never for a single server. */
+  get secure() {
+    return false;
+  }
+
+  /** The base URL for HTTP requests (engine.io, /stats). */
+  get httpUrl() {
+    return `http://${HOST}:${this.port}`;
   }
 
   /** Last lines the server printed, for failure messages. */
@@ -147,10 +206,10 @@ class ServerProcess {
   async _startOnce() {
     if (this.isRunning()) throw new Error('server already running');
     this.child = null;
-    const { cmd, args } = serverCommand(this.port, this.authKey, this.extraArgs);
+    const { cmd, args } = serverCommand(this.port, this.authKey, this.extraArgs, this.subcommand);
     const child = spawn(cmd, args, {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, NO_COLOR: '1' },
+      env: { ...process.env, NO_COLOR: '1', ...this.env },
     });
     this.child = child;
     liveProcesses.add(child);
@@ -177,6 +236,7 @@ class ServerProcess {
           buf = buf.slice(idx + 1);
           this.output.push(line);
           if (this.output.length > 500) this.output.shift();
+          for (const w of this.lineWaiters) if (w.re.test(line)) w.resolve(line);
           if (!sawLine && LISTENING_RE.test(line)) {
             sawLine = true;
             onLine();
@@ -245,20 +305,291 @@ class ServerProcess {
     closeClients([...liveClients]);
     liveClients.clear();
     await this.kill();
-    // Safety net: a leaked handle (say, a client of a failed test still reconnecting) must not keep
-    // the test file from ending; 10 s after the last server stopped the process exits anyway.
-    setTimeout(() => {
-      if (liveProcesses.size === 0) {
-        process.stderr.write('harness: forcing exit, open handles remained after the server stopped\n');
-        process.exit();
-      }
-    }, 10000).unref();
+    armExitSafetyNet();
   }
 }
 
-/** Starts a server under test; call `await server.stop()` in `after`. */
+/**
+ * Safety net: a leaked handle (say, a client of a failed test still reconnecting) must not keep
+ * the test file from ending; 10 s after the last server stopped the process exits anyway.
+ */
+function armExitSafetyNet() {
+  setTimeout(() => {
+    if (liveProcesses.size === 0) {
+      process.stderr.write('harness: forcing exit, open handles remained after the server stopped\n');
+      process.exit();
+    }
+  }, 10000).unref();
+}
+
+// --- TLS material for the balancer (SC_TOPOLOGY=balancer-tls and the balancer's own tests) ---
+
+/** The passphrase of the test keys (PKCS#8, PBES2 with AES-256-CBC). */
+const TEST_TLS_PASSPHRASE = 'correct horse battery staple';
+const TEST_TLS_FILES = ['ca.pem', 'server.pem', 'server.key', 'server.enc.key', 'other.enc.key'];
+
+function openssl(dir, args) {
+  try {
+    execFileSync('openssl', args, {
+      cwd: dir,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      env: { ...process.env, SC_TEST_TLS_PASSPHRASE: TEST_TLS_PASSPHRASE },
+    });
+  } catch (err) {
+    throw new Error(`openssl ${args.join(' ')} failed: ${err.stderr || err.message}`);
+  }
+}
+
+/** Writes a test CA, a server certificate for 127.0.0.1 and its keys into `dir`. */
+function makeTestTls(dir) {
+  // The CA (self-signed, CA:TRUE).
+  openssl(dir, [
+    'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'ca.key', '-out', 'ca.pem', '-days', '3650',
+    '-subj', '/CN=socketcluster test CA', '-sha256',
+    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign',
+  ]);
+  // The server certificate for 127.0.0.1 (subjectAltName IP:127.0.0.1), signed by the CA.
+  openssl(dir, ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server.key', '-out', 'server.csr', '-subj', '/CN=127.0.0.1']);
+  fs.writeFileSync(
+    path.join(dir, 'server.ext'),
+    'subjectAltName=IP:127.0.0.1\nbasicConstraints=critical,CA:FALSE\n' +
+      'keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n'
+  );
+  openssl(dir, [
+    'x509', '-req', '-in', 'server.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-out', 'server.pem', '-days', '3650',
+    '-sha256', '-set_serial', `0x${crypto.randomBytes(8).toString('hex')}`, '-extfile', 'server.ext',
+  ]);
+  // The server key as passphrase-protected PKCS#8, and another key (of no certificate here) the same way.
+  openssl(dir, ['pkcs8', '-topk8', '-v2', 'aes-256-cbc', '-in', 'server.key', '-out', 'server.enc.key', '-passout', 'env:SC_TEST_TLS_PASSPHRASE']);
+  openssl(dir, ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'other.key']);
+  openssl(dir, ['pkcs8', '-topk8', '-v2', 'aes-256-cbc', '-in', 'other.key', '-out', 'other.enc.key', '-passout', 'env:SC_TEST_TLS_PASSPHRASE']);
+  fs.writeFileSync(path.join(dir, 'complete'), 'ok\n');
+}
+
+let testTlsCache = null;
+
+/**
+ * The test TLS material, made once per machine user under a fixed path in os.tmpdir() (made in a
+ * temporary directory renamed into place, so concurrent test processes agree on one CA):
+ * `{ dir, caPath, ca, certPath, keyPath (plain PKCS#8), encKeyPath (encrypted), otherEncKeyPath
+ * (encrypted, not the certificate's key), passphrase }`.
+ */
+function testTls() {
+  if (testTlsCache) return testTlsCache;
+  const uid = typeof process.getuid === 'function' ? process.getuid() : 'user';
+  const dir = path.join(os.tmpdir(), `sc-test-tls-${uid}`);
+  const complete = () => TEST_TLS_FILES.concat('complete').every((f) => fs.existsSync(path.join(dir, f)));
+  for (let attempt = 1; !complete(); attempt++) {
+    if (attempt > 3) throw new Error(`cannot make the test TLS files in ${dir}`);
+    if (fs.existsSync(dir)) fs.rmSync(dir, { recursive: true, force: true }); // an interrupted old run
+    const tmp = fs.mkdtempSync(`${dir}.tmp-`);
+    try {
+      makeTestTls(tmp);
+      fs.renameSync(tmp, dir);
+    } catch (err) {
+      fs.rmSync(tmp, { recursive: true, force: true });
+      // Another process renamed its complete directory into place first: use that one.
+      if (!['EEXIST', 'ENOTEMPTY'].includes(err.code)) throw err;
+    }
+  }
+  testTlsCache = {
+    dir,
+    caPath: path.join(dir, 'ca.pem'),
+    ca: fs.readFileSync(path.join(dir, 'ca.pem'), 'utf8'),
+    certPath: path.join(dir, 'server.pem'),
+    keyPath: path.join(dir, 'server.key'),
+    encKeyPath: path.join(dir, 'server.enc.key'),
+    otherEncKeyPath: path.join(dir, 'other.enc.key'),
+    passphrase: TEST_TLS_PASSPHRASE,
+  };
+  return testTlsCache;
+}
+
+// --- The cluster topology: store + workers + balancers ---
+
+/**
+ * A store, `workers` `serve` processes sharing it (trusting 127.0.0.1 as their proxy) and
+ * `balancers` `balance` processes on one public port (SO_REUSEPORT) in front of them; the same
+ * interface as ServerProcess (`port` and `url` are the balancer's). With `tls` (testTls()) the
+ * balancers terminate TLS with the encrypted key, the passphrase in SC_TLS_KEY_PASSPHRASE.
+ */
+class ClusterProcess {
+  constructor({ authKey, args, workers = 2, balancers = 1, balancerArgs, tls = null } = {}) {
+    if (process.env.SC_SERVER === 'reference') throw new Error('the cluster topology needs our binary (SC_BIN)');
+    this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
+    // Extra `serve` flags for every worker.
+    this.extraArgs = args || [];
+    // Extra `balance` flags for every balancer.
+    this.balancerArgs = balancerArgs || [];
+    this.tls = tls;
+    this.workerCount = workers;
+    this.balancerCount = balancers;
+    this.store = new ServerProcess({ subcommand: 'store' });
+    this.workers = Array.from({ length: workers }, () => new ServerProcess({ authKey: this.authKey }));
+    this.balancers = [];
+  }
+
+  /** The public port: the balancers'. */
+  get port() {
+    return this.balancers.length ? this.balancers[0].port : null;
+  }
+
+  get secure() {
+    return !!this.tls;
+  }
+
+  /** The CA clients must trust (PEM), with TLS. */
+  get ca() {
+    return this.tls ? this.tls.ca : undefined;
+  }
+
+  get url() {
+    return `${this.secure ? 'wss' : 'ws'}://${HOST}:${this.port}/socketcluster/`;
+  }
+
+  get httpUrl() {
+    return `${this.secure ? 'https' : 'http'}://${HOST}:${this.port}`;
+  }
+
+  /** The workers' own ports (plain HTTP, reachable directly: GET /stats). */
+  get workerPorts() {
+    return this.workers.map((w) => w.port);
+  }
+
+  /** Every process, the balancers first. */
+  get processes() {
+    return [...this.balancers, ...this.workers, this.store];
+  }
+
+  tail(n = 30) {
+    const named = [
+      ...this.balancers.map((p, i) => [`balancer ${i}`, p]),
+      ...this.workers.map((p, i) => [`worker ${i}`, p]),
+      ['store', this.store],
+    ];
+    return named.map(([name, p]) => `--- ${name} (port ${p.port})\n${p.tail(n)}`).join('\n');
+  }
+
+  _workerArgs() {
+    return ['--store', `sc://${HOST}:${this.store.port}`, '--trusted-proxy', HOST, ...this.extraArgs];
+  }
+
+  _balancerArgs() {
+    const args = [];
+    for (const w of this.workers) args.push('--worker', `${HOST}:${w.port}`);
+    if (this.tls) args.push('--tls-cert', this.tls.certPath, '--tls-key', this.tls.encKeyPath);
+    return [...args, ...this.balancerArgs];
+  }
+
+  _balancerEnv() {
+    return this.tls ? { SC_TLS_KEY_PASSPHRASE: this.tls.passphrase } : {};
+  }
+
+  /**
+   * Starts every process that is not running (on the ports of its first start), in order: the
+   * store, the workers, the balancers. On a failure the cluster is killed.
+   */
+  async start() {
+    try {
+      if (!this.store.isRunning()) await this.store.start();
+      await Promise.all(
+        this.workers.map((w, i) => {
+          if (w.isRunning()) return null;
+          // A changed `authKey` (a rotated key) reaches the workers at their next start.
+          w.authKey = this.authKey;
+          w.extraArgs = this._workerArgs();
+          return this.startWorker(i);
+        })
+      );
+      if (this.balancers.length === 0) {
+        const first = new ServerProcess({ subcommand: 'balance', args: this._balancerArgs(), env: this._balancerEnv() });
+        this.balancers.push(first);
+        await first.start();
+        for (let i = 1; i < this.balancerCount; i++) {
+          this.balancers.push(
+            new ServerProcess({ subcommand: 'balance', port: first.port, args: this._balancerArgs(), env: this._balancerEnv() })
+          );
+        }
+      }
+      await Promise.all(
+        this.balancers.map((b) => {
+          if (b.isRunning()) return null;
+          b.extraArgs = this._balancerArgs();
+          return b.start();
+        })
+      );
+    } catch (err) {
+      const tail = this.tail();
+      await this.kill();
+      err.message += `\n${tail}`;
+      throw err;
+    }
+    return this;
+  }
+
+  /** Starts worker `i` again (after killWorker), on its port. */
+  async startWorker(i) {
+    await this.workers[i].start();
+  }
+
+  /** kill -9 of worker `i`; resolves once it is gone. */
+  async killWorker(i) {
+    await this.workers[i].kill();
+  }
+
+  /** kill -9 of every process (the balancers first); resolves once all are gone. */
+  async kill() {
+    await Promise.all(this.balancers.map((b) => b.kill()));
+    await Promise.all([...this.workers, this.store].map((p) => p.kill()));
+  }
+
+  /** Whether every process runs. */
+  isRunning() {
+    return this.balancers.length > 0 && this.processes.every((p) => p.isRunning());
+  }
+
+  /** kill -9 of everything, then start it again on the same ports with the same auth key. */
+  async restart() {
+    await this.kill();
+    await this.start();
+  }
+
+  /** Kills the cluster and disconnects every client made by createClient. Call it in `after`. */
+  async stop() {
+    closeClients([...liveClients]);
+    liveClients.clear();
+    await this.kill();
+    armExitSafetyNet();
+  }
+}
+
+/** Starts a ClusterProcess (whatever SC_TOPOLOGY says); call `await cluster.stop()` in `after`. */
+async function startCluster(opts) {
+  const cluster = new ClusterProcess(opts);
+  await cluster.start();
+  return cluster;
+}
+
+/** SC_TOPOLOGY: `single` (default), `balancer` or `balancer-tls`. */
+const TOPOLOGY = process.env.SC_TOPOLOGY || 'single';
+if (!['single', 'balancer', 'balancer-tls'].includes(TOPOLOGY)) {
+  throw new Error(`SC_TOPOLOGY=${TOPOLOGY}: expected single, balancer or balancer-tls`);
+}
+
+/** Node TLS options that trust the server's CA (empty for a plain server). */
+function tlsClientOptions(server) {
+  return server.secure ? { ca: server.ca } : {};
+}
+
+/**
+ * Starts a server under test; call `await server.stop()` in `after`. With SC_TOPOLOGY=balancer
+ * (or balancer-tls) it is a ClusterProcess, the same options going to every worker.
+ */
 async function startServer(opts) {
-  const server = new ServerProcess(opts);
+  const server =
+    TOPOLOGY === 'single'
+      ? new ServerProcess(opts)
+      : new ClusterProcess({ ...opts, tls: TOPOLOGY === 'balancer-tls' ? testTls() : null });
   await server.start();
   return server;
 }
@@ -268,6 +599,10 @@ async function startServer(opts) {
  * Options are passed through; reconnect delays default to small values.
  */
 function createClient(server, options = {}) {
+  // Over TLS: wss, trusting the test CA (`ca` goes to `ws`).
+  const tls = server.secure
+    ? { secure: true, wsOptions: { ...tlsClientOptions(server), ...(options.wsOptions || {}) } }
+    : {};
   const socket = socketClusterClient.create({
     hostname: HOST,
     port: server.port,
@@ -275,6 +610,7 @@ function createClient(server, options = {}) {
     autoReconnectOptions: { initialDelay: 100, randomness: 100, multiplier: 1.5, maxDelay: 1000 },
     ackTimeout: 5000,
     ...options,
+    ...tls,
   });
   liveClients.add(socket);
   return socket;
@@ -390,7 +726,11 @@ class RawClient {
   }
 
   static async open(server, { path: urlPath = '/socketcluster/', ...wsOptions } = {}) {
-    const client = new RawClient(`ws://${HOST}:${server.port}${urlPath}`, wsOptions);
+    const scheme = server.secure ? 'wss' : 'ws';
+    const client = new RawClient(`${scheme}://${HOST}:${server.port}${urlPath}`, {
+      ...tlsClientOptions(server),
+      ...wsOptions,
+    });
     await withTimeout(client.opened, DEFAULT_TIMEOUT_MS, 'the WebSocket to open');
     return client;
   }
@@ -528,7 +868,12 @@ module.exports = {
   LISTENING_RE,
   DEFAULT_TIMEOUT_MS,
   ServerProcess,
+  ClusterProcess,
+  TOPOLOGY,
   startServer,
+  startCluster,
+  testTls,
+  tlsClientOptions,
   freePort,
   withTimeout,
   createClient,

@@ -262,6 +262,23 @@ fn addr(cfg: &FileConfig) -> Result<SocketAddr, ConfigProblem> {
     Ok(SocketAddr::new(ip, cfg.port))
 }
 
+/// The accept queue of the listener: a burst of connections (a balancer reconnecting the
+/// clients of a lost worker, say) waits in it instead of being dropped and retried by the
+/// client's kernel a second later. The kernel caps it at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds `addr` (`SO_REUSEADDR`, so a restart does not wait for old connections) with the
+/// backlog of [`LISTEN_BACKLOG`] (std's default is 128).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Binds, prints the listening line and serves until SIGINT/SIGTERM.
 pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
     let addr = addr(&cfg).map_err(|e| e.0)?;
@@ -296,9 +313,7 @@ pub(crate) async fn run(cfg: FileConfig) -> Result<(), String> {
             handle.clone(),
             std::sync::Arc::new(crate::demo::DemoAssets::load(&cfg.demo_assets)),
         )));
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = listen(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener
         .local_addr()
         .map_err(|e| format!("cannot read the bound address: {e}"))?;
