@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
 
 /// The close code the balancer sends to a client whose worker went away: 4000, one of the
 /// three codes (4000, 4001, 1005) on which socketcluster-client v20 reconnects without delay.
@@ -127,6 +128,53 @@ pub(crate) fn close_frame(code: u16, reason: &str) -> Vec<u8> {
     f
 }
 
+/// A connection the tunnel reads from and writes to.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin {
+    /// Reads what is there into `buf` (`Ready(Ok(0))` at the end of the stream).
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        let mut rb = ReadBuf::new(buf);
+        ready!(Pin::new(self).poll_read(cx, &mut rb))?;
+        Poll::Ready(Ok(rb.filled().len()))
+    }
+}
+
+/// A plain TCP connection reads with one system call per message: a read that fills less than
+/// the buffer has emptied the socket, so its readiness is cleared at once (the generic path
+/// learns that from a second read that fails with `EWOULDBLOCK`). Data that arrives meanwhile
+/// sets it again (tokio keeps a tick for that race).
+impl Io for TcpStream {
+    fn poll_read_some(&mut self, cx: &mut Context<'_>, buf: &mut [u8]) -> Poll<io::Result<usize>> {
+        use std::io::Read;
+        loop {
+            ready!(self.poll_read_ready(cx))?;
+            let mut got = 0;
+            let result = self.try_io(tokio::io::Interest::READABLE, || {
+                let n = (&*socket2::SockRef::from(&*self)).read(buf)?;
+                got = n;
+                if n > 0 && n < buf.len() {
+                    // Emptied: report `WouldBlock` so the readiness is cleared.
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
+                }
+            });
+            match result {
+                Ok(n) => return Poll::Ready(Ok(n)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if got > 0 {
+                        return Poll::Ready(Ok(got));
+                    }
+                }
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+
+impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> Io for hyper_util::rt::TokioIo<T> {}
+
 /// Bytes read but not yet written, for one direction.
 #[derive(Default)]
 struct Pending {
@@ -193,7 +241,7 @@ fn pump<R, W>(
     cx: &mut Context<'_>,
 ) -> Result<Step, Fault>
 where
-    R: AsyncRead + Unpin,
+    R: Io,
     W: AsyncWrite + Unpin,
 {
     loop {
@@ -213,12 +261,11 @@ where
             return Ok(Step::Eof);
         }
         let read = SCRATCH.with_borrow_mut(|scratch| {
-            let mut rb = ReadBuf::new(scratch);
-            match Pin::new(&mut *src).poll_read(cx, &mut rb) {
+            match src.poll_read_some(cx, scratch) {
                 Poll::Pending => Ok(None),
                 Poll::Ready(Err(_)) => Err(Fault::Read),
-                Poll::Ready(Ok(())) => {
-                    let data = rb.filled();
+                Poll::Ready(Ok(n)) => {
+                    let data = &scratch[..n];
                     if data.is_empty() {
                         return Ok(Some(0));
                     }
@@ -259,7 +306,7 @@ enum Fault {
 /// half, and which one failed.
 struct Both<'a, C> {
     client: &'a mut C,
-    worker: &'a mut tokio::net::TcpStream,
+    worker: &'a mut TcpStream,
     up: Half,
     down: Half,
     tracker: &'a mut FrameTracker,
@@ -274,7 +321,7 @@ enum Outcome {
     ClientFailed,
 }
 
-impl<C: AsyncRead + AsyncWrite + Unpin> Future for Both<'_, C> {
+impl<C: Io> Future for Both<'_, C> {
     type Output = Outcome;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
@@ -308,15 +355,12 @@ impl<C: AsyncRead + AsyncWrite + Unpin> Future for Both<'_, C> {
 /// Runs the tunnel between `client` and `worker` until both are done. `client_early` are bytes
 /// the client sent after its request head, `worker_early` bytes the worker sent after its
 /// response head.
-pub async fn run<C>(
+pub(crate) async fn run<C: Io>(
     mut client: C,
     client_early: Bytes,
-    mut worker: tokio::net::TcpStream,
+    mut worker: TcpStream,
     worker_early: Bytes,
-) -> End
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-{
+) -> End {
     let mut tracker = FrameTracker::default();
     let mut up = Half::default();
     let mut down = Half::default();
