@@ -318,27 +318,25 @@ impl Inner {
         }
         let worker_upgrade = hyper::upgrade::on(&mut resp);
         let worker = w.clone();
+        // The task lives as long as the WebSocket: what its future holds, every idle proxied
+        // connection holds. The type-dependent parts (downcasts, a TLS client's tunnel) are done
+        // in plain functions or boxed, so the common case (plain TCP) stays small.
         tokio::spawn(async move {
-            let _load = load;
-            let _slot = slot;
-            let (w_io, w_early) = match worker_upgrade
-                .await
-                .map(|u| u.downcast::<TokioIo<TcpStream>>())
-            {
-                Ok(Ok(parts)) => (parts.io.into_inner(), parts.read_buf),
-                Ok(Err(_)) | Err(_) => return,
+            let _held = (load, slot);
+            let Ok(worker_side) = worker_upgrade.await.map(worker_io) else {
+                return;
+            };
+            let Some((w_io, w_early)) = worker_side else {
+                return;
             };
             let Ok(upgraded) = client_upgrade.await else {
                 return;
             };
-            let end = match upgraded.downcast::<TokioIo<TcpStream>>() {
-                Ok(p) => tunnel::run(p.io.into_inner(), p.read_buf, w_io, w_early).await,
-                Err(upgraded) => match upgraded.downcast::<TokioIo<crate::server::TlsStream>>() {
-                    Ok(p) => tunnel::run(p.io.into_inner(), p.read_buf, w_io, w_early).await,
-                    Err(upgraded) => {
-                        tunnel::run(TokioIo::new(upgraded), Bytes::new(), w_io, w_early).await
-                    }
-                },
+            let end = match client_io(upgraded, w_io, w_early) {
+                ClientIo::Tcp(c_io, c_early, w_io, w_early) => {
+                    tunnel::run(c_io, c_early, w_io, w_early).await
+                }
+                ClientIo::Boxed(tunnel) => tunnel.await,
             };
             if end != tunnel::End::Closed {
                 tracing::debug!(worker = %worker.addr(), ?end, "worker connection lost under a client's WebSocket");
@@ -348,6 +346,42 @@ impl Inner {
         *client_resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *client_resp.headers_mut() = std::mem::take(resp.headers_mut());
         client_resp
+    }
+}
+
+/// The worker's side of an upgraded connection: its TCP stream and the bytes read past the
+/// response head.
+fn worker_io(upgraded: hyper::upgrade::Upgraded) -> Option<(TcpStream, Bytes)> {
+    let parts = upgraded.downcast::<TokioIo<TcpStream>>().ok()?;
+    Some((parts.io.into_inner(), parts.read_buf))
+}
+
+/// A tunnel, by the type of the client's connection.
+enum ClientIo {
+    /// Plain TCP (run in the task itself): client stream and early bytes, worker's the same.
+    Tcp(TcpStream, Bytes, TcpStream, Bytes),
+    /// TLS or another connection: its tunnel, boxed.
+    Boxed(Pin<Box<dyn Future<Output = tunnel::End> + Send>>),
+}
+
+fn client_io(upgraded: hyper::upgrade::Upgraded, w_io: TcpStream, w_early: Bytes) -> ClientIo {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(p) => return ClientIo::Tcp(p.io.into_inner(), p.read_buf, w_io, w_early),
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<crate::server::TlsStream>>() {
+        Ok(p) => ClientIo::Boxed(Box::pin(tunnel::run(
+            p.io.into_inner(),
+            p.read_buf,
+            w_io,
+            w_early,
+        ))),
+        Err(u) => ClientIo::Boxed(Box::pin(tunnel::run(
+            TokioIo::new(u),
+            Bytes::new(),
+            w_io,
+            w_early,
+        ))),
     }
 }
 

@@ -393,21 +393,27 @@ pub(crate) async fn run<C: Io>(
             End::Closed
         }
         Outcome::WorkerEnded if tracker.at_boundary() => {
-            let frame = close_frame(WORKER_LOST, WORKER_LOST_REASON);
-            let sent = tokio::time::timeout(LINGER, async {
-                client.write_all(&frame).await?;
-                client.flush().await?;
-                client.shutdown().await
-            })
-            .await;
-            if matches!(sent, Ok(Ok(()))) {
-                // Let the client answer and close first, so the close frame is not lost to a
-                // reset of a connection with unread bytes.
-                let _ = tokio::time::timeout(LINGER, drain(&mut client)).await;
-            }
+            // Boxed: the ending's state (timers, a read buffer) would otherwise be part of every
+            // tunnel's future, idle ones included.
+            Box::pin(say_worker_lost(&mut client)).await;
             End::WorkerLost
         }
         Outcome::WorkerEnded => End::WorkerLostMidFrame,
+    }
+}
+
+/// Writes the [`WORKER_LOST`] close frame to the client, then lets it answer and close first,
+/// so the frame is not lost to a reset of a connection with unread bytes.
+async fn say_worker_lost<C: Io>(client: &mut C) {
+    let frame = close_frame(WORKER_LOST, WORKER_LOST_REASON);
+    let sent = tokio::time::timeout(LINGER, async {
+        client.write_all(&frame).await?;
+        client.flush().await?;
+        client.shutdown().await
+    })
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        let _ = tokio::time::timeout(LINGER, drain(client)).await;
     }
 }
 
@@ -538,6 +544,17 @@ mod tests {
         assert_eq!(got, close_frame(WORKER_LOST, WORKER_LOST_REASON));
         drop(client);
         assert_eq!(task.await.unwrap(), End::WorkerLost);
+    }
+
+    #[tokio::test]
+    async fn an_idle_tunnel_is_small() {
+        // Every proxied WebSocket holds this future for its whole life (the worker-lost ending
+        // is boxed, the read buffer belongs to the thread).
+        let (_client, client_side) = pair().await;
+        let (worker_side, _worker) = pair().await;
+        let fut = run(client_side, Bytes::new(), worker_side, Bytes::new());
+        let size = std::mem::size_of_val(&fut);
+        assert!(size <= 640, "tunnel future of {size} bytes");
     }
 
     #[tokio::test]
