@@ -18,7 +18,11 @@
 // Only our binary has the balancer: with SC_SERVER=reference the file is skipped.
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const nodeTls = require('node:tls');
+const os = require('node:os');
+const path = require('node:path');
 const { spawn } = require('node:child_process');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
@@ -507,5 +511,55 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       assert.equal(run.signal, null);
       assert.match(run.stderr, /match/i);
     });
+
+    it('SIGHUP reloads the certificate: new connections get the new one, open ones stay open', async () => {
+      // The balancer serves copies of the files, which the test then overwrites.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sc-tls-reload-'));
+      const live = { ...tls, certPath: path.join(dir, 'live.pem'), encKeyPath: path.join(dir, 'live.key') };
+      fs.copyFileSync(tls.certPath, live.certPath);
+      fs.copyFileSync(tls.encKeyPath, live.encKeyPath);
+      const reloading = await startCluster({ tls: live });
+      try {
+        const { socket } = await connectClient(reloading);
+        sockets.push(socket);
+        let closed = false;
+        (async () => {
+          for await (const _ of socket.listener('close')) closed = true;
+        })();
+        const pem = (file) => new crypto.X509Certificate(fs.readFileSync(file)).fingerprint256;
+        assert.equal(await peerFingerprint(reloading.port, tls.ca), pem(tls.certPath));
+
+        fs.copyFileSync(tls.cert2Path, live.certPath);
+        fs.copyFileSync(tls.encKey2Path, live.encKeyPath);
+        const balancer = reloading.balancers[0];
+        const reloaded = balancer.waitForLine(/reloaded/);
+        balancer.child.kill('SIGHUP');
+        console.log(`balancer tls: ${await reloaded}`);
+
+        assert.equal(await peerFingerprint(reloading.port, tls.ca), pem(tls.cert2Path));
+        assert.equal(await socket.invoke('echo', 'still here'), 'still here');
+        assert.equal(closed, false, 'the open connection was not dropped');
+        assert.equal(socket.state, socket.OPEN);
+      } finally {
+        await reloading.stop();
+        fs.rmSync(dir, { recursive: true, force: true });
+      }
+    });
   });
 });
+
+/** The SHA-256 fingerprint of the certificate a TLS server on 127.0.0.1:`port` presents. */
+function peerFingerprint(port, ca) {
+  return withTimeout(
+    new Promise((resolve, reject) => {
+      const sock = nodeTls.connect({ host: HOST, port, ca, ALPNProtocols: ['http/1.1'] }, () => {
+        const fp = sock.getPeerCertificate().fingerprint256;
+        sock.end();
+        resolve(fp);
+      });
+      sock.once('error', reject);
+    }),
+    TIMEOUT_MS,
+    'a TLS handshake'
+  );
+}

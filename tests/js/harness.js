@@ -326,7 +326,7 @@ function armExitSafetyNet() {
 
 /** The passphrase of the test keys (PKCS#8, PBES2 with AES-256-CBC). */
 const TEST_TLS_PASSPHRASE = 'correct horse battery staple';
-const TEST_TLS_FILES = ['ca.pem', 'server.pem', 'server.key', 'server.enc.key', 'other.enc.key'];
+const TEST_TLS_FILES = ['ca.pem', 'server.pem', 'server.key', 'server.enc.key', 'other.enc.key', 'server2.pem', 'server2.enc.key'];
 
 function openssl(dir, args) {
   try {
@@ -361,6 +361,13 @@ function makeTestTls(dir) {
   ]);
   // The server key as passphrase-protected PKCS#8, and another key (of no certificate here) the same way.
   openssl(dir, ['pkcs8', '-topk8', '-v2', 'aes-256-cbc', '-in', 'server.key', '-out', 'server.enc.key', '-passout', 'env:SC_TEST_TLS_PASSPHRASE']);
+  // A second server certificate for 127.0.0.1 from the same CA (the one a reload swaps in).
+  openssl(dir, ['req', '-newkey', 'rsa:2048', '-nodes', '-keyout', 'server2.key', '-out', 'server2.csr', '-subj', '/CN=127.0.0.1']);
+  openssl(dir, [
+    'x509', '-req', '-in', 'server2.csr', '-CA', 'ca.pem', '-CAkey', 'ca.key', '-out', 'server2.pem', '-days', '3650',
+    '-sha256', '-set_serial', `0x${crypto.randomBytes(8).toString('hex')}`, '-extfile', 'server.ext',
+  ]);
+  openssl(dir, ['pkcs8', '-topk8', '-v2', 'aes-256-cbc', '-in', 'server2.key', '-out', 'server2.enc.key', '-passout', 'env:SC_TEST_TLS_PASSPHRASE']);
   openssl(dir, ['genpkey', '-algorithm', 'RSA', '-pkeyopt', 'rsa_keygen_bits:2048', '-out', 'other.key']);
   openssl(dir, ['pkcs8', '-topk8', '-v2', 'aes-256-cbc', '-in', 'other.key', '-out', 'other.enc.key', '-passout', 'env:SC_TEST_TLS_PASSPHRASE']);
   fs.writeFileSync(path.join(dir, 'complete'), 'ok\n');
@@ -372,7 +379,8 @@ let testTlsCache = null;
  * The test TLS material, made once per machine user under a fixed path in os.tmpdir() (made in a
  * temporary directory renamed into place, so concurrent test processes agree on one CA):
  * `{ dir, caPath, ca, certPath, keyPath (plain PKCS#8), encKeyPath (encrypted), otherEncKeyPath
- * (encrypted, not the certificate's key), passphrase }`.
+ * (encrypted, not the certificate's key), cert2Path and encKey2Path (a second certificate and its
+ * encrypted key), passphrase }`.
  */
 function testTls() {
   if (testTlsCache) return testTlsCache;
@@ -400,6 +408,8 @@ function testTls() {
     keyPath: path.join(dir, 'server.key'),
     encKeyPath: path.join(dir, 'server.enc.key'),
     otherEncKeyPath: path.join(dir, 'other.enc.key'),
+    cert2Path: path.join(dir, 'server2.pem'),
+    encKey2Path: path.join(dir, 'server2.enc.key'),
     passphrase: TEST_TLS_PASSPHRASE,
   };
   return testTlsCache;

@@ -47,15 +47,7 @@ fn worker_on_own_runtime() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
             .build()
             .unwrap();
         rt.block_on(async move {
-            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            let (layer, handle) = app(addr.port()).build_layer().unwrap();
-            tokio::spawn(sc_worker::serve(
-                listener,
-                layer.service(sc_worker::NotFound),
-                handle,
-            ));
-            addr_tx.send(addr).unwrap();
+            addr_tx.send(worker().await).unwrap();
             let _ = crash_rx.await;
         });
         drop(rt);
@@ -63,6 +55,7 @@ fn worker_on_own_runtime() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
     (addr_rx.recv().unwrap(), crash_tx)
 }
 
+/// A worker on the current runtime.
 async fn worker() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
