@@ -71,8 +71,10 @@ pub(crate) struct BalanceArgs {
     /// Milliseconds between health probes of every worker (a TCP connect)
     #[arg(long, default_value_t = 1000, value_name = "MS")]
     pub(crate) health_interval_ms: u64,
-    /// Threads; 0 = one per core this process may run on
-    #[arg(long, default_value_t = 0, value_name = "N")]
+    /// Threads; 0 = one per core this process may run on. One (the default) on a
+    /// single-threaded runtime is what measured best: for more cores, run one `balance` process
+    /// per core on the same port (SO_REUSEPORT)
+    #[arg(long, default_value_t = 1, value_name = "N")]
     pub(crate) threads: usize,
 }
 
