@@ -369,7 +369,7 @@ fn client_io(upgraded: hyper::upgrade::Upgraded, w_io: TcpStream, w_early: Bytes
         Ok(p) => return ClientIo::Tcp(p.io.into_inner(), p.read_buf, w_io, w_early),
         Err(u) => u,
     };
-    match upgraded.downcast::<TokioIo<crate::server::TlsStream>>() {
+    match upgraded.downcast::<TokioIo<tunnel::TlsStream>>() {
         Ok(p) => ClientIo::Boxed(Box::pin(tunnel::run(
             p.io.into_inner(),
             p.read_buf,

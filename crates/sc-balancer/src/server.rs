@@ -12,14 +12,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use sc_worker::{AddressLimits, PeerAddr};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tower_service::Service;
 
 use crate::proxy::Secure;
 use crate::tls::ReloadableAcceptor;
-
-/// A client connection after TLS.
-pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
 
 /// How long a client has to complete its TLS handshake, and to send a request head.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

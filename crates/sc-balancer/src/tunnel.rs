@@ -171,7 +171,10 @@ impl Io for TcpStream {
     }
 }
 
-impl Io for tokio_rustls::server::TlsStream<TcpStream> {}
+/// A client connection after TLS (as the listener of [`serve`](crate::serve) hands it on).
+pub(crate) type TlsStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+impl Io for TlsStream {}
 
 impl<T: hyper::rt::Read + hyper::rt::Write + Unpin> Io for hyper_util::rt::TokioIo<T> {}
 
