@@ -61,7 +61,7 @@ pub(crate) struct BalanceArgs {
     /// TCP connections open at once per client address; 0 = no limit
     #[arg(long, default_value_t = 8192, value_name = "N")]
     pub(crate) address_tcp_limit: usize,
-    /// Route new connections by the session cookie (n/<app-name>/ssid) instead of by load, so
+    /// Route new connections by the session cookie (`n/<app-name>/ssid`) instead of by load, so
     /// the tabs of one browser share a worker
     #[arg(long)]
     pub(crate) cookie_affinity: bool,
