@@ -134,13 +134,34 @@ const CHROMIUM_ARGS = [
   '--disable-sync',
 ];
 
+/**
+ * What a server under test (one process, or a cluster of them) does with its own `kill` and
+ * `start`: restart and stop.
+ */
+class ServerUnderTest {
+  /** kill -9 of everything, then start it again on the same ports with the same auth key. */
+  async restart() {
+    await this.kill();
+    await this.start();
+  }
+
+  /** Kills the server(s) and disconnects every client made by createClient. Call it in `after`. */
+  async stop() {
+    closeClients([...liveClients]);
+    liveClients.clear();
+    await this.kill();
+    armExitSafetyNet();
+  }
+}
+
 /** The server under test as a child process, restartable on the same port with the same key. */
-class ServerProcess {
+class ServerProcess extends ServerUnderTest {
   /**
    * `subcommand` (default `serve`), `port` (default: a free one at the first start), `env` (added
    * to the child's environment) are for the processes of a ClusterProcess.
    */
   constructor({ authKey, args, subcommand, port, env } = {}) {
+    super();
     this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
     // Extra `serve` flags (our server only).
     this.extraArgs = args || [];
@@ -294,19 +315,6 @@ class ServerProcess {
     return !!this.child && this.child.exitCode === null && this.child.signalCode === null;
   }
 
-  /** kill -9, then start again on the same port with the same auth key. */
-  async restart() {
-    await this.kill();
-    await this.start();
-  }
-
-  /** Kills the server and disconnects every client made by createClient. Call it in `after`. */
-  async stop() {
-    closeClients([...liveClients]);
-    liveClients.clear();
-    await this.kill();
-    armExitSafetyNet();
-  }
 }
 
 /**
@@ -423,8 +431,9 @@ function testTls() {
  * interface as ServerProcess (`port` and `url` are the balancer's). With `tls` (testTls()) the
  * balancers terminate TLS with the encrypted key, the passphrase in SC_TLS_KEY_PASSPHRASE.
  */
-class ClusterProcess {
+class ClusterProcess extends ServerUnderTest {
   constructor({ authKey, args, workers = 2, balancers = 1, balancerArgs, tls = null } = {}) {
+    super();
     if (process.env.SC_SERVER === 'reference') throw new Error('the cluster topology needs our binary (SC_BIN)');
     this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
     // Extra `serve` flags for every worker.
@@ -558,19 +567,6 @@ class ClusterProcess {
     return this.balancers.length > 0 && this.processes.every((p) => p.isRunning());
   }
 
-  /** kill -9 of everything, then start it again on the same ports with the same auth key. */
-  async restart() {
-    await this.kill();
-    await this.start();
-  }
-
-  /** Kills the cluster and disconnects every client made by createClient. Call it in `after`. */
-  async stop() {
-    closeClients([...liveClients]);
-    liveClients.clear();
-    await this.kill();
-    armExitSafetyNet();
-  }
 }
 
 /** Starts a ClusterProcess (whatever SC_TOPOLOGY says); call `await cluster.stop()` in `after`. */

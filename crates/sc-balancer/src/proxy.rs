@@ -209,6 +209,8 @@ impl Inner {
         let bodyless = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
             && !parts.headers.contains_key(header::TRANSFER_ENCODING);
+        // Only a new connection without a body is sent again: only then are the headers kept.
+        let retryable = matches!(target, Target::Any) && bodyless;
         let mut body = Some(body.map_err(BoxError::from).boxed());
         let mut failed = Vec::new();
         loop {
@@ -229,7 +231,11 @@ impl Inner {
             });
             *out.method_mut() = parts.method.clone();
             *out.uri_mut() = uri;
-            *out.headers_mut() = parts.headers.clone();
+            *out.headers_mut() = if retryable {
+                parts.headers.clone()
+            } else {
+                std::mem::take(&mut parts.headers)
+            };
             let _load = w.hold();
             match self.client.request(out).await {
                 Ok(resp) => {
@@ -245,7 +251,7 @@ impl Inner {
                     if matches!(target, Target::Session(_)) {
                         return session_unknown();
                     }
-                    if !bodyless {
+                    if !retryable {
                         return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
                     }
                     failed.push(w);
@@ -300,10 +306,11 @@ impl Inner {
         });
         let mut out = Request::new(Empty::new());
         *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = match parts.uri.path_and_query() {
-            Some(pq) => Uri::try_from(pq.as_str()).unwrap_or_else(|_| Uri::from_static("/")),
-            None => Uri::from_static("/"),
-        };
+        *out.uri_mut() = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .map_or_else(|| Uri::from_static("/"), Uri::from);
         *out.headers_mut() = parts.headers;
         let mut resp = match sender.send_request(out).await {
             Ok(r) => r,

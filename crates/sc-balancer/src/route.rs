@@ -79,10 +79,8 @@ pub(crate) fn tag_open_packet(body: &[u8], tag: &str) -> Option<Bytes> {
 
 /// The value of the session cookie `n/<app>/ssid` in a `Cookie` header.
 pub(crate) fn session_cookie<'a>(cookie_header: &'a str, name: &str) -> Option<&'a str> {
-    cookie_header.split(';').find_map(|c| {
-        let (k, v) = c.trim().split_once('=')?;
-        (k == name && !v.is_empty()).then_some(v)
-    })
+    sc_worker::cookie_pairs(cookie_header)
+        .find_map(|(k, v)| (k == name && !v.is_empty()).then_some(v))
 }
 
 #[cfg(test)]

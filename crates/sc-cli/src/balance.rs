@@ -84,13 +84,9 @@ pub(crate) fn run(args: BalanceArgs) -> ExitCode {
         eprintln!("error: {m}");
         ExitCode::from(EXIT_CONFIG)
     };
-    let Ok(ip) = args
-        .host
-        .trim_matches(['[', ']'])
-        .replace("localhost", "127.0.0.1")
-        .parse()
-    else {
-        return usage(format!("--host must be an IP address, not {:?}", args.host));
+    let ip = match crate::serve::host_ip(&args.host) {
+        Ok(ip) => ip,
+        Err(crate::serve::ConfigProblem(m)) => return usage(m),
     };
     let addr = SocketAddr::new(ip, args.port);
     if args.health_interval_ms == 0 {
@@ -101,11 +97,7 @@ pub(crate) fn run(args: BalanceArgs) -> ExitCode {
         Err(e) => return usage(format!("--allow/--deny: {e}")),
     };
     crate::init_tracing();
-    let threads = match args.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let runtime = match crate::serve::runtime_for(threads) {
+    let runtime = match crate::serve::runtime_for(crate::serve::thread_count(args.threads)) {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -221,10 +221,7 @@ const MAX_THREADS: usize = 1024;
 impl FileConfig {
     /// The number of threads to start: `threads`, or one per core this process may run on.
     pub(crate) fn thread_count(&self) -> usize {
-        match self.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        }
+        thread_count(self.threads)
     }
 
     /// The runtime `serve` runs on: a single-threaded one (no work stealing, nothing to steal
@@ -232,6 +229,14 @@ impl FileConfig {
     /// `taskset -c 0`), else a work-stealing pool of `thread_count` threads.
     pub(crate) fn runtime(&self) -> std::io::Result<tokio::runtime::Runtime> {
         runtime_for(self.thread_count())
+    }
+}
+
+/// `threads`, with 0 meaning one per core this process may run on.
+pub(crate) fn thread_count(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     }
 }
 
@@ -249,17 +254,19 @@ pub(crate) fn runtime_for(threads: usize) -> std::io::Result<tokio::runtime::Run
 }
 
 fn addr(cfg: &FileConfig) -> Result<SocketAddr, ConfigProblem> {
-    let host = cfg.host.trim_start_matches('[').trim_end_matches(']');
-    let ip: std::net::IpAddr = match host {
-        "localhost" => std::net::IpAddr::from([127, 0, 0, 1]),
+    Ok(SocketAddr::new(host_ip(&cfg.host)?, cfg.port))
+}
+
+/// The IP address of `--host`: an IPv4 or IPv6 address (brackets allowed) or `localhost`.
+pub(crate) fn host_ip(host: &str) -> Result<std::net::IpAddr, ConfigProblem> {
+    match host.trim_start_matches('[').trim_end_matches(']') {
+        "localhost" => Ok(std::net::IpAddr::from([127, 0, 0, 1])),
         h => h.parse().map_err(|_| {
             ConfigProblem(format!(
-                "--host must be an IP address (or localhost), not {:?}",
-                cfg.host
+                "--host must be an IP address (or localhost), not {host:?}"
             ))
-        })?,
-    };
-    Ok(SocketAddr::new(ip, cfg.port))
+        }),
+    }
 }
 
 /// The accept queue of the listener: a burst of connections (a balancer reconnecting the

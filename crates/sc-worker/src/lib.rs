@@ -51,7 +51,7 @@ pub use middleware::{
 #[doc(inline)]
 pub use published::Published;
 #[doc(inline)]
-pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody, SessionId};
+pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody, SessionId, cookie_pairs};
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]

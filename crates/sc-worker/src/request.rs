@@ -49,6 +49,19 @@ pub struct HandshakeRequest {
     pub session_id: Option<Arc<str>>,
 }
 
+/// The `name=value` pairs of one `Cookie` header value (quotes around a value taken off).
+///
+/// ```
+/// let pairs: Vec<_> = sc_worker::cookie_pairs("a=1; sid=\"abc\"").collect();
+/// assert_eq!(pairs, [("a", "1"), ("sid", "abc")]);
+/// ```
+pub fn cookie_pairs(header_value: &str) -> impl Iterator<Item = (&str, &str)> {
+    header_value
+        .split(';')
+        .filter_map(|kv| kv.trim().split_once('='))
+        .map(|(k, v)| (k, v.trim_matches('"')))
+}
+
 impl HandshakeRequest {
     /// The request of `parts` (headers cloned: cheap, they are reference-counted slices of
     /// the HTTP server's buffer; a socket keeps a compact copy, not this), with the addresses
@@ -79,10 +92,8 @@ impl HandshakeRequest {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.trim_matches('"'))
+            .flat_map(cookie_pairs)
+            .find_map(|(k, v)| (k == name).then_some(v))
     }
 }
 
@@ -143,10 +154,8 @@ impl StoredRequest {
         self.lines()
             .filter(|(n, _)| *n == b"cookie")
             .filter_map(|(_, v)| std::str::from_utf8(v).ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| v.trim_matches('"'))
+            .flat_map(cookie_pairs)
+            .find_map(|(k, v)| (k == name).then_some(v))
     }
 
     /// The request as it came.

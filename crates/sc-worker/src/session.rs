@@ -258,10 +258,9 @@ impl<S> SessionService<S> {
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
+            .flat_map(crate::request::cookie_pairs)
             .filter(|(k, _)| k == name)
-            .find_map(|(_, v)| sessions.cookie.verify(v.trim_matches('"')));
+            .find_map(|(_, v)| sessions.cookie.verify(v));
         if let Some(id) = valid {
             return (Arc::from(id), None);
         }
