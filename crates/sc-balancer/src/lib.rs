@@ -16,6 +16,8 @@
 //! - A worker crash: the balancer closes each client WebSocket of that worker itself with
 //!   [`tunnel::WORKER_LOST`] (4000), on which socketcluster-client reconnects at once.
 //! - Middleware: [`IpFilterLayer`], [`AddressLimitLayer`], or any tower layer of the app's.
+//! - Metrics: [`Balancer::metrics_handle`] counts requests, upgrades, open tunnels, clients
+//!   closed with 4000, 502/503 answers and retries ([`BalancerMetrics`]).
 //! - [`serve`]: the listener (`SO_REUSEPORT`, [`bind_reuseport`]), TLS termination
 //!   ([`tls::ReloadableAcceptor`]: PEM files, encrypted PKCS#8 keys, reload without dropping
 //!   connections).
@@ -35,6 +37,7 @@
 
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod metrics;
 mod middleware;
 mod proxy;
 mod route;
@@ -43,6 +46,7 @@ pub mod tls;
 pub mod tunnel;
 mod workers;
 
+pub use metrics::{BalancerMetrics, Metrics};
 pub use middleware::{
     AddressLimit, AddressLimitLayer, InvalidBlocks, IpBlocks, IpFilter, IpFilterLayer, Refusable,
 };

@@ -20,6 +20,7 @@ use sc_worker::{AddrSlot, PeerAddr};
 use tokio::net::TcpStream;
 use tower_service::Service;
 
+use crate::metrics::{BalancerMetrics, Metrics, OpenTunnel};
 use crate::route::{route_sid, session_cookie, tag_open_packet};
 use crate::tunnel;
 use crate::workers::{Worker, WorkerSet};
@@ -68,6 +69,10 @@ impl Default for BalancerConfig {
 /// taken out of routing at once and a request without a body is retried on another. Every
 /// request reaches the worker with `X-Forwarded-For` (the client's address from [`PeerAddr`];
 /// headers the client sent itself are dropped) and `X-Forwarded-Proto`.
+///
+/// It counts what it does ([`metrics`](Self::metrics)); take
+/// [`metrics_handle`](Self::metrics_handle) before wrapping it in layers to read the counts
+/// while it serves.
 #[derive(Clone, Debug)]
 pub struct Balancer {
     inner: Arc<Inner>,
@@ -77,6 +82,7 @@ struct Inner {
     workers: WorkerSet,
     client: Client<HttpConnector, Body>,
     config: BalancerConfig,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -84,6 +90,7 @@ impl std::fmt::Debug for Inner {
         f.debug_struct("Inner")
             .field("workers", &self.workers)
             .field("config", &self.config)
+            .field("metrics", &self.metrics)
             .finish_non_exhaustive()
     }
 }
@@ -107,6 +114,7 @@ impl Balancer {
                 workers,
                 client,
                 config,
+                metrics: Arc::new(Metrics::new()),
             }),
         }
     }
@@ -114,6 +122,28 @@ impl Balancer {
     /// The workers this balancer routes to (add and remove them at run time).
     pub fn workers(&self) -> &WorkerSet {
         &self.inner.workers
+    }
+
+    /// What this balancer and its clones have done so far (see [`BalancerMetrics`]).
+    pub fn metrics(&self) -> BalancerMetrics {
+        self.inner.metrics.snapshot()
+    }
+
+    /// The live counters of this balancer and its clones, to read while the balancer serves
+    /// (inside layers, moved into [`serve`](crate::serve)).
+    ///
+    /// ```
+    /// use sc_balancer::{Balancer, BalancerMetrics, WorkerSet};
+    ///
+    /// # fn main() -> Result<(), sc_balancer::WorkerError> {
+    /// let balancer = Balancer::new(WorkerSet::new(["127.0.0.1:8001"])?);
+    /// let metrics = balancer.metrics_handle();
+    /// // ... wrap `balancer` in layers and serve it; meanwhile:
+    /// assert_eq!(metrics.snapshot(), BalancerMetrics::default());
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.inner.metrics.clone()
     }
 }
 
@@ -193,6 +223,27 @@ impl Inner {
         self.workers.least_loaded(failed)
     }
 
+    /// [`pick`](Self::pick), counting a retry when a worker failed already.
+    fn pick_again(&self, headers: &HeaderMap, failed: &[Arc<Worker>]) -> Option<Arc<Worker>> {
+        let w = self.pick(headers, failed)?;
+        if !failed.is_empty() {
+            self.metrics.retry();
+        }
+        Some(w)
+    }
+
+    /// `502`: the worker chosen could not take the request.
+    fn bad_gateway(&self) -> Response<Body> {
+        self.metrics.bad_gateway();
+        plain(StatusCode::BAD_GATEWAY, "Worker unavailable")
+    }
+
+    /// `503`: no worker can take the request.
+    fn no_worker(&self) -> Response<Body> {
+        self.metrics.bad_gateway();
+        plain(StatusCode::SERVICE_UNAVAILABLE, "No worker available")
+    }
+
     fn worker_down(w: &Worker, error: &dyn std::fmt::Display) {
         if w.set_healthy(false) {
             tracing::warn!(worker = %w.addr(), %error, "worker refused a connection: taken out of routing");
@@ -216,9 +267,9 @@ impl Inner {
         loop {
             let w = match &target {
                 Target::Session(w) => w.clone(),
-                Target::Any => match self.pick(&parts.headers, &failed) {
+                Target::Any => match self.pick_again(&parts.headers, &failed) {
                     Some(w) => w,
-                    None => return no_worker(),
+                    None => return self.no_worker(),
                 },
             };
             let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
@@ -242,8 +293,15 @@ impl Inner {
                     let (mut rparts, rbody) = resp.into_parts();
                     strip_hop_by_hop(&mut rparts.headers);
                     if handshake && rparts.status == StatusCode::OK {
-                        return tag_handshake(rparts, rbody, w.tag()).await;
+                        return match tag_handshake(rparts, rbody, w.tag()).await {
+                            Some(r) => {
+                                self.metrics.request();
+                                r
+                            }
+                            None => self.bad_gateway(),
+                        };
                     }
+                    self.metrics.request();
                     return Response::from_parts(rparts, rbody.map_err(BoxError::from).boxed());
                 }
                 Err(e) if e.is_connect() => {
@@ -252,13 +310,13 @@ impl Inner {
                         return session_unknown();
                     }
                     if !retryable {
-                        return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
+                        return self.bad_gateway();
                     }
                     failed.push(w);
                 }
                 Err(e) => {
                     tracing::debug!(worker = %w.addr(), error = %e, "proxied request failed");
-                    return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
+                    return self.bad_gateway();
                 }
             }
         }
@@ -272,9 +330,9 @@ impl Inner {
         let (w, load, stream) = loop {
             let w = match &target {
                 Target::Session(w) => w.clone(),
-                Target::Any => match self.pick(&parts.headers, &failed) {
+                Target::Any => match self.pick_again(&parts.headers, &failed) {
                     Some(w) => w,
-                    None => return no_worker(),
+                    None => return self.no_worker(),
                 },
             };
             // Counted from the choice on, so a burst of new connections sees the ones still
@@ -298,7 +356,7 @@ impl Inner {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(worker = %w.addr(), error = %e, "handshake with worker failed");
-                    return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
+                    return self.bad_gateway();
                 }
             };
         tokio::spawn(async move {
@@ -316,15 +374,18 @@ impl Inner {
             Ok(r) => r,
             Err(e) => {
                 tracing::debug!(worker = %w.addr(), error = %e, "upgrade request to worker failed");
-                return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
+                return self.bad_gateway();
             }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Refused by the worker (origin, limits, auth): its answer goes to the client.
+            self.metrics.request();
             return resp.map(|b| b.map_err(BoxError::from).boxed());
         }
         let worker_upgrade = hyper::upgrade::on(&mut resp);
         let worker = w.clone();
+        // Counted before the client sees the `101`.
+        let open = self.metrics.upgrade();
         // The task lives as long as the WebSocket: what its future holds, every idle proxied
         // connection holds. The type-dependent parts (downcasts, a TLS client's tunnel) are done
         // in plain functions or boxed, so the common case (plain TCP) stays small.
@@ -339,9 +400,9 @@ impl Inner {
             let Ok(upgraded) = client_upgrade.await else {
                 return;
             };
-            let end = match client_io(upgraded, w_io, w_early) {
-                ClientIo::Tcp(c_io, c_early, w_io, w_early) => {
-                    tunnel::run(c_io, c_early, w_io, w_early).await
+            let end = match client_io(upgraded, w_io, w_early, open) {
+                ClientIo::Tcp(c_io, c_early, w_io, w_early, open) => {
+                    tunnel::run(c_io, c_early, w_io, w_early, open).await
                 }
                 ClientIo::Boxed(tunnel) => tunnel.await,
             };
@@ -365,15 +426,21 @@ fn worker_io(upgraded: hyper::upgrade::Upgraded) -> Option<(TcpStream, Bytes)> {
 
 /// A tunnel, by the type of the client's connection.
 enum ClientIo {
-    /// Plain TCP (run in the task itself): client stream and early bytes, worker's the same.
-    Tcp(TcpStream, Bytes, TcpStream, Bytes),
+    /// Plain TCP (run in the task itself): client stream and early bytes, worker's the same,
+    /// and the tunnel's place in the metrics.
+    Tcp(TcpStream, Bytes, TcpStream, Bytes, OpenTunnel),
     /// TLS or another connection: its tunnel, boxed.
     Boxed(Pin<Box<dyn Future<Output = tunnel::End> + Send>>),
 }
 
-fn client_io(upgraded: hyper::upgrade::Upgraded, w_io: TcpStream, w_early: Bytes) -> ClientIo {
+fn client_io(
+    upgraded: hyper::upgrade::Upgraded,
+    w_io: TcpStream,
+    w_early: Bytes,
+    open: OpenTunnel,
+) -> ClientIo {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-        Ok(p) => return ClientIo::Tcp(p.io.into_inner(), p.read_buf, w_io, w_early),
+        Ok(p) => return ClientIo::Tcp(p.io.into_inner(), p.read_buf, w_io, w_early, open),
         Err(u) => u,
     };
     match upgraded.downcast::<TokioIo<tunnel::TlsStream>>() {
@@ -382,12 +449,14 @@ fn client_io(upgraded: hyper::upgrade::Upgraded, w_io: TcpStream, w_early: Bytes
             p.read_buf,
             w_io,
             w_early,
+            open,
         ))),
         Err(u) => ClientIo::Boxed(Box::pin(tunnel::run(
             TokioIo::new(u),
             Bytes::new(),
             w_io,
             w_early,
+            open,
         ))),
     }
 }
@@ -400,17 +469,18 @@ pub(crate) struct SlotCell(
     pub(crate)  Arc<AddrSlot>,
 );
 
-/// Reads a whole engine.io handshake response and tags its session id.
+/// Reads a whole engine.io handshake response and tags its session id; `None` when it cannot be
+/// read.
 async fn tag_handshake(
     mut parts: http::response::Parts,
     body: Incoming,
     tag: &str,
-) -> Response<Body> {
+) -> Option<Response<Body>> {
     let bytes = match Limited::new(body, HANDSHAKE_MAX).collect().await {
         Ok(c) => c.to_bytes(),
         Err(e) => {
             tracing::debug!(error = %e, "engine.io handshake response unreadable");
-            return plain(StatusCode::BAD_GATEWAY, "Worker unavailable");
+            return None;
         }
     };
     let bytes = match tag_open_packet(&bytes, tag) {
@@ -421,7 +491,10 @@ async fn tag_handshake(
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
-    Response::from_parts(parts, Full::new(bytes).map_err(BoxError::from).boxed())
+    Some(Response::from_parts(
+        parts,
+        Full::new(bytes).map_err(BoxError::from).boxed(),
+    ))
 }
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -515,8 +588,4 @@ fn session_unknown() -> Response<Body> {
         HeaderValue::from_static("application/json"),
     );
     r
-}
-
-fn no_worker() -> Response<Body> {
-    plain(StatusCode::SERVICE_UNAVAILABLE, "No worker available")
 }

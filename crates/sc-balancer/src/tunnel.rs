@@ -22,6 +22,8 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
+use crate::metrics::OpenTunnel;
+
 /// The close code the balancer sends to a client whose worker went away: 4000, one of the
 /// three codes (4000, 4001, 1005) on which socketcluster-client v20 reconnects without delay.
 pub const WORKER_LOST: u16 = 4000;
@@ -357,12 +359,14 @@ impl<C: Io> Future for Both<'_, C> {
 
 /// Runs the tunnel between `client` and `worker` until both are done. `client_early` are bytes
 /// the client sent after its request head, `worker_early` bytes the worker sent after its
-/// response head.
+/// response head. `open` is the tunnel's place in the metrics, given back when the copying
+/// ends, before the client is told (so a client that saw the end sees the counts).
 pub(crate) async fn run<C: Io>(
     mut client: C,
     client_early: Bytes,
     mut worker: TcpStream,
     worker_early: Bytes,
+    open: OpenTunnel,
 ) -> End {
     let mut tracker = FrameTracker::default();
     let mut up = Half::default();
@@ -389,6 +393,8 @@ pub(crate) async fn run<C: Io>(
     }
     .await;
     drop(worker);
+    let lost = matches!(outcome, Outcome::WorkerEnded) && !tracker.closed && tracker.at_boundary();
+    open.end(lost);
     match outcome {
         Outcome::ClientFailed => End::Closed,
         Outcome::WorkerEnded if tracker.closed => {
@@ -432,7 +438,16 @@ async fn drain<C: AsyncRead + Unpin>(client: &mut C) {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::metrics::Metrics;
+
+    fn counted() -> (Arc<Metrics>, OpenTunnel) {
+        let m = Arc::new(Metrics::new());
+        let o = m.upgrade();
+        (m, o)
+    }
 
     fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
         let mut f = vec![0x80 | opcode];
@@ -519,11 +534,13 @@ mod tests {
     async fn copies_both_ways_then_injects_a_close_when_the_worker_dies() {
         let (mut client, client_side) = pair().await;
         let (worker_side, mut worker) = pair().await;
+        let (m, open) = counted();
         let task = tokio::spawn(run(
             client_side,
             Bytes::from_static(b"early"),
             worker_side,
             Bytes::from(frame(1, b"hi", false)),
+            open,
         ));
         let mut got = [0u8; 5];
         worker.read_exact(&mut got).await.unwrap();
@@ -545,6 +562,9 @@ mod tests {
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, close_frame(WORKER_LOST, WORKER_LOST_REASON));
+        // Counted before the close frame was written.
+        let snap = m.snapshot();
+        assert_eq!((snap.tunnels_open, snap.worker_lost), (0, 1));
         drop(client);
         assert_eq!(task.await.unwrap(), End::WorkerLost);
     }
@@ -555,7 +575,13 @@ mod tests {
         // is boxed, the read buffer belongs to the thread).
         let (_client, client_side) = pair().await;
         let (worker_side, _worker) = pair().await;
-        let fut = run(client_side, Bytes::new(), worker_side, Bytes::new());
+        let fut = run(
+            client_side,
+            Bytes::new(),
+            worker_side,
+            Bytes::new(),
+            counted().1,
+        );
         let size = std::mem::size_of_val(&fut);
         assert!(size <= 640, "tunnel future of {size} bytes");
     }
@@ -564,13 +590,22 @@ mod tests {
     async fn a_worker_that_closed_properly_is_not_lost() {
         let (mut client, client_side) = pair().await;
         let (worker_side, mut worker) = pair().await;
-        let task = tokio::spawn(run(client_side, Bytes::new(), worker_side, Bytes::new()));
+        let (m, open) = counted();
+        let task = tokio::spawn(run(
+            client_side,
+            Bytes::new(),
+            worker_side,
+            Bytes::new(),
+            open,
+        ));
         let close = close_frame(1000, "");
         worker.write_all(&close).await.unwrap();
         drop(worker);
         let mut got = Vec::new();
         client.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, close);
+        let snap = m.snapshot();
+        assert_eq!((snap.tunnels_open, snap.worker_lost), (0, 0));
         assert_eq!(task.await.unwrap(), End::Closed);
     }
 
@@ -578,13 +613,21 @@ mod tests {
     async fn mid_frame_loss_drops_the_client() {
         let (mut client, client_side) = pair().await;
         let (worker_side, mut worker) = pair().await;
-        let task = tokio::spawn(run(client_side, Bytes::new(), worker_side, Bytes::new()));
+        let (m, open) = counted();
+        let task = tokio::spawn(run(
+            client_side,
+            Bytes::new(),
+            worker_side,
+            Bytes::new(),
+            open,
+        ));
         let f = frame(1, b"0123456789", false);
         worker.write_all(&f[..6]).await.unwrap();
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         drop(worker);
         assert_eq!(task.await.unwrap(), End::WorkerLostMidFrame);
+        assert_eq!(m.snapshot().worker_lost, 0);
         let mut rest = Vec::new();
         let _ = client.read_to_end(&mut rest).await;
         assert!(rest.is_empty());
@@ -594,7 +637,14 @@ mod tests {
     async fn client_half_close_reaches_the_worker() {
         let (client, client_side) = pair().await;
         let (worker_side, mut worker) = pair().await;
-        let task = tokio::spawn(run(client_side, Bytes::new(), worker_side, Bytes::new()));
+        let (m, open) = counted();
+        let task = tokio::spawn(run(
+            client_side,
+            Bytes::new(),
+            worker_side,
+            Bytes::new(),
+            open,
+        ));
         let (_r, mut w) = client.into_split();
         w.write_all(b"last").await.unwrap();
         w.shutdown().await.unwrap();
@@ -604,5 +654,6 @@ mod tests {
         worker.write_all(&close_frame(1000, "")).await.unwrap();
         drop(worker);
         assert_eq!(task.await.unwrap(), End::Closed);
+        assert_eq!(m.snapshot().tunnels_open, 0);
     }
 }

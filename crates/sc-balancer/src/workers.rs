@@ -125,6 +125,13 @@ impl WorkerSet {
     }
 
     /// Adds the worker at `addr` (healthy until a probe or a connection says otherwise).
+    ///
+    /// A worker removed with [`remove`](Self::remove) and added again at the same address
+    /// (written the same way) gets the same tag, so the engine.io sessions it still holds are
+    /// routed to it again, and it is healthy at once, whatever it was before its removal. Its
+    /// load counts the connections made from then on (those made before stay counted on the
+    /// removed worker until they close). An address in the set already is
+    /// [`WorkerError::Duplicate`].
     pub fn add(&self, addr: &str) -> Result<Arc<Worker>, WorkerError> {
         let resolved = resolve(addr)?;
         let tag = tag_of(addr);
@@ -143,8 +150,14 @@ impl WorkerSet {
         Ok(w)
     }
 
-    /// Removes the worker at `addr`; its open connections stay until they close. Returns
-    /// whether it was there.
+    /// Removes the worker at `addr` (as written when it was added); returns whether it was
+    /// there. Its open tunnels and requests in flight are left alone: they end when the worker
+    /// or the client closes them (a worker that goes away without a close frame still gets
+    /// its clients a 4000 close). New connections go to the other workers, and a request whose
+    /// `sid` carries its tag gets engine.io's `400 Session ID unknown`, until it is
+    /// [added](Self::add) again. It is no longer probed.
+    ///
+    /// To restart a worker: remove it, restart it, add it once it listens.
     pub fn remove(&self, addr: &str) -> bool {
         let mut list = self.inner.write();
         let before = list.len();
@@ -342,5 +355,61 @@ mod tests {
         assert!(set.remove("127.0.0.1:2"));
         assert!(set.by_tag(w.tag()).is_none());
         assert!(!set.remove("127.0.0.1:2"));
+    }
+
+    #[test]
+    fn a_worker_re_added_gets_its_tag_and_health_back() {
+        let set = WorkerSet::new(["127.0.0.1:9001", "127.0.0.1:9002"]).unwrap();
+        let old = set.workers()[0].clone();
+        let tunnel = old.hold();
+        // Refused a connection while restarting, say.
+        old.set_healthy(false);
+        assert!(set.remove("127.0.0.1:9001"));
+        assert!(set.by_tag(old.tag()).is_none());
+        for _ in 0..4 {
+            assert_eq!(set.least_loaded(&[]).unwrap().addr(), "127.0.0.1:9002");
+            assert_eq!(set.by_affinity("k", &[]).unwrap().addr(), "127.0.0.1:9002");
+        }
+        assert_eq!(old.load(), 1, "its open connection is left alone");
+        let new = set.add("127.0.0.1:9001").unwrap();
+        assert_eq!(new.tag(), old.tag());
+        assert!(new.is_healthy());
+        assert!(Arc::ptr_eq(&set.by_tag(old.tag()).unwrap(), &new));
+        assert_eq!(new.load(), 0);
+        drop(tunnel);
+        assert_eq!((old.load(), new.load()), (0, 0));
+        assert!(matches!(
+            set.add("127.0.0.1:9001"),
+            Err(WorkerError::Duplicate(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_worker_refusing_while_it_restarts_comes_back_with_the_probes() {
+        // A port with nothing listening: the worker is restarting.
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let set = WorkerSet::new([addr.to_string()]).unwrap();
+        let w = set.workers()[0].clone();
+        // As the proxy does when a connection to it is refused.
+        w.set_healthy(false);
+        let probes = set.spawn_health_checks(Duration::from_millis(20));
+        // It listens again. A tick's probes all finish (and set the health) before the next
+        // tick's start: each probe accepted here tells that the one before has put its result.
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            loop {
+                listener.accept().await.unwrap();
+                if w.is_healthy() {
+                    break;
+                }
+            }
+        })
+        .await
+        .expect("the probes put the worker back");
+        assert!(set.least_loaded(&[]).is_some());
+        probes.abort();
     }
 }

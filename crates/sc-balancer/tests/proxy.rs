@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use sc_balancer::{
-    AddressLimitLayer, Balancer, IpFilterLayer, ServeOptions, WorkerSet, bind_reuseport, serve,
+    AddressLimitLayer, Balancer, BalancerMetrics, IpFilterLayer, ServeOptions, WorkerSet,
+    bind_reuseport, serve,
 };
 use sc_worker::{Config, ScServer, ScServerBuilder};
 use serde_json::{Value, json};
@@ -81,6 +82,60 @@ async fn balancer(workers: &[SocketAddr]) -> (SocketAddr, WorkerSet) {
     ));
     (addr, set)
 }
+
+/// Serves `service` (a balancer, in layers or not) on a port of its own.
+fn serve_on_port<S>(service: S) -> SocketAddr
+where
+    S: tower_service::Service<
+            http::Request<hyper::body::Incoming>,
+            Response = http::Response<sc_balancer::Body>,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let listener = bind_reuseport("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        listener,
+        service,
+        ServeOptions::default(),
+        std::future::pending(),
+    ));
+    addr
+}
+
+/// An address where nothing listens: connecting is refused.
+async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
+
+/// Waits for the close frame that ends `ws`; its code and reason.
+async fn close_of(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next()).await.unwrap();
+        match m {
+            Some(Ok(m)) if m.is_close() => {
+                let (code, reason) = m.as_close().unwrap();
+                return (u16::from(code), reason.to_owned());
+            }
+            Some(Ok(_)) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// Opens an engine.io session (polling) through `b`; its session id.
+async fn open_eio_session(b: SocketAddr) -> String {
+    let (status, open) = http(b, "GET", "/engine.io/?EIO=4&transport=polling", "").await;
+    assert_eq!(status, 200, "{open}");
+    let open: Value = serde_json::from_str(open.strip_prefix('0').unwrap()).unwrap();
+    open["sid"].as_str().unwrap().to_owned()
+}
+
+const SESSION_UNKNOWN: &str = r#"{"code":1,"message":"Session ID unknown"}"#;
 
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -349,4 +404,135 @@ async fn a_worker_added_at_run_time_takes_a_burst_until_loads_are_even() {
         (18..=22).contains(&on_w2),
         "{on_w2} of 30 on the added worker"
     );
+}
+
+#[tokio::test]
+async fn a_worker_removed_then_added_again_under_a_live_tunnel() {
+    let (w1, crash) = worker_on_own_runtime();
+    let w2 = worker().await;
+    let set = WorkerSet::new([w1.to_string()]).unwrap();
+    let balancer = Balancer::new(set.clone());
+    let metrics = balancer.metrics_handle();
+    let b = serve_on_port(balancer);
+    let tag = set.workers()[0].tag().to_owned();
+    // A WebSocket and an engine.io session on w1.
+    let mut ws = connect(b, &[]).await;
+    assert_eq!(
+        call(&mut ws, "whoami", Value::Null, 2).await["data"]["worker"],
+        w1.port()
+    );
+    let sid = open_eio_session(b).await;
+    assert!(sid.ends_with(&format!(".{tag}")), "{sid}");
+    let q = format!("/engine.io/?EIO=4&transport=polling&sid={sid}");
+
+    // The master takes w1 out before restarting it.
+    set.add(&w2.to_string()).unwrap();
+    assert!(set.remove(&w1.to_string()));
+    // The open tunnel is left alone.
+    assert_eq!(
+        call(&mut ws, "whoami", Value::Null, 3).await["data"]["worker"],
+        w1.port()
+    );
+    // New connections go elsewhere; the session's requests get engine.io's 400.
+    let mut others = Vec::new();
+    for i in 0..3 {
+        let mut other = connect(b, &[]).await;
+        assert_eq!(
+            call(&mut other, "whoami", Value::Null, 2 + i).await["data"]["worker"],
+            w2.port()
+        );
+        others.push(other);
+    }
+    assert_eq!(
+        http(b, "GET", &q, "").await,
+        (400, SESSION_UNKNOWN.to_owned())
+    );
+    let fresh = open_eio_session(b).await;
+    assert!(!fresh.ends_with(&tag), "{fresh}");
+
+    // Added again at the same address: the same tag, healthy at once, its session routed to it.
+    let again = set.add(&w1.to_string()).unwrap();
+    assert_eq!(again.tag(), tag);
+    assert!(again.is_healthy());
+    let hs = json!({"event": "#handshake", "data": {"authToken": null}, "cid": 1});
+    assert_eq!(
+        http(b, "POST", &q, &format!("4{hs}")).await,
+        (200, "ok".to_owned())
+    );
+    let (status, body) = http(b, "GET", &q, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("{\"rid\":1,\"data\":{\"id\""), "{body}");
+    assert_eq!(
+        call(&mut ws, "whoami", Value::Null, 4).await["data"]["worker"],
+        w1.port()
+    );
+    assert_eq!(metrics.snapshot().tunnels_open, 4);
+
+    // w1's process goes away: its client is told with 4000, counted before it is told.
+    drop(crash);
+    assert_eq!(close_of(&mut ws).await, (4000, "worker lost".to_owned()));
+    let m = metrics.snapshot();
+    assert_eq!(
+        (m.worker_lost, m.tunnels_open, m.upgrades),
+        (1, 3, 4),
+        "{m:?}"
+    );
+    // Still w2's clients are served.
+    assert_eq!(
+        call(&mut others[0], "whoami", Value::Null, 9).await["data"]["worker"],
+        w2.port()
+    );
+}
+
+#[tokio::test]
+async fn metrics_count_requests_upgrades_tunnels_retries_and_bad_gateways() {
+    let (w, crash) = worker_on_own_runtime();
+    let dead = dead_port().await;
+    let set = WorkerSet::new([dead.to_string(), w.to_string()]).unwrap();
+    let balancer = Balancer::new(set.clone());
+    // Taken before the balancer goes into its layers and is served.
+    let metrics = balancer.metrics_handle();
+    let b = serve_on_port(AddressLimitLayer::new(100, 0, 0).layer(balancer));
+    assert_eq!(metrics.snapshot(), BalancerMetrics::default());
+
+    // The first pick is the dead worker (ties start at the first listed): refused, then the
+    // upgrade is sent to the live one.
+    let mut ws = connect(b, &[]).await;
+    assert_eq!(
+        metrics.snapshot(),
+        BalancerMetrics {
+            upgrades: 1,
+            tunnels_open: 1,
+            retries: 1,
+            ..BalancerMetrics::default()
+        }
+    );
+    // A request the worker answers (404), and an upgrade it refuses (not its path).
+    assert_eq!(http(b, "GET", "/nothing", "").await.0, 404);
+    let refused = ClientBuilder::new()
+        .uri(&format!("ws://{b}/not-socketcluster/"))
+        .unwrap()
+        .connect()
+        .await;
+    assert!(refused.is_err());
+    assert_eq!(metrics.snapshot().requests, 2);
+    // No worker left that can take a request: 503.
+    assert!(set.remove(&w.to_string()));
+    assert_eq!(http(b, "GET", "/", "").await.0, 503);
+    // The worker dies under the open tunnel: 4000.
+    drop(crash);
+    assert_eq!(close_of(&mut ws).await.0, 4000);
+    assert_eq!(
+        metrics.snapshot(),
+        BalancerMetrics {
+            requests: 2,
+            upgrades: 1,
+            tunnels_open: 0,
+            worker_lost: 1,
+            bad_gateway: 1,
+            retries: 1,
+        }
+    );
+    let json = serde_json::to_value(metrics.snapshot()).unwrap();
+    assert_eq!(json["worker_lost"], 1);
 }

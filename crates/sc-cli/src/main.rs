@@ -3,6 +3,7 @@
 mod balance;
 mod bench;
 mod demo;
+mod run;
 mod serve;
 mod store_cmd;
 mod trim;
@@ -25,7 +26,12 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 #[deny(missing_docs)]
 enum Command {
-    /// Run the server with the demo app (channels in process, or shared through --store)
+    /// Run the cluster on this machine: a master that runs balancers, workers and store
+    /// processes with the demo app, respawns what dies, drains on SIGTERM and restarts the
+    /// workers one at a time on SIGUSR2
+    Run(run::RunArgs),
+    /// Run the server with the demo app in one process (channels in process, or shared
+    /// through --store)
     Serve(serve::ServeArgs),
     /// Print the default config file (TOML) for `serve --config`
     GenConfig,
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Run(args) => run::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Balance(args) => balance::run(args),
         Command::Store(args) => store_cmd::run(args),

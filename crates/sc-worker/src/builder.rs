@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 
 use sc_protocol::ScError;
@@ -18,12 +18,13 @@ use crate::handler::{
     ConnectFn, DisconnectFn, EventFn, Procedure, ProcedureFn, ReceiverFn, Request, SyncProcedureFn,
     SyncRequest,
 };
+use crate::metrics::Counters;
 use crate::middleware::{
     Blocked, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, InboundStack,
     Middlewares, OutboundAction, RawAction,
 };
 use crate::service::{NotFound, ScLayer, ScService};
-use crate::socket::{ScEvent, ScSocket};
+use crate::socket::{SHUTDOWN, SHUTDOWN_REASON, ScEvent, ScSocket};
 use crate::state::{Map, ServerInner};
 
 /// The SocketCluster server. Start with [`ScServer::builder`].
@@ -291,6 +292,12 @@ impl ScServerBuilder {
     /// Called with a channel name when messages of it may have been lost between the store and
     /// this server (a [`sc_store::StoreEvent::Gap`]: a store connection was lost and restored,
     /// or this server fell behind). A warning is logged in any case. Keep it quick.
+    ///
+    /// Whether or not this is set, the server itself tells the channel's subscribers here: every
+    /// local socket subscribed to the channel gets the event `#gap` with the data
+    /// `{"channel":"<name>"}`, queued after what it had received before the gap (a JS app
+    /// reads it with `for await (let data of socket.receiver('#gap'))`). Session channels
+    /// (`#sc-session/…`) are the server's own: their gaps are logged only.
     pub fn on_store_gap(mut self, f: impl Fn(&str) + Send + Sync + 'static) -> Self {
         self.on_store_gap = Some(Arc::new(f));
         self
@@ -373,15 +380,16 @@ impl ScServerBuilder {
         let auth = Auth::new(&key, self.cfg.auth_default_expiry_s).map_err(ConfigError)?;
         let has_store = self.store.is_some() || self.broker.is_some();
         let store_handle = self.store.clone();
+        let counters = Arc::new(Counters::default());
         let trusted = crate::client_addr::TrustedProxies::parse(&self.cfg.trusted_proxies)
             .map_err(|e| ConfigError(e.to_string()))?;
         let broker: Box<dyn Broker> = match (self.broker, self.store) {
             (Some(broker), _) => broker,
-            (None, Some(store)) => {
-                Box::new(StoreBroker::new(store, self.on_store_gap).map_err(|_| {
+            (None, Some(store)) => Box::new(
+                StoreBroker::new(store, self.on_store_gap, counters.clone()).map_err(|_| {
                     ConfigError("a server with a store must be built inside a tokio runtime".into())
-                })?)
-            }
+                })?,
+            ),
             (None, None) => Box::new(LocalBroker::default()),
         };
         let sessions = crate::sessions::Sessions::new(
@@ -389,6 +397,7 @@ impl ScServerBuilder {
             &self.cfg.app_name,
             Duration::from_secs(self.cfg.session_timeout_s),
             store_handle.clone(),
+            counters.clone(),
         );
         let addresses = crate::limits::AddressLimits::new(
             self.cfg.address_connection_limit,
@@ -417,8 +426,10 @@ impl ScServerBuilder {
             addresses,
             next_key: AtomicU64::new(1),
             shutting_down: AtomicBool::new(false),
+            shutdown_close: Mutex::new((SHUTDOWN, Arc::from(SHUTDOWN_REASON))),
             shutdown_tx: watch::Sender::new(false),
             gone: tokio::sync::Notify::new(),
+            counters,
         }))
     }
 

@@ -27,6 +27,7 @@ use crate::data::Data;
 use crate::exchange::{Sub, Subscriber};
 use crate::handler::{Procedure, Request, SyncProcedureFn, SyncRequest};
 use crate::limits::{AddrSlot, InboundRate};
+use crate::metrics::Tally;
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
@@ -226,6 +227,7 @@ pub(crate) fn run<T: Transport>(
         last_sync: None,
         slot,
         inbound_rate,
+        tally: Tally::default(),
     };
     async move {
         let end = match conn.handshake().await {
@@ -367,7 +369,8 @@ fn open_socket(
     }));
     server.sockets.write().insert(key, socket.clone());
     if server.shutting_down.load(Ordering::Acquire) {
-        socket.close_with(crate::socket::SHUTDOWN, "Server is shutting down", false);
+        let (code, reason) = server.shutdown_close.lock().clone();
+        socket.close_with(code, &reason, false);
     }
     (socket, rx)
 }
@@ -387,11 +390,23 @@ struct Conn<T> {
     slot: AddrSlot,
     /// The inbound rate limit, if one is set.
     inbound_rate: Option<Box<InboundRate>>,
+    /// What this socket counted since it last added to the server's counters (once per flush:
+    /// [`Conn::settle`]).
+    tally: Tally,
 }
 
 impl<T: Transport> Conn<T> {
     fn take_close(&self) -> Option<(u16, String, bool)> {
         self.socket.0.state.lock().close.take()
+    }
+
+    /// Adds what this socket counted to the server's counters: once per flush, not per message.
+    #[inline]
+    fn settle(&mut self) {
+        let t = std::mem::take(&mut self.tally);
+        if t != Tally::default() {
+            self.server.counters.add(t);
+        }
     }
 
     async fn flush(&mut self) -> Result<(), TransportError> {
@@ -412,6 +427,7 @@ impl<T: Transport> Conn<T> {
     /// reading) is abandoned when the socket is dropped as a slow consumer, or after the ping
     /// timeout.
     async fn flush_out(&mut self) -> Result<(), End> {
+        self.settle();
         if !self.io.has_pending() {
             return Ok(());
         }
@@ -450,6 +466,7 @@ impl<T: Transport> Conn<T> {
     fn push_with(&mut self, capacity: usize, write: impl FnOnce(&mut Vec<u8>)) {
         let mut buf = Vec::with_capacity(capacity);
         write(&mut buf);
+        self.tally.messages_out += 1;
         self.io.send_vec(buf);
     }
 
@@ -457,12 +474,16 @@ impl<T: Transport> Conn<T> {
     fn push_result(&mut self, cid: u64, result: &Result<Option<Data>, ScError>) {
         match result {
             // The commonest frame: the transport encodes it in place.
-            Ok(d) => self.io.send_response(cid, d.as_ref().map(Data::as_bytes)),
+            Ok(d) => {
+                self.tally.messages_out += 1;
+                self.io.send_response(cid, d.as_ref().map(Data::as_bytes));
+            }
             Err(e) => self.push_error(cid, e),
         }
     }
 
     fn push_error(&mut self, cid: u64, e: &ScError) {
+        self.tally.messages_out += 1;
         self.io.send_vec(encode_error(cid, e));
     }
 
@@ -526,6 +547,7 @@ impl<T: Transport> Conn<T> {
     }
 
     async fn do_handshake(&mut self, data: Option<&RawValue>, cid: u64) -> Result<(), End> {
+        self.tally.messages_in += 1;
         let token = match Reserved::parse(events::HANDSHAKE, data) {
             Some(Ok(Reserved::Handshake { auth_token })) => auth_token.map(|t| t.into_owned()),
             _ => None,
@@ -602,6 +624,7 @@ impl<T: Transport> Conn<T> {
             .clients
             .write()
             .insert(self.socket.id().into(), self.socket.clone());
+        self.server.counters.socket_opened();
         self.join_session().await;
         tracing::debug!(sid = %self.socket.id(), authenticated, "handshake done");
         self.flush_out().await?;
@@ -718,6 +741,7 @@ impl<T: Transport> Conn<T> {
                             Ok(Some((bytes, is_text))) => match self.on_message(&bytes, is_text) {
                                 Ok(Next::Done) => Ok(()),
                                 Ok(Next::Sync { data, cid }) => {
+                                    self.tally.messages_in += 1;
                                     self.call_sync(data.take(bytes), cid);
                                     Ok(())
                                 }
@@ -782,6 +806,8 @@ impl<T: Transport> Conn<T> {
         // One allocation for the batch's small frames (they are copied into the write buffer).
         let mut small = 0;
         let mut total = 0;
+        let mut written = 0;
+        let mut delivered = 0;
         for n in batch.iter().map(Out::len) {
             total += n;
             if n <= SMALL_FRAME {
@@ -791,10 +817,19 @@ impl<T: Transport> Conn<T> {
         self.io.reserve(small);
         for out in batch.drain(..) {
             match out {
-                Out::Frame(b) => self.io.send(b),
+                Out::Frame(b) => {
+                    written += 1;
+                    self.io.send(b);
+                }
+                // A session emit: an event, not a channel's publish.
+                Out::Publish(p) if p.session.is_some() => {
+                    written += 1;
+                    self.io.send_shared(&p.frame);
+                }
                 Out::Publish(p) => {
                     // Outbound middleware sees channel publishes, not session emits.
-                    if outbound.is_empty() || p.session.is_some() {
+                    if outbound.is_empty() {
+                        delivered += 1;
                         self.io.send_shared(&p.frame);
                     } else {
                         let action = OutboundAction {
@@ -803,6 +838,7 @@ impl<T: Transport> Conn<T> {
                             data: p.data.clone(),
                         };
                         if let Ok(a) = outbound.run(action).await {
+                            delivered += 1;
                             if a.data == p.data {
                                 self.io.send(p.frame.clone());
                             } else {
@@ -813,6 +849,8 @@ impl<T: Transport> Conn<T> {
                 }
             }
         }
+        self.tally.messages_out += written + delivered;
+        self.tally.deliveries += delivered;
         // The batch counts against the socket's queue bytes until it is written.
         let flushed = self.flush_out().await;
         self.socket.0.queued.fetch_sub(total, Ordering::AcqRel);
@@ -939,8 +977,15 @@ impl<T: Transport> Conn<T> {
     async fn on_frame(&mut self, src: Src<'_>, frame: Frame<'_>) -> Result<(), End> {
         match frame {
             Frame::Heartbeat | Frame::PingV1 | Frame::PongV1 => Ok(()),
-            Frame::Packet(p) => self.on_packet(src, p).await,
+            Frame::Packet(p) => {
+                self.tally.messages_in += 1;
+                self.on_packet(src, p).await
+            }
             Frame::Batch(ps) => {
+                self.tally.messages_in = self
+                    .tally
+                    .messages_in
+                    .saturating_add(u32::try_from(ps.len()).unwrap_or(u32::MAX));
                 for p in ps {
                     self.on_packet(src, p).await?;
                 }
@@ -1275,6 +1320,7 @@ impl<T: Transport> Conn<T> {
         }
         self.check_channel_name(channel)?;
         let data = self.inbound(InboundKind::PublishIn, channel, data).await?;
+        self.tally.publishes += 1;
         self.server
             .broker
             .publish(Arc::new(Published::new(channel, data)));
@@ -1353,6 +1399,11 @@ impl<T: Transport> Conn<T> {
                 (code, reason)
             }
             End::Gone(code, reason) => {
+                // The transport gave up on a client that does not take what it is sent (an
+                // engine.io session whose buffer stayed full).
+                if code == SLOW_CONSUMER {
+                    self.server.counters.queue_drop();
+                }
                 self.mark_closed(code, &reason);
                 (code, reason)
             }
@@ -1380,6 +1431,7 @@ impl<T: Transport> Conn<T> {
     }
 
     fn mark_closed(&mut self, code: u16, reason: &str) {
+        self.settle();
         let socket = self.socket.clone();
         let (was_open, channels, acks) = {
             let mut s = socket.0.state.lock();

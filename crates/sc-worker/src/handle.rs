@@ -10,13 +10,15 @@ use sc_protocol::{ErrorName, ScError};
 use crate::config::Config;
 use crate::data::{Data, IntoData};
 use crate::exchange::{Sub, Subscriber};
+use crate::metrics::Metrics;
 use crate::published::Published;
 use crate::request::HandshakeRequest;
-use crate::socket::{SHUTDOWN, ScSocket};
+use crate::socket::{SHUTDOWN, SHUTDOWN_REASON, ScSocket};
 use crate::state::ServerInner;
 use crate::transport::Transport;
 
-/// The handle to a running server: publish, inspect sockets, shut down. Cheap to clone.
+/// The handle to a running server: publish, inspect sockets and [`metrics`](Self::metrics),
+/// shut down. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct ScHandle(pub(crate) Arc<ServerInner>);
 
@@ -25,6 +27,7 @@ impl ScHandle {
     /// `#publish` frame, encoded once.
     pub fn publish(&self, channel: &str, data: impl IntoData) -> Result<(), ScError> {
         let data = data.into_data()?;
+        self.0.counters.publish();
         self.0
             .broker
             .publish(Arc::new(Published::new(channel, data)));
@@ -170,13 +173,40 @@ impl ScHandle {
 
     /// Graceful shutdown: new upgrades get HTTP 503; every socket finishes the invokes it is
     /// handling and writes what is queued, then is closed with 1001 ([`SHUTDOWN`]), which makes
-    /// clients reconnect. Returns when every socket is gone or after `timeout`.
+    /// clients reconnect (socketcluster-client after its reconnect backoff). Returns when every
+    /// socket is gone or after `timeout`. The same as
+    /// [`shutdown_with`](Self::shutdown_with)`(SHUTDOWN, "Server is shutting down", timeout)`.
     pub async fn shutdown(&self, timeout: Duration) {
+        self.shutdown_with(SHUTDOWN, SHUTDOWN_REASON, timeout).await;
+    }
+
+    /// Graceful shutdown that closes every socket with `code` and `reason` (at most 123 bytes
+    /// are sent): new upgrades and engine.io sessions get HTTP 503; every socket, WebSocket and
+    /// engine.io alike, finishes the invokes it is handling (up to the ack timeout) and writes
+    /// what is queued, then is closed with `code` (a socket that opens meanwhile too). Returns
+    /// when every socket is gone or after `timeout`.
+    ///
+    /// A server that is being restarted closes with [`RESTART`](crate::RESTART) (4000), on which
+    /// socketcluster-client reconnects at once instead of after its backoff:
+    ///
+    /// ```no_run
+    /// # async fn stop(handle: sc_worker::ScHandle) {
+    /// use std::time::Duration;
+    /// handle
+    ///     .shutdown_with(sc_worker::RESTART, "Server is restarting", Duration::from_secs(5))
+    ///     .await;
+    /// # }
+    /// ```
+    ///
+    /// Use a code clients accept: 1000, 1001, or 4000 to 4999 (from 4500 on, socketcluster-client
+    /// does not reconnect). A second call does not change the code of sockets already closing.
+    pub async fn shutdown_with(&self, code: u16, reason: &str, timeout: Duration) {
+        *self.0.shutdown_close.lock() = (code, Arc::from(reason));
         self.0.shutting_down.store(true, Ordering::Release);
         self.0.shutdown_tx.send_replace(true);
         let sockets: Vec<ScSocket> = self.0.sockets.read().values().cloned().collect();
         for s in &sockets {
-            s.close_with(SHUTDOWN, "Server is shutting down", true);
+            s.close_with(code, reason, true);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let all_gone = async {
@@ -193,6 +223,15 @@ impl ScHandle {
         if tokio::time::timeout_at(deadline, all_gone).await.is_err() {
             tracing::warn!("shutdown timed out with sockets still open");
         }
+    }
+
+    /// The server's counters now: sockets, messages in and out, publishes and deliveries,
+    /// store operations and queue drops (see [`Metrics`]). Cheap (a few relaxed loads and a
+    /// read lock of the socket table); call it as often as a status page or a supervisor
+    /// needs.
+    pub fn metrics(&self) -> Metrics {
+        let open = self.clients_count() as u64;
+        self.0.counters.snapshot(open)
     }
 }
 

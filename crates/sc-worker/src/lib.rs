@@ -13,6 +13,7 @@ mod exchange;
 mod handle;
 mod handler;
 mod limits;
+mod metrics;
 pub mod middleware;
 mod published;
 mod request;
@@ -44,6 +45,8 @@ pub use handle::{ScHandle, Subscription};
 #[doc(inline)]
 pub use handler::{Request, SyncRequest};
 #[doc(inline)]
+pub use metrics::Metrics;
+#[doc(inline)]
 pub use middleware::{
     Blocked, HandshakeAction, HandshakeWsAction, InboundAction, InboundKind, OutboundAction,
     RawAction,
@@ -59,7 +62,7 @@ pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]
 pub use session::{Session, SessionFuture, SessionLayer, SessionService};
 #[doc(inline)]
-pub use socket::{RATE_LIMITED, SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
+pub use socket::{RATE_LIMITED, RESTART, SHUTDOWN, SLOW_CONSUMER, ScEvent, ScSocket};
 
 /// Re-exported: JWT algorithms for [`AuthKey::Pem`].
 pub use jsonwebtoken::Algorithm;

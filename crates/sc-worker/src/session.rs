@@ -106,51 +106,41 @@ impl Session {
     pub async fn set(&self, key: &str, value: impl IntoData) -> Result<(), ScError> {
         let value = value.into_data()?;
         let bytes = value.map_or_else(|| Bytes::from_static(b"null"), |d| d.into_bytes());
-        let store = self.server.sessions.store();
+        let sessions = &self.server.sessions;
+        let store = sessions.store();
         let k = data_key(&self.id);
-        store
-            .map_set(&k, key, bytes)
-            .await
-            .map_err(|e| store_error(&e))?;
-        store
-            .expire(&k, self.server.sessions.ttl())
-            .await
-            .map_err(|e| store_error(&e))?;
+        let r = store.map_set(&k, key, bytes).await;
+        sessions.count(&r);
+        r.map_err(|e| store_error(&e))?;
+        let r = store.expire(&k, sessions.ttl()).await;
+        sessions.count(&r);
+        r.map_err(|e| store_error(&e))?;
         Ok(())
     }
 
     /// The value of `key` of the session's data.
     pub async fn get(&self, key: &str) -> Result<Option<Data>, ScError> {
-        let v = self
-            .server
-            .sessions
-            .store()
-            .map_get(&data_key(&self.id), key)
-            .await
-            .map_err(|e| store_error(&e))?;
-        v.map(json).transpose()
+        let sessions = &self.server.sessions;
+        let r = sessions.store().map_get(&data_key(&self.id), key).await;
+        sessions.count(&r);
+        r.map_err(|e| store_error(&e))?.map(json).transpose()
     }
 
     /// Removes `key` of the session's data; whether it was there.
     pub async fn remove(&self, key: &str) -> Result<bool, ScError> {
-        self.server
-            .sessions
-            .store()
-            .map_remove(&data_key(&self.id), key)
-            .await
-            .map_err(|e| store_error(&e))
+        let sessions = &self.server.sessions;
+        let r = sessions.store().map_remove(&data_key(&self.id), key).await;
+        sessions.count(&r);
+        r.map_err(|e| store_error(&e))
     }
 
     /// Every key of the session's data with its value.
     pub async fn get_all(&self) -> Result<Vec<(String, Data)>, ScError> {
-        let all = self
-            .server
-            .sessions
-            .store()
-            .map_get_all(&data_key(&self.id))
-            .await
-            .map_err(|e| store_error(&e))?;
-        all.into_iter()
+        let sessions = &self.server.sessions;
+        let r = sessions.store().map_get_all(&data_key(&self.id)).await;
+        sessions.count(&r);
+        r.map_err(|e| store_error(&e))?
+            .into_iter()
             .map(|(k, v)| json(v).map(|d| (k, d)))
             .collect()
     }

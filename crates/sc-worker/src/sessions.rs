@@ -13,6 +13,7 @@ use ring::hmac;
 use sc_store::Store;
 
 use crate::auth::AuthKey;
+use crate::metrics::Counters;
 use crate::published::SESSION_CHANNEL_PREFIX;
 
 /// The store key of a session's data: `sc:session:{<id>}` (the braces keep a session's keys in
@@ -99,12 +100,21 @@ struct Shared {
     store: OnceLock<Arc<dyn Store>>,
     /// Whether the renewal task runs.
     renewing: OnceLock<()>,
+    /// The server's counters of store operations; `None` without a store of the app's (the
+    /// in-process one is not counted).
+    counters: Option<Arc<Counters>>,
 }
 
 impl Shared {
     fn store(&self) -> &Arc<dyn Store> {
         self.store
             .get_or_init(|| Arc::new(sc_store::MemoryStore::new()) as Arc<dyn Store>)
+    }
+
+    fn count<T, E>(&self, r: &Result<T, E>) {
+        if let Some(c) = &self.counters {
+            c.store_result(r);
+        }
     }
 }
 
@@ -114,8 +124,10 @@ impl Sessions {
         app_name: &str,
         ttl: Duration,
         store: Option<Arc<dyn Store>>,
+        counters: Arc<Counters>,
     ) -> Self {
         let store_cell = OnceLock::new();
+        let counters = store.is_some().then_some(counters);
         if let Some(s) = store {
             let _ = store_cell.set(s);
         }
@@ -127,6 +139,7 @@ impl Sessions {
                 local: Mutex::default(),
                 store: store_cell,
                 renewing: OnceLock::new(),
+                counters,
             }),
         }
     }
@@ -139,6 +152,11 @@ impl Sessions {
     /// Where sessions' data lives.
     pub(crate) fn store(&self) -> &Arc<dyn Store> {
         self.shared.store()
+    }
+
+    /// Counts one operation on the sessions' store (when it is the app's).
+    pub(crate) fn count<T, E>(&self, r: &Result<T, E>) {
+        self.shared.count(r);
     }
 
     /// Counts one more socket of `id` here; the first one starts the TTL renewal.
@@ -154,8 +172,11 @@ impl Sessions {
             let store = self.store().clone();
             let key = data_key(id);
             let ttl = self.shared.ttl;
+            let shared = self.shared.clone();
             tokio::spawn(async move {
-                if let Err(e) = store.expire(&key, ttl).await {
+                let r = store.expire(&key, ttl).await;
+                shared.count(&r);
+                if let Err(e) = r {
                     tracing::debug!(%key, error = %e, "session TTL renewal failed");
                 }
             });
@@ -198,6 +219,7 @@ async fn renew(shared: Weak<Shared>, every: Duration) {
         };
         let store = shared.store().clone();
         let ttl = shared.ttl;
+        let counters = shared.counters.clone();
         let ids: Vec<Arc<str>> = shared.local.lock().keys().cloned().collect();
         drop(shared);
         for batch in ids.chunks(RENEW_BATCH) {
@@ -207,6 +229,9 @@ async fn renew(shared: Weak<Shared>, every: Duration) {
                 async move { store.expire(&key, ttl).await }
             });
             for r in futures_util::future::join_all(renewals).await {
+                if let Some(c) = &counters {
+                    c.store_result(&r);
+                }
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "session TTL renewal failed");
                 }
@@ -251,7 +276,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_is_counted_per_socket_here() {
-        let s = Sessions::new(&AuthKey::random(), "app", Duration::from_secs(60), None);
+        let s = Sessions::new(
+            &AuthKey::random(),
+            "app",
+            Duration::from_secs(60),
+            None,
+            Arc::default(),
+        );
         assert_eq!(s.cookie_name, "n/app/ssid");
         let id: Arc<str> = Arc::from("abc");
         s.join(&id);

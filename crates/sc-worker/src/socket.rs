@@ -30,7 +30,22 @@ pub const SLOW_CONSUMER: u16 = 4100;
 pub const RATE_LIMITED: u16 = 4429;
 /// The close code sent to every socket on graceful shutdown (1001, going away): clients reconnect
 /// (elsewhere, or here once the server is back) and raise no error for it.
+///
+/// socketcluster-client v20 waits its reconnect backoff (10 to 20 s by default) before it
+/// reconnects after 1001; a server that is being restarted closes with [`RESTART`] instead.
 pub const SHUTDOWN: u16 = 1001;
+/// The close code for a server that is being restarted (or replaced), for
+/// [`ScHandle::shutdown_with`](crate::ScHandle::shutdown_with): 4000, which socketcluster-client
+/// v20 answers by reconnecting at once (it does so on 4000, 4001 and 1005; on other codes below
+/// 4500, such as [`SHUTDOWN`], only after its reconnect backoff of 10 to 20 s), so its clients
+/// move to the restarted server, or another one behind the balancer, without a pause. The
+/// balancer closes a client whose worker vanished with the same code.
+///
+/// The client names 4000 "Server ping timed out" and emits an `error` event for it (as for any
+/// code but 1000 and 1001); apps that log client errors see one per socket on a restart.
+pub const RESTART: u16 = 4000;
+/// The close reason of [`ScHandle::shutdown`](crate::ScHandle::shutdown).
+pub(crate) const SHUTDOWN_REASON: &str = "Server is shutting down";
 
 /// What a socket needs of its server. The server's shared state implements it; a socket holds
 /// it as a trait object, so the socket does not depend on the server's state (which holds the
@@ -44,6 +59,8 @@ pub(crate) trait Host: std::any::Any + Send + Sync {
     fn unsubscribe(&self, channel: &str, key: u64);
     /// Calls the app's `on_event` hook.
     fn on_event(&self, socket: &ScSocket, event: &ScEvent);
+    /// Counts a message dropped (or the socket closed) because its outbound queue was full.
+    fn queue_drop(&self);
 }
 
 /// Wakes the socket's task to look at its state (a close was requested, say). One waiter, so
@@ -261,6 +278,7 @@ impl ScSocket {
         let before = self.0.queued.fetch_add(len, Ordering::AcqRel);
         if before > 0 && before + len > self.0.queue_limit {
             self.0.queued.fetch_sub(len, Ordering::AcqRel);
+            self.0.host.queue_drop();
             tracing::debug!(sid = %self.id(), queued = before, "outbound queue over its bytes: closing slow consumer");
             self.close_with(SLOW_CONSUMER, "Slow consumer", false);
             return false;
@@ -270,6 +288,7 @@ impl ScSocket {
             Err(e) => {
                 self.0.queued.fetch_sub(len, Ordering::AcqRel);
                 if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                    self.0.host.queue_drop();
                     tracing::debug!(sid = %self.id(), "outbound queue full: closing slow consumer");
                     self.close_with(SLOW_CONSUMER, "Slow consumer", false);
                 }

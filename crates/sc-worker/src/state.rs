@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use serde_json::Value;
 use tokio::sync::watch;
 
@@ -19,6 +19,7 @@ use crate::config::Config;
 use crate::exchange::Broker;
 use crate::handler::{ConnectFn, DisconnectFn, EventFn, Procedure, ReceiverFn};
 use crate::limits::{AddrSlot, AddressLimits, Refusal};
+use crate::metrics::Counters;
 use crate::middleware::Middlewares;
 use crate::socket::{Host, ScEvent, ScSocket};
 
@@ -53,8 +54,14 @@ pub(crate) struct ServerInner {
     pub(crate) addresses: Arc<AddressLimits>,
     pub(crate) next_key: AtomicU64,
     pub(crate) shutting_down: AtomicBool,
+    /// The close code and reason of the shutdown under way ([`ScHandle::shutdown_with`](crate::ScHandle::shutdown_with)):
+    /// a socket that opens meanwhile is closed with them too.
+    pub(crate) shutdown_close: Mutex<(u16, Arc<str>)>,
     pub(crate) shutdown_tx: watch::Sender<bool>,
     pub(crate) gone: tokio::sync::Notify,
+    /// What [`ScHandle::metrics`](crate::ScHandle::metrics) reads; shared with the store
+    /// broker and the sessions, which count store operations.
+    pub(crate) counters: Arc<Counters>,
 }
 
 impl std::fmt::Debug for ServerInner {
@@ -113,5 +120,9 @@ impl Host for ServerInner {
         if let Some(hook) = &self.on_event {
             hook(socket, event);
         }
+    }
+
+    fn queue_drop(&self) {
+        self.counters.queue_drop();
     }
 }

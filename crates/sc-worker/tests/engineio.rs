@@ -345,3 +345,87 @@ async fn a_polling_client_that_stops_fetching_is_a_slow_consumer() {
         .unwrap();
     assert_eq!(code, sc_worker::SLOW_CONSUMER);
 }
+
+/// One request on a kept-alive connection (which `serve` keeps serving after a shutdown began,
+/// when it accepts no new ones); returns the status and the body.
+async fn request_on(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    body: &str,
+) -> (u16, String) {
+    let req = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+                let rest = &raw[end + 4..];
+                if head.contains("transfer-encoding: chunked") {
+                    if rest.ends_with(b"0\r\n\r\n") {
+                        let body = dechunk(std::str::from_utf8(rest).unwrap());
+                        return (head, body);
+                    }
+                } else {
+                    let len: usize = head
+                        .lines()
+                        .find_map(|l| l.strip_prefix("content-length:"))
+                        .map_or(0, |v| v.trim().parse().unwrap());
+                    if rest.len() >= len {
+                        return (head, String::from_utf8(rest[..len].to_vec()).unwrap());
+                    }
+                }
+            }
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed before the response");
+            raw.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .map(|(head, body)| (head.split(' ').nth(1).unwrap().parse().unwrap(), body))
+    .expect("response in time")
+}
+
+/// `shutdown_with` closes an engine.io polling session with the chosen code, in band.
+#[tokio::test]
+async fn shutdown_with_closes_a_polling_session_with_the_chosen_code() {
+    let s = start(app()).await;
+    let (sid, _) = open(s.addr, "").await;
+    post(s.addr, &sid, &[handshake()]).await;
+    messages(s.addr, &sid, 2).await;
+    // A connection the server has accepted (it answered a message posted on it).
+    let mut http = TcpStream::connect(s.addr).await.unwrap();
+    let target = format!("{POLL}&sid={sid}");
+    let nothing = msg(&json!({"event": "nothing"}));
+    assert_eq!(
+        request_on(&mut http, s.addr, "POST", &target, &nothing)
+            .await
+            .0,
+        200
+    );
+    tokio::time::timeout(
+        WAIT,
+        s.handle
+            .shutdown_with(sc_worker::RESTART, "Server is restarting", WAIT),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.handle.clients_count(), 0);
+    let (status, body) = request_on(&mut http, s.addr, "GET", &target, "").await;
+    assert_eq!(status, 200, "{body}");
+    let close = body
+        .split('\u{1e}')
+        .find_map(|p| p.strip_prefix('4')?.strip_prefix(sc_worker::CLOSE_PREFIX))
+        .unwrap_or_else(|| panic!("no in-band close in {body:?}"));
+    let close: Value = serde_json::from_str(close).unwrap();
+    assert_eq!(
+        close,
+        json!({"code": sc_worker::RESTART, "reason": "Server is restarting"})
+    );
+}

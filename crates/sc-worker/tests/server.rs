@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use common::{Client, WAIT, start, upgrade_status, upgrade_stream};
+use common::{Client, WAIT, kept_alive, read_status, start, upgrade_status, upgrade_stream};
 use sc_worker::{Data, ScError, ScServer, ScServerBuilder};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -531,6 +531,70 @@ async fn graceful_shutdown_finishes_inflight_invokes_then_closes_1001() {
     assert_eq!(c.closed().await, 1001);
     tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
     assert_eq!(server.handle.clients_count(), 0);
+}
+
+/// A restart's drain: the chosen code (`RESTART`, on which socketcluster-client reconnects at
+/// once) and reason reach a real WebSocket client, after the answer to an invoke whose handler
+/// was still running, and new upgrades get 503 meanwhile.
+#[tokio::test]
+async fn shutdown_with_closes_with_the_chosen_code_after_inflight_invokes() {
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
+    let release = Arc::new(Notify::new());
+    let rel = release.clone();
+    let server = start(app().procedure("slow", move |req| {
+        let started = started_tx.clone();
+        let rel = rel.clone();
+        async move {
+            let _ = started.send(());
+            rel.notified().await;
+            Ok(req.data)
+        }
+    }))
+    .await;
+    let (mut c, _) = Client::connect(&server).await;
+    // A second socket with nothing in flight closes with the same code.
+    let (mut idle, _) = Client::connect(&server).await;
+    let mut http = kept_alive(server.addr).await;
+    c.send(r#"{"event":"slow","data":"done","cid":2}"#).await;
+    tokio::time::timeout(WAIT, started_rx.recv()).await.unwrap();
+    let handle = server.handle.clone();
+    let shutdown = tokio::spawn(async move {
+        handle
+            .shutdown_with(sc_worker::RESTART, "Server is restarting", WAIT)
+            .await;
+    });
+    tokio::time::timeout(WAIT, server.handle.shutdown_signal())
+        .await
+        .unwrap();
+    assert_eq!(
+        read_status(&mut http, server.addr, "/socketcluster/", "").await,
+        503
+    );
+    assert_eq!(idle.closed().await, 4000);
+    // The slow invoke is still running: its socket waits for it.
+    assert!(!shutdown.is_finished());
+    release.notify_one();
+    assert_eq!(
+        c.next_matching(|v| v["rid"] == 2).await,
+        json!({"rid":2,"data":"done"})
+    );
+    let close = loop {
+        let m = tokio::time::timeout(WAIT, futures_util::StreamExt::next(&mut c.ws))
+            .await
+            .expect("timed out waiting for the close")
+            .expect("the server closed without a close frame")
+            .unwrap();
+        if let Some((code, reason)) = m.as_close() {
+            break (u16::from(code), reason.to_owned());
+        }
+    };
+    assert_eq!(
+        close,
+        (sc_worker::RESTART, "Server is restarting".to_owned())
+    );
+    tokio::time::timeout(WAIT, shutdown).await.unwrap().unwrap();
+    assert_eq!(server.handle.clients_count(), 0);
+    assert_eq!(server.handle.metrics().sockets_open, 0);
 }
 
 #[tokio::test]

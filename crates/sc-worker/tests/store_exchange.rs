@@ -274,3 +274,72 @@ async fn store_restart_is_reported_as_a_gap_and_delivery_resumes() {
     }
     drop(store);
 }
+
+/// A store restart: every local socket subscribed to the channel gets `#gap` with the channel's
+/// name, before the publishes made after the store came back, and the app's `on_store_gap`
+/// still runs; a socket not subscribed to it gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_is_sent_to_the_channels_subscribers() {
+    let store = spawn("127.0.0.1:0".parse().unwrap(), ServerConfig::default()).unwrap();
+    let addr = store.local_addr();
+    let mut config = RespConfig::new([addr.to_string()]);
+    config.reconnect_max_delay = Duration::from_millis(200);
+    let store_a = RespStore::connect(config.clone()).await.unwrap();
+    let store_b = RespStore::connect(config).await.unwrap();
+    let (gap_tx, mut gap_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let a = start(
+        ScServer::builder()
+            .store(Arc::new(store_a))
+            .procedure_sync("echo", |req| Ok(req.data))
+            .on_store_gap(move |channel| {
+                let _ = gap_tx.send(channel.to_owned());
+            }),
+    )
+    .await;
+    let b = start(ScServer::builder().store(Arc::new(store_b))).await;
+    let (mut subscribed, _) = Client::connect(&a).await;
+    let (mut subscribed2, _) = Client::connect(&a).await;
+    let (mut other, _) = Client::connect(&a).await;
+    subscribe(&mut subscribed, &a, "news", 2).await;
+    subscribe(&mut subscribed2, &a, "news", 2).await;
+    b.handle.publish("news", "before").unwrap();
+    for c in [&mut subscribed, &mut subscribed2] {
+        assert_eq!(next_publish(c).await["data"], json!("before"));
+    }
+
+    store.shutdown().unwrap();
+    let store = spawn(addr, ServerConfig::default()).unwrap();
+    let gap = json!({"event": "#gap", "data": {"channel": "news"}});
+    for c in [&mut subscribed, &mut subscribed2] {
+        assert_eq!(c.next().await, gap);
+    }
+    let channel = tokio::time::timeout(WAIT, gap_rx.recv())
+        .await
+        .expect("on_store_gap was not called")
+        .unwrap();
+    assert_eq!(channel, "news");
+
+    // Publishes made after the gap come after it (B may fail one while it reconnects).
+    let mut delivered = false;
+    for i in 0..100 {
+        b.handle.publish("news", i).unwrap();
+        if tokio::time::timeout(Duration::from_millis(100), subscribed.next())
+            .await
+            .is_ok_and(|v| v["event"] == "#publish")
+        {
+            delivered = true;
+            break;
+        }
+    }
+    assert!(delivered, "no delivery after the store restarted");
+
+    // The socket subscribed to nothing (but its session's channel, the server's own) got no
+    // `#gap`: its next frame is an echo's reply.
+    other
+        .send_json(json!({"event": "echo", "data": "x", "cid": 9}))
+        .await;
+    assert_eq!(other.next().await, json!({"rid": 9, "data": "x"}));
+    let m = a.handle.metrics();
+    assert!(m.store_ops >= 4, "{m:?}");
+    drop(store);
+}

@@ -260,6 +260,7 @@ fn run(
     a: &Args<'_>,
     out: &mut BytesMut,
 ) -> Flow {
+    st.counts.commands += 1;
     let db = &mut st.db;
     match cmd {
         Cmd::Get => match db.get(a.get(1)) {
@@ -272,13 +273,16 @@ fn run(
             let (ch, msg) = (a.get(1), a.get(2));
             let n = match st.channels.get(ch) {
                 Some(subs) => {
+                    let mut pushed = 0;
                     for s in subs {
-                        s.push_message(ch, msg, cfg.max_output_buffer);
+                        pushed += u64::from(s.push_message(ch, msg, cfg.max_output_buffer));
                     }
+                    st.counts.deliveries += pushed;
                     subs.len()
                 }
                 None => 0,
             };
+            st.counts.publishes += 1;
             int(out, count(n));
         }
         Cmd::Ping => {

@@ -42,23 +42,25 @@ pub(crate) struct ConnShared {
 
 impl ConnShared {
     /// Appends a pub/sub `message` push, or marks the connection for closing when its pending
-    /// output is over `limit`.
-    pub(crate) fn push_message(&self, channel: &[u8], msg: &[u8], limit: usize) {
+    /// output is over `limit`. Returns whether the message was appended.
+    pub(crate) fn push_message(&self, channel: &[u8], msg: &[u8], limit: usize) -> bool {
         if self.closing.get() {
-            return;
+            return false;
         }
         let Ok(mut out) = self.out.try_borrow_mut() else {
-            return;
+            return false;
         };
-        if out.len() + self.in_flight.get() > limit {
-            self.closing.set(true);
-        } else {
+        let pushed = out.len() + self.in_flight.get() <= limit;
+        if pushed {
             resp::array(&mut out, 3);
             resp::bulk(&mut out, b"message");
             resp::bulk(&mut out, channel);
             resp::bulk(&mut out, msg);
+        } else {
+            self.closing.set(true);
         }
         self.notify.notify_one();
+        pushed
     }
 }
 
@@ -99,6 +101,7 @@ pub(crate) async fn serve(
         st.next_id += 1;
         st.next_id
     };
+    config.stats.connection_opened();
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, id, "store client connected");
     let shared = Rc::new(ConnShared {
@@ -135,6 +138,8 @@ pub(crate) async fn serve(
         }
     };
     tracing::debug!(%peer, id, result = ?r, "store client disconnected");
+    // Before `stream` drops: a client that reads its connection to the end sees the count.
+    config.stats.connection_closed();
     if let Ok(mut st) = state.try_borrow_mut() {
         st.clients = st.clients.saturating_sub(1);
         for ch in ctx.subs.drain() {
@@ -266,6 +271,9 @@ async fn run(
                 }
             }
             rbuf.advance(consumed);
+            // Before the replies are written: a client that got its reply sees its command
+            // counted.
+            st.publish_stats();
         }
         flush(stream, &shared, &mut wbuf, config.write_stall_timeout).await?;
         if close || shared.closing.get() {

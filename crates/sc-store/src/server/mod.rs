@@ -22,6 +22,7 @@
 mod cmd;
 mod conn;
 pub(crate) mod resp;
+mod stats;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,12 +30,16 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::db::{Db, Hasher};
+
+#[doc(inline)]
+pub use stats::{Stats, StatsSnapshot};
 
 /// Settings of the store server. Every limit applies per connection unless said otherwise.
 #[derive(Debug, Clone)]
@@ -84,6 +89,11 @@ pub struct ServerConfig {
     /// after it was accepted gets `-ERR unauthenticated connection closed: ...` and is closed,
     /// whatever it sent meanwhile. Defaults to 10 seconds.
     pub auth_timeout: Duration,
+    /// The server's counters: keep a clone of this `Arc` before handing the config to
+    /// [`run`] to read them from another thread ([`Stats::snapshot`]). Defaults to fresh
+    /// counters; a config cloned for a second server shares them (counts add up, and `keys` is
+    /// the last one written).
+    pub stats: Arc<Stats>,
 }
 
 impl Default for ServerConfig {
@@ -102,6 +112,7 @@ impl Default for ServerConfig {
             unauth_max_bulk_len: 16 << 10,
             unauth_max_query_buffer: 64 << 10,
             auth_timeout: Duration::from_secs(10),
+            stats: Arc::default(),
         }
     }
 }
@@ -115,6 +126,17 @@ pub(crate) struct State {
     pub(crate) next_id: u64,
     /// Bytes read from all connections since the start (`INFO`'s `total_net_input_bytes`).
     pub(crate) net_input_bytes: u64,
+    /// Counts not yet added to `stats` (see [`State::publish_stats`]).
+    pub(crate) counts: stats::Counts,
+    pub(crate) stats: Arc<Stats>,
+}
+
+impl State {
+    /// Adds the counts gathered since the last call to the shared [`Stats`] and sets the number
+    /// of keys: once per batch of commands, so that a command costs no atomic operation.
+    pub(crate) fn publish_stats(&mut self) {
+        self.stats.add(&mut self.counts, self.db.len());
+    }
 }
 
 /// Serves `listener` on the calling thread until the process ends. See [`run_until`].
@@ -153,6 +175,8 @@ async fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> io::R
         clients: 0,
         next_id: 1,
         net_input_bytes: 0,
+        counts: stats::Counts::default(),
+        stats: config.stats.clone(),
     }));
     tokio::task::spawn_local(sweep(Rc::downgrade(&state), config.sweep_interval));
     tracing::info!(addr = ?listener.local_addr().ok(), "store server listening");
@@ -178,7 +202,13 @@ async fn sweep(state: std::rc::Weak<RefCell<State>>, every: Duration) {
         let Some(state) = state.upgrade() else { return };
         loop {
             let done = match state.try_borrow_mut() {
-                Ok(mut st) => st.db.sweep(1000) < 1000,
+                Ok(mut st) => {
+                    let removed = st.db.sweep(1000);
+                    if removed > 0 {
+                        st.publish_stats();
+                    }
+                    removed < 1000
+                }
                 Err(_) => true,
             };
             if done {
@@ -194,6 +224,7 @@ async fn sweep(state: std::rc::Weak<RefCell<State>>, every: Duration) {
 #[derive(Debug)]
 pub struct ServerHandle {
     addr: SocketAddr,
+    stats: Arc<Stats>,
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<io::Result<()>>>,
 }
@@ -202,6 +233,11 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The server's counters (those of its [`ServerConfig::stats`]).
+    pub fn stats(&self) -> &Arc<Stats> {
+        &self.stats
     }
 
     /// Stops the server, closes its connections and waits for its thread.
@@ -232,6 +268,7 @@ impl Drop for ServerHandle {
 pub fn spawn(addr: SocketAddr, config: ServerConfig) -> io::Result<ServerHandle> {
     let listener = std::net::TcpListener::bind(addr)?;
     let addr = listener.local_addr()?;
+    let stats = config.stats.clone();
     let (tx, rx) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name(format!("sc-store {addr}"))
@@ -242,6 +279,7 @@ pub fn spawn(addr: SocketAddr, config: ServerConfig) -> io::Result<ServerHandle>
         })?;
     Ok(ServerHandle {
         addr,
+        stats,
         shutdown: Some(tx),
         thread: Some(thread),
     })

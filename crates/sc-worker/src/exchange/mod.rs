@@ -11,7 +11,9 @@
 //! With a store ([`StoreBroker`]), channels are shared by every process using that store: the
 //! first local subscriber of a channel subscribes it on the store and the last one leaving
 //! unsubscribes; a publish goes only to the store, and what arrives from the store is delivered
-//! to the local subscribers by the same fan-out as [`LocalBroker`]'s.
+//! to the local subscribers by the same fan-out as [`LocalBroker`]'s. When messages of a
+//! channel may have been lost on the way from the store (a [`sc_store::StoreEvent::Gap`]), each
+//! local socket subscribed to it gets the event `#gap` with `{"channel":C}`.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -128,6 +130,22 @@ impl std::fmt::Debug for LocalBroker {
         f.debug_struct("LocalBroker")
             .field("channels", &self.channels.read().len())
             .finish()
+    }
+}
+
+impl LocalBroker {
+    /// Calls `f` with each local subscriber of `channel`, under the channel's lock (so in the
+    /// order of the channel's publishes: what `f` queues comes after every publish queued before).
+    pub(crate) fn for_each(&self, channel: &str, mut f: impl FnMut(&Subscriber)) {
+        let subs = {
+            let read = self.channels.read();
+            read.get(channel).cloned()
+        };
+        if let Some(subs) = subs {
+            for sub in subs.lock().iter() {
+                f(sub);
+            }
+        }
     }
 }
 

@@ -13,12 +13,18 @@ use sc_store::{Store, StoreEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Broker, LocalBroker, Subscriber};
+use super::{Broker, LocalBroker, Sub, Subscriber};
 use crate::data::Data;
-use crate::published::{Published, publish_frame};
+use crate::metrics::Counters;
+use crate::published::{Published, SESSION_CHANNEL_PREFIX, publish_frame};
+use crate::socket::Out;
 
 /// Called with the channel when messages of it may have been lost on the way from the store.
 pub(crate) type GapFn = dyn Fn(&str) + Send + Sync;
+
+/// The event every local socket subscribed to a channel gets when messages of it may have been
+/// lost: `{"event":"#gap","data":{"channel":C}}`.
+pub(crate) const GAP_EVENT: &str = "#gap";
 
 /// Publisher tasks: a channel's publishes all go through the lane its name hashes to, in order;
 /// different lanes wait for the store concurrently.
@@ -53,6 +59,7 @@ pub(crate) struct StoreBroker {
     lanes: Vec<mpsc::Sender<(Arc<str>, Bytes)>>,
     lane_hasher: foldhash::fast::FixedState,
     on_gap: Option<Arc<GapFn>>,
+    counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
 }
 
@@ -61,12 +68,13 @@ impl StoreBroker {
     pub(crate) fn new(
         store: Arc<dyn Store>,
         on_gap: Option<Arc<GapFn>>,
+        counters: Arc<Counters>,
     ) -> Result<Self, tokio::runtime::TryCurrentError> {
         let runtime = tokio::runtime::Handle::try_current()?;
         let lanes = (0..LANES)
             .map(|_| {
                 let (tx, rx) = mpsc::channel(OUTBOX);
-                runtime.spawn(publisher(store.clone(), rx));
+                runtime.spawn(publisher(store.clone(), rx, counters.clone()));
                 tx
             })
             .collect();
@@ -77,6 +85,7 @@ impl StoreBroker {
             lanes,
             lane_hasher: foldhash::fast::FixedState::default(),
             on_gap,
+            counters,
             runtime,
         })
     }
@@ -99,10 +108,13 @@ impl Broker for StoreBroker {
             let (ready_tx, ready) = watch::channel(false);
             let task = self.runtime.spawn(follow(
                 channel.clone(),
-                self.store.clone(),
-                self.local.clone(),
+                Follow {
+                    store: self.store.clone(),
+                    local: self.local.clone(),
+                    on_gap: self.on_gap.clone(),
+                    counters: self.counters.clone(),
+                },
                 ready_tx,
-                self.on_gap.clone(),
             ));
             links.insert(channel, Link { task, ready });
         }
@@ -117,6 +129,7 @@ impl Broker for StoreBroker {
         {
             // Dropping the task's store subscription unsubscribes the channel on the store.
             link.task.abort();
+            self.counters.store(1, 0);
         }
     }
 
@@ -126,12 +139,15 @@ impl Broker for StoreBroker {
         let Some(outbox) = self.lanes.get(lane) else {
             return;
         };
+        // Counted by the publisher when it sends the publish; a dropped one here.
         match outbox.try_send((msg.channel.clone(), payload)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
+                self.counters.store(1, 1);
                 tracing::warn!(channel = %msg.channel, "store publish queue full: message dropped");
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.counters.store(1, 1);
                 tracing::warn!(channel = %msg.channel, "store publisher stopped: message dropped");
             }
         }
@@ -205,10 +221,19 @@ impl Published {
 /// Sends one lane's queued publishes to the store: what is queued goes as one batch
 /// ([`Store::publish_many`]: one round trip per node, in order), and the next batch once the
 /// store has acknowledged it, so the store sees a lane's publishes in publication order.
-async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Arc<str>, Bytes)>) {
+async fn publisher(
+    store: Arc<dyn Store>,
+    mut rx: mpsc::Receiver<(Arc<str>, Bytes)>,
+    counters: Arc<Counters>,
+) {
     let mut batch = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        // Counted when sent (a subscriber may see the message before the store answers), and
+        // as failed once the store said so.
+        let n = batch.len() as u64;
+        counters.store(n, 0);
         if let Err(e) = store.publish_many(&batch).await {
+            counters.store(0, n);
             let first = batch.first().map(|(c, _)| c.clone());
             tracing::warn!(messages = batch.len(), first_channel = ?first, error = %e, "publish to the store failed: messages of this batch may be lost");
         }
@@ -216,35 +241,58 @@ async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(Arc<str>, Byte
     }
 }
 
-fn gap(channel: &str, on_gap: Option<&GapFn>, why: &str) {
-    tracing::warn!(
-        channel,
-        "{why}: messages of this channel may have been lost"
-    );
-    // A session's channel is the server's own, not the app's: logged, not reported.
-    if let Some(f) = on_gap
-        && !channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX)
-    {
-        f(channel);
+/// What the task following a channel's store subscription uses.
+struct Follow {
+    store: Arc<dyn Store>,
+    local: Arc<LocalBroker>,
+    on_gap: Option<Arc<GapFn>>,
+    counters: Arc<Counters>,
+}
+
+impl Follow {
+    /// Messages of `channel` may have been lost: logged, told to the channel's local sockets
+    /// (`#gap`, after what they were sent before) and to the app's `on_store_gap`.
+    fn gap(&self, channel: &str, why: &str) {
+        tracing::warn!(
+            channel,
+            "{why}: messages of this channel may have been lost"
+        );
+        // A session's channel is the server's own, not the app's: logged, not reported.
+        if channel.starts_with(SESSION_CHANNEL_PREFIX) {
+            return;
+        }
+        let frame = gap_frame(channel);
+        self.local.for_each(channel, |sub| {
+            if let Sub::Socket(socket) = &sub.0 {
+                socket.deliver(Out::Frame(frame.clone()));
+            }
+        });
+        if let Some(f) = &self.on_gap {
+            f(channel);
+        }
     }
+}
+
+/// `{"event":"#gap","data":{"channel":C}}`, encoded once for every subscriber.
+fn gap_frame(channel: &str) -> Bytes {
+    let data = serde_json::json!({ "channel": channel }).to_string();
+    let mut frame = Vec::with_capacity(32 + data.len());
+    sc_protocol::encode::put_transmit(&mut frame, GAP_EVENT, Some(data.as_bytes()));
+    Bytes::from(frame)
 }
 
 /// Follows the store subscription of `channel` and delivers what arrives to the local
 /// subscribers, until aborted (the last local subscriber left). Failures and interruptions are
 /// retried with backoff and reported as gaps.
-async fn follow(
-    channel: Arc<str>,
-    store: Arc<dyn Store>,
-    local: Arc<LocalBroker>,
-    ready: watch::Sender<bool>,
-    on_gap: Option<Arc<GapFn>>,
-) {
+async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
     let mut delay = RETRY_MIN;
     let mut interrupted = false;
     loop {
-        let mut sub = match store.subscribe(&channel).await {
+        f.counters.store(1, 0);
+        let mut sub = match f.store.subscribe(&channel).await {
             Ok(s) => s,
             Err(e) => {
+                f.counters.store(0, 1);
                 tracing::warn!(channel = %channel, error = %e, "store subscribe failed; retrying");
                 interrupted = true;
                 tokio::time::sleep(delay).await;
@@ -255,20 +303,16 @@ async fn follow(
         delay = RETRY_MIN;
         ready.send_replace(true);
         if interrupted {
-            gap(&channel, on_gap.as_deref(), "store subscription restored");
+            f.gap(&channel, "store subscription restored");
         }
         while let Some(ev) = sub.recv().await {
             match ev {
                 StoreEvent::Message(payload) => {
                     if let Some(p) = Published::from_store(&channel, payload) {
-                        local.publish(Arc::new(p));
+                        f.local.publish(Arc::new(p));
                     }
                 }
-                StoreEvent::Gap => gap(
-                    &channel,
-                    on_gap.as_deref(),
-                    "store subscription interrupted",
-                ),
+                StoreEvent::Gap => f.gap(&channel, "store subscription interrupted"),
                 _ => {}
             }
         }
@@ -277,5 +321,22 @@ async fn follow(
         interrupted = true;
         tokio::time::sleep(delay).await;
         delay = delay.saturating_mul(2).min(RETRY_MAX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn the_gap_frame_names_the_channel_as_json() {
+        let frame = gap_frame("a\"b");
+        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"event": "#gap", "data": {"channel": "a\"b"}})
+        );
     }
 }

@@ -180,7 +180,32 @@ pub async fn upgrade_stream(addr: SocketAddr, path: &str, extra_headers: &str) -
     s
 }
 
-async fn read_status(s: &mut TcpStream, addr: SocketAddr, path: &str, extra_headers: &str) -> u16 {
+/// A connection `serve` accepted and answered (a 404), kept alive: once a shutdown began,
+/// `serve` accepts no new connection, but this one still carries requests.
+pub async fn kept_alive(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let req = format!("GET /other/ HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = Vec::new();
+    while !got.ends_with(b"Not Found\n") {
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed before the response");
+        got.extend_from_slice(&buf[..n]);
+    }
+    s
+}
+
+/// Sends an upgrade request on `s` and returns the response's status code.
+pub async fn read_status(
+    s: &mut TcpStream,
+    addr: SocketAddr,
+    path: &str,
+    extra_headers: &str,
+) -> u16 {
     let req = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra_headers}\r\n"
