@@ -440,7 +440,12 @@ async fn rolling_restart(master: Arc<Master>) {
         master.tell_balancers(&Command::Remove(slot.addr.to_string()));
         slot.restart.store(true, Ordering::Release);
         slot.stop(drain).await;
-        if let Err(e) = slot.ready_after(slot.status(), start_timeout).await {
+        // Its successor may be ready already: count from before the stop, that exit included.
+        let planned = Status {
+            exits: seen.exits + 1,
+            ..seen
+        };
+        if let Err(e) = slot.ready_after(planned, start_timeout).await {
             tracing::error!("rolling restart: {e}; stopping the rolling restart here");
             break;
         }
