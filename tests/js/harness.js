@@ -17,6 +17,7 @@
 const { spawn, execFileSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
+const http = require('node:http');
 const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
@@ -33,6 +34,13 @@ const liveProcesses = new Set();
 /** Every socketcluster-client socket made by createClient, disconnected when a server stops. */
 const liveClients = new Set();
 
+/**
+ * Process groups of `socketcluster run` masters (spawned detached, so the group id is the master's
+ * pid and `kill(-pgid)` reaches every child it started), and a last resort per run: the pids its
+ * `child ready` lines named, killed only while /proc says they still run our binary.
+ */
+const liveGroups = new Map();
+
 function killAllServers() {
   for (const child of liveProcesses) {
     try {
@@ -41,6 +49,50 @@ function killAllServers() {
       // already gone
     }
   }
+  for (const [pgid, run] of liveGroups) {
+    killGroupSync(pgid, run);
+  }
+}
+
+/** SIGKILL to a run's whole process group and to any child it named that still runs our binary. */
+function killGroupSync(pgid, run) {
+  try {
+    process.kill(-pgid, 'SIGKILL');
+  } catch {
+    // the group is gone
+  }
+  for (const pid of run.knownPids) {
+    if (isOurBinary(pid, run.bin)) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone meanwhile
+      }
+    }
+  }
+}
+
+/** Whether `pid` is alive (not a zombie) and runs `bin` (its /proc cmdline starts with it). */
+function isOurBinary(pid, bin) {
+  if (!isAlive(pid)) return false;
+  try {
+    const argv0 = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0];
+    return argv0 === bin || path.resolve(argv0) === path.resolve(bin);
+  } catch {
+    return false;
+  }
+}
+
+/** Whether a process `pid` exists and has not exited (a zombie has exited: state Z or X). */
+function isAlive(pid) {
+  let stat;
+  try {
+    stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  const state = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[0];
+  return state !== 'Z' && state !== 'X';
 }
 process.on('exit', killAllServers);
 // The test runner stops a file that overruns its timeout with a signal: take the servers along.
@@ -576,6 +628,643 @@ async function startCluster(opts) {
   return cluster;
 }
 
+// --- `socketcluster run`: the cluster master and the processes it supervises ---
+
+/** `socketcluster cluster listening on http://HOST:PORT/ (management http://HOST:MPORT/)` */
+const RUN_LISTENING_RE =
+  /^socketcluster cluster listening on http:\/\/([^\s/]+):(\d+)\/ \(management http:\/\/([^\s/]+):(\d+)\/\)$/;
+/** `child ready role=ROLE id=N pid=PID addr=HOST:PORT` */
+const CHILD_READY_RE = /^child ready role=(store|worker|balancer) id=(\d+) pid=(\d+) addr=(\S+)$/;
+/** `child exited role=ROLE id=N pid=PID status=STATUS` */
+const CHILD_EXITED_RE = /^child exited role=(store|worker|balancer) id=(\d+) pid=(\d+) status=(.+)$/;
+/** The master starts every child (a debug build each) before its listening line. */
+const RUN_START_TIMEOUT_MS = 30000;
+
+/** `{ role, id, pid, addr }` of a `child ready` line (or of its match), else null. */
+function parseChildReady(lineOrMatch) {
+  const m = typeof lineOrMatch === 'string' ? CHILD_READY_RE.exec(lineOrMatch) : lineOrMatch;
+  return m ? { role: m[1], id: Number(m[2]), pid: Number(m[3]), addr: m[4] } : null;
+}
+
+/** `{ role, id, pid, status }` of a `child exited` line (or of its match), else null. */
+function parseChildExited(lineOrMatch) {
+  const m = typeof lineOrMatch === 'string' ? CHILD_EXITED_RE.exec(lineOrMatch) : lineOrMatch;
+  return m ? { role: m[1], id: Number(m[2]), pid: Number(m[3]), status: m[4] } : null;
+}
+
+/**
+ * One HTTP/1.1 request with node:http (no connection reuse unless an `agent` is given), optionally from a given local
+ * address; resolves `{ status, headers, body }` (body as text), rejects after `timeoutMs`.
+ */
+function httpRequest(url, { method = 'GET', headers = {}, localAddress, timeoutMs = DEFAULT_TIMEOUT_MS, body, agent = false } = {}) {
+  const requests = [];
+  const done = new Promise((resolve, reject) => {
+    const req = http.request(url, { method, headers, localAddress, agent }, (res) => {
+      let data = '';
+      res.setEncoding('utf8');
+      res.on('data', (chunk) => (data += chunk));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body: data }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end(body);
+    requests.push(req);
+  });
+  return withTimeout(done, timeoutMs, `${method} ${url}`).catch((err) => {
+    for (const req of requests) req.destroy();
+    throw err;
+  });
+}
+
+// Metrics text, parsed strictly in either format a Prometheus server scrapes: the Prometheus text
+// format 0.0.4 (`text/plain; version=0.0.4`) and OpenMetrics 1.0.0
+// (`application/openmetrics-text; version=1.0.0`). A line the format does not allow is an error,
+// so "it parses" is part of what a caller asserts.
+const PROM_METRIC_RE = /^[a-zA-Z_:][a-zA-Z0-9_:]*/;
+const PROM_LABEL_RE = /^[a-zA-Z_][a-zA-Z0-9_]*/;
+const PROM_VALUE_RE = /^(?:[+-]?(?:(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?|Inf)|NaN)$/;
+const PROM_TYPES = new Set(['counter', 'gauge', 'histogram', 'summary', 'untyped']);
+const OM_TYPES = new Set(['counter', 'gauge', 'histogram', 'gaugehistogram', 'stateset', 'info', 'summary', 'unknown']);
+/** The sample names of a family of each type, as suffixes of the family's name. */
+const PROM_SUFFIXES = { histogram: ['_bucket', '_sum', '_count'], summary: ['', '_sum', '_count'] };
+const OM_SUFFIXES = {
+  counter: ['_total', '_created'],
+  gauge: [''],
+  histogram: ['_bucket', '_count', '_sum', '_created'],
+  gaugehistogram: ['_bucket', '_gcount', '_gsum'],
+  stateset: [''],
+  info: ['_info'],
+  summary: ['', '_count', '_sum', '_created'],
+  unknown: [''],
+};
+
+/**
+ * Samples `{ name, labels, value, timestamp }` of a parsed exposition, with `types` and `help` by
+ * family name and `format` (`prometheus` or `openmetrics`).
+ */
+class PromMetrics {
+  constructor(samples, types, help, text, format) {
+    this.samples = samples;
+    this.types = types;
+    this.help = help;
+    this.text = text;
+    this.format = format;
+  }
+
+  /** The TYPE of the family sample `name` belongs to (undefined when none was declared). */
+  typeOf(name) {
+    return promFamilyOf(this.types, name, this.format === 'openmetrics').type;
+  }
+
+  /** Samples named `name` whose labels include every pair of `labels`. */
+  find(name, labels = {}) {
+    return this.samples.filter(
+      (s) => s.name === name && Object.entries(labels).every(([k, v]) => s.labels[k] === String(v))
+    );
+  }
+
+  /** The value of the one sample named `name` with `labels`; throws unless exactly one matches. */
+  value(name, labels = {}) {
+    const found = this.find(name, labels);
+    if (found.length !== 1) {
+      throw new Error(`${found.length} samples of ${name}${JSON.stringify(labels)} (expected 1):\n${this.text}`);
+    }
+    return found[0].value;
+  }
+
+  /** The sum of the samples named `name` whose labels include `labels` (0 when none). */
+  sum(name, labels = {}) {
+    return this.find(name, labels).reduce((a, s) => a + s.value, 0);
+  }
+}
+
+/** The family (declared by a TYPE line) a sample named `name` belongs to: `{ family, type }`. */
+function promFamilyOf(types, name, openMetrics) {
+  const table = openMetrics ? OM_SUFFIXES : PROM_SUFFIXES;
+  if (!openMetrics && types.has(name)) return { family: name, type: types.get(name) };
+  for (const [type, suffixes] of Object.entries(table)) {
+    for (const suffix of suffixes) {
+      if (!name.endsWith(suffix)) continue;
+      const base = name.slice(0, name.length - suffix.length);
+      if (types.get(base) === type) return { family: base, type };
+    }
+  }
+  return { family: name, type: undefined };
+}
+
+/** Reads `"..."` at `pos` of `line`: `{ value, end }` (end after the closing quote), or an error string. */
+function promQuoted(line, pos) {
+  if (line[pos] !== '"') return 'expected " to open a label value';
+  let value = '';
+  for (let i = pos + 1; i < line.length; i++) {
+    const c = line[i];
+    if (c === '"') return { value, end: i + 1 };
+    if (c === '\\') {
+      const e = line[++i];
+      if (e === '\\') value += '\\';
+      else if (e === '"') value += '"';
+      else if (e === 'n') value += '\n';
+      else return `invalid escape \\${e === undefined ? '' : e} in a label value`;
+    } else {
+      value += c;
+    }
+  }
+  return 'unterminated label value';
+}
+
+/**
+ * Parses metrics text. Both formats: `# HELP name text` and `# TYPE name type` at most once per
+ * family, TYPE before the family's samples; samples `name{label="value",...} value [timestamp]`;
+ * no duplicate label, no duplicate series, no negative or NaN counter. Prometheus 0.0.4
+ * (default): other `#` lines are comments, blank lines allowed, the last line ends with a newline.
+ * OpenMetrics (`openMetrics: true`): the text ends with `# EOF` and a newline, no blank lines, no
+ * other comments (`# UNIT` allowed), a family's samples together, a counter's samples named
+ * `<family>_total` (or `_created`). Throws listing the offending lines; returns a PromMetrics.
+ */
+function parsePrometheusText(text, { openMetrics = false } = {}) {
+  const errors = [];
+  const samples = [];
+  const types = new Map();
+  const help = new Map();
+  const units = new Map();
+  const seriesSeen = new Set();
+  const familiesSampled = new Set();
+  const allowedTypes = openMetrics ? OM_TYPES : PROM_TYPES;
+  let currentFamily = null;
+  if (text.length > 0 && !text.endsWith('\n')) errors.push('the last line does not end with a newline');
+  const lines = text.split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  if (openMetrics) {
+    if (lines[lines.length - 1] !== '# EOF') errors.push('the last line is not `# EOF`');
+    else lines.pop();
+  }
+  lines.forEach((line, index) => {
+    const fail = (why) => errors.push(`line ${index + 1} ${JSON.stringify(line)}: ${why}`);
+    if (/^[ \t]*$/.test(line)) {
+      if (openMetrics) fail('blank line');
+      return;
+    }
+    if (line.startsWith('#')) {
+      const keyword = /^# (HELP|TYPE|UNIT)(?: |$)/.exec(line) || (!openMetrics && /^#[ \t]+(HELP|TYPE)(?:[ \t]|$)/.exec(line));
+      if (!keyword) {
+        if (openMetrics) fail(line === '# EOF' ? '`# EOF` before the end' : 'not HELP, TYPE, UNIT or EOF');
+        return; // a plain comment (Prometheus 0.0.4)
+      }
+      const m = openMetrics
+        ? /^# (HELP|TYPE|UNIT) ([^ ]+)(?: (.*))?$/.exec(line)
+        : /^#[ \t]+(HELP|TYPE)[ \t]+([^ \t]+)(?:[ \t]+(.*))?$/.exec(line);
+      if (!m) return fail(`${keyword[1]} without a metric name`);
+      const [, kind, name, rest = ''] = m;
+      const nameOk = PROM_METRIC_RE.exec(name);
+      if (!nameOk || nameOk[0] !== name) return fail(`invalid metric name ${JSON.stringify(name)}`);
+      if (kind === 'HELP') {
+        if (help.has(name)) return fail(`second HELP for ${name}`);
+        const escapes = openMetrics ? /^(?:[^\\]|\\[\\n"])*$/ : /^(?:[^\\]|\\[\\n])*$/;
+        if (!escapes.test(rest)) return fail('invalid escape in HELP text');
+        help.set(name, rest);
+        return;
+      }
+      if (kind === 'UNIT') {
+        if (units.has(name)) return fail(`second UNIT for ${name}`);
+        units.set(name, rest);
+        return;
+      }
+      const type = openMetrics ? rest : rest.trim();
+      if (!allowedTypes.has(type)) return fail(`unknown TYPE ${JSON.stringify(type)}`);
+      if (types.has(name)) return fail(`second TYPE for ${name}`);
+      if (familiesSampled.has(name)) return fail(`TYPE for ${name} after its samples`);
+      if (openMetrics && type === 'counter' && name.endsWith('_total')) return fail('an OpenMetrics counter family is named without _total');
+      types.set(name, type);
+      return;
+    }
+    const nm = PROM_METRIC_RE.exec(line);
+    if (!nm) return fail('not a metric name, comment or blank line');
+    const name = nm[0];
+    let pos = name.length;
+    const labels = {};
+    if (line[pos] === '{') {
+      pos++;
+      for (;;) {
+        while (!openMetrics && (line[pos] === ' ' || line[pos] === '\t')) pos++;
+        if (line[pos] === '}') {
+          pos++;
+          break;
+        }
+        const lm = PROM_LABEL_RE.exec(line.slice(pos));
+        if (!lm) return fail(`invalid label name at column ${pos + 1}`);
+        const label = lm[0];
+        pos += label.length;
+        while (!openMetrics && (line[pos] === ' ' || line[pos] === '\t')) pos++;
+        if (line[pos] !== '=') return fail(`expected = after label ${label}`);
+        pos++;
+        while (!openMetrics && (line[pos] === ' ' || line[pos] === '\t')) pos++;
+        const q = promQuoted(line, pos);
+        if (typeof q === 'string') return fail(q);
+        if (Object.prototype.hasOwnProperty.call(labels, label)) return fail(`label ${label} twice`);
+        labels[label] = q.value;
+        pos = q.end;
+        while (!openMetrics && (line[pos] === ' ' || line[pos] === '\t')) pos++;
+        if (line[pos] === ',') {
+          pos++;
+        } else if (line[pos] !== '}') {
+          return fail(`expected , or } at column ${pos + 1}`);
+        }
+      }
+    }
+    const rest = line.slice(pos);
+    if (openMetrics ? !rest.startsWith(' ') : !/^[ \t]/.test(rest)) return fail('expected a space and a value after the name and labels');
+    if (openMetrics && / # /.test(rest)) return fail('an exemplar (none expected here)');
+    const parts = openMetrics ? rest.slice(1).split(' ') : rest.trim().split(/[ \t]+/);
+    if (parts.length > 2) return fail('more than a value and a timestamp');
+    const [raw, timestamp] = parts;
+    if (!PROM_VALUE_RE.test(raw)) return fail(`invalid value ${JSON.stringify(raw)}`);
+    const timestampRe = openMetrics ? /^-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?$/ : /^-?\d+$/;
+    if (timestamp !== undefined && !timestampRe.test(timestamp)) return fail(`invalid timestamp ${JSON.stringify(timestamp)}`);
+    const value = raw === 'NaN' ? NaN : /Inf$/.test(raw) ? (raw.startsWith('-') ? -Infinity : Infinity) : Number(raw);
+    const key = `${name}${JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)))}`;
+    if (seriesSeen.has(key)) return fail('the same series twice');
+    seriesSeen.add(key);
+    const { family, type } = promFamilyOf(types, name, openMetrics);
+    if (openMetrics) {
+      if (type === undefined && types.has(name)) return fail(`a ${types.get(name)} sample must not be named ${name}`);
+      if (family !== currentFamily && familiesSampled.has(family)) return fail(`the samples of ${family} are not together`);
+      currentFamily = family;
+    }
+    familiesSampled.add(family);
+    if (type === 'counter' && !(value >= 0)) return fail(`counter ${name} is ${raw}`);
+    samples.push({ name, labels, value, timestamp: timestamp === undefined ? null : Number(timestamp) });
+  });
+  if (errors.length) {
+    const format = openMetrics ? 'OpenMetrics' : 'Prometheus';
+    throw new Error(`malformed ${format} text (${errors.length} errors):\n  ${errors.slice(0, 20).join('\n  ')}`);
+  }
+  return new PromMetrics(samples, types, help, text, openMetrics ? 'openmetrics' : 'prometheus');
+}
+
+/**
+ * `socketcluster run`, the cluster master: `$SC_BIN run --host 127.0.0.1 --port 0
+ * --management-port 0 --workers W --stores S --balancers B --auth-key K [--drain-timeout-ms N]
+ * ...args`, spawned detached (its own process group, so `kill(-pid)` reaches every child). Ready
+ * once it prints its listening line; `port` is the balancers' port, `managementPort` the
+ * management port's. Every stdout line is kept in order (`lines`; `mark()` is the index of the
+ * next one), `child ready` and `child exited` lines are followed to know each child's pid.
+ * `cleanup()` (each describe's `after`) leaves no process behind, and neither does the test
+ * process's exit.
+ */
+class RunProcess {
+  constructor({ workers = 2, stores = 1, balancers = 1, authKey, drainTimeoutMs = null, args = [], env = {} } = {}) {
+    if (process.env.SC_SERVER === 'reference') throw new Error('`socketcluster run` needs our binary (SC_BIN)');
+    this.bin = scBin();
+    this.workerCount = workers;
+    this.storeCount = stores;
+    this.balancerCount = balancers;
+    this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
+    this.drainTimeoutMs = drainTimeoutMs;
+    this.extraArgs = args;
+    this.env = env;
+    this.child = null;
+    this.exitStatus = null;
+    this.closed = null;
+    this.port = null;
+    this.managementPort = null;
+    /** Every line of the master's stdout, in order (ANSI colours stripped). */
+    this.lines = [];
+    /** performance.now() when each line of `lines` arrived. */
+    this.lineTimes = [];
+    /** The last lines of stdout and stderr together, for failure messages. */
+    this.output = [];
+    this.lineWaiters = new Set();
+    /** Every pid a `child ready` line named. */
+    this.knownPids = new Set();
+    /** `role/id` -> the pid of its latest start. */
+    this.currentPid = new Map();
+    /** Keep-alive connections to the management port (a test may poll it back to back). */
+    this.managementAgent = new http.Agent({ keepAlive: true, maxSockets: 2 });
+  }
+
+  get secure() {
+    return false;
+  }
+
+  /** The master's pid (and process group id). */
+  get pid() {
+    return this.child ? this.child.pid : null;
+  }
+
+  /** socketcluster-client's URL through the balancers. */
+  get url() {
+    return `ws://${HOST}:${this.port}/socketcluster/`;
+  }
+
+  get httpUrl() {
+    return `http://${HOST}:${this.port}`;
+  }
+
+  get managementUrl() {
+    return `http://${HOST}:${this.managementPort}`;
+  }
+
+  /**
+   * `wsOptions` for socketcluster-client (handed to `ws`): the session cookie to present on every
+   * (re)connect, as a browser would, and the local address to connect from (any 127.0.0.0/8
+   * address: clients spread over several addresses the way real ones are, so the per-address
+   * limits of the balancers and workers see a realistic load).
+   */
+  wsOptions({ cookie, localAddress } = {}) {
+    const options = {};
+    if (cookie) options.headers = { Cookie: cookie };
+    if (localAddress) options.localAddress = localAddress;
+    return options;
+  }
+
+  /**
+   * A new session cookie (`n/<app>/ssid=<value>`, the pair a browser would send back): the
+   * response to any request through the balancer sets one, here `GET /stats`. A Node client has
+   * no cookie jar, so a client that must keep its session across reconnects gets one this way.
+   */
+  async newSessionCookie({ localAddress } = {}) {
+    const res = await httpRequest(`${this.httpUrl}/stats`, { localAddress });
+    const setCookie = res.headers['set-cookie'] || [];
+    const pair = setCookie.map((c) => c.split(';')[0].trim()).find((p) => /^n\/[^/=]+\/ssid=./.test(p));
+    if (!pair) {
+      throw new Error(
+        `no session cookie n/<app>/ssid in the response to GET /stats through the balancer ` +
+          `(status ${res.status}, set-cookie ${JSON.stringify(setCookie)})`
+      );
+    }
+    return pair;
+  }
+
+  tail(n = 40) {
+    return this.output.slice(-n).join('\n');
+  }
+
+  /** The index the next stdout line will have: pass it to waitForLine to include lines from here. */
+  mark() {
+    return this.lines.length;
+  }
+
+  /** The stdout lines printed since `from` (a mark()). */
+  linesSince(from) {
+    return this.lines.slice(from);
+  }
+
+  /**
+   * Resolves with the `RegExp` matches (each with `lineIndex` and `at`, performance.now() when the
+   * line arrived) of the first `count` stdout lines at index >= `from`
+   * (default: lines printed from now on) matching `re`, lines already printed since `from`
+   * included; rejects after `ms`, or as soon as the master's output ended without them.
+   */
+  waitForLines(re, count, ms = DEFAULT_TIMEOUT_MS, from = this.mark()) {
+    const waiter = { re, count, from, found: [], resolve: null };
+    const seen = new Promise((resolve) => {
+      waiter.resolve = resolve;
+    });
+    for (let i = from; i < this.lines.length && waiter.found.length < count; i++) {
+      const m = this._match(re, i);
+      if (m) waiter.found.push(m);
+    }
+    if (waiter.found.length >= count) return Promise.resolve(waiter.found);
+    this.lineWaiters.add(waiter);
+    const ended = this.closed.then(() => {
+      throw new Error(`the master exited (${JSON.stringify(this.exitStatus)}) before printing ${count} lines matching ${re} (saw ${waiter.found.length})\n${this.tail()}`);
+    });
+    const what = () => `${count} lines matching ${re} (saw ${waiter.found.length})\n${this.tail()}`;
+    return withTimeout(Promise.race([seen, ended]), ms, { toString: what })
+      .finally(() => this.lineWaiters.delete(waiter));
+  }
+
+  /** The match of the first stdout line at index >= `from` matching `re` (see waitForLines). */
+  async waitForLine(re, ms = DEFAULT_TIMEOUT_MS, from = this.mark()) {
+    const [m] = await this.waitForLines(re, 1, ms, from);
+    return m;
+  }
+
+  /** A match of line `index`, with `lineIndex` and `at` (when the line arrived) added. */
+  _match(re, index) {
+    const m = re.exec(this.lines[index]);
+    if (m) {
+      m.lineIndex = index;
+      m.at = this.lineTimes[index];
+    }
+    return m;
+  }
+
+  _onStdoutLine(line) {
+    this.lines.push(line);
+    this.lineTimes.push(performance.now());
+    const index = this.lines.length - 1;
+    const ready = parseChildReady(line);
+    if (ready) {
+      this.knownPids.add(ready.pid);
+      this.currentPid.set(`${ready.role}/${ready.id}`, ready.pid);
+    }
+    for (const w of this.lineWaiters) {
+      const m = this._match(w.re, index);
+      if (m) {
+        w.found.push(m);
+        if (w.found.length >= w.count) w.resolve(w.found);
+      }
+    }
+  }
+
+  args() {
+    const args = [
+      'run',
+      '--host', HOST,
+      '--port', '0',
+      '--management-port', '0',
+      '--workers', String(this.workerCount),
+      '--stores', String(this.storeCount),
+      '--balancers', String(this.balancerCount),
+      '--auth-key', this.authKey,
+    ];
+    if (this.drainTimeoutMs != null) args.push('--drain-timeout-ms', String(this.drainTimeoutMs));
+    return [...args, ...this.extraArgs];
+  }
+
+  /**
+   * Spawns the master and waits (RUN_START_TIMEOUT_MS) for its listening line, which it prints
+   * once every child is ready; then the balancers' port must accept a TCP connection. A master
+   * that exits first, or no line in time, fails with its output (and nothing is left running).
+   */
+  async start() {
+    if (this.child) throw new Error('already started');
+    const env = { ...process.env, NO_COLOR: '1', ...this.env };
+    delete env.SC_CLUSTER_ROLE;
+    const child = spawn(this.bin, this.args(), { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
+    this.child = child;
+    liveProcesses.add(child);
+    if (child.pid) liveGroups.set(child.pid, this);
+    child.once('exit', (code, signal) => {
+      this.exitStatus = { code, signal };
+      liveProcesses.delete(child);
+    });
+    // 'close' comes after both output streams ended: every line is in `lines` by then.
+    this.closed = new Promise((resolve) => {
+      child.once('close', (code, signal) => {
+        this.exitStatus = { code, signal };
+        resolve(this.exitStatus);
+      });
+    });
+    const spawnError = new Promise((_, reject) => {
+      child.once('error', (err) => reject(new Error(`cannot start ${this.bin}: ${err.message}`)));
+    });
+    spawnError.catch(() => {});
+    const read = (stream, onLine) => {
+      let buf = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        buf += chunk;
+        let idx;
+        while ((idx = buf.indexOf('\n')) !== -1) {
+          const line = buf.slice(0, idx).replace(ANSI_RE, '').replace(/\r$/, '');
+          buf = buf.slice(idx + 1);
+          this.output.push(line);
+          if (this.output.length > 500) this.output.shift();
+          if (onLine) onLine(line);
+        }
+      });
+    };
+    read(child.stdout, (line) => this._onStdoutLine(line));
+    read(child.stderr, null);
+
+    try {
+      const m = await Promise.race([this.waitForLine(RUN_LISTENING_RE, RUN_START_TIMEOUT_MS, 0), spawnError]);
+      const [, host, port, mhost, mport] = m;
+      if (host !== HOST || mhost !== HOST) throw new Error(`listening line names ${host} / ${mhost}, expected ${HOST}: ${m.input}`);
+      this.port = Number(port);
+      this.managementPort = Number(mport);
+      if (!(this.port > 0 && this.managementPort > 0)) throw new Error(`no port in the listening line: ${m.input}`);
+      for (const p of [this.port, this.managementPort]) {
+        if (!(await tryConnect(p))) throw new Error(`the listening line was printed but port ${p} refuses connections`);
+      }
+    } catch (err) {
+      const tail = this.tail();
+      await this.cleanup();
+      err.message += `\n--- socketcluster ${this.args().join(' ')}\n${tail}`;
+      throw err;
+    }
+    return this;
+  }
+
+  /** `GET /health`: `{ httpStatus, status, children: [{ role, id, pid, state, restarts, addr }] }`. */
+  async health({ timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+    const res = await httpRequest(`${this.managementUrl}/health`, { timeoutMs, agent: this.managementAgent });
+    let body;
+    try {
+      body = JSON.parse(res.body);
+    } catch {
+      throw new Error(`GET /health (${res.status}) is not JSON: ${res.body.slice(0, 300)}`);
+    }
+    return { httpStatus: res.status, ...body };
+  }
+
+  /**
+   * `GET /metrics`, answered 200 with the Prometheus text format (`text/plain`) or OpenMetrics
+   * (`application/openmetrics-text`), parsed strictly in the format its content-type names
+   * (parsePrometheusText).
+   */
+  async metrics({ timeoutMs = DEFAULT_TIMEOUT_MS } = {}) {
+    const res = await httpRequest(`${this.managementUrl}/metrics`, { timeoutMs, agent: this.managementAgent });
+    if (res.status !== 200) throw new Error(`GET /metrics answered ${res.status}: ${res.body.slice(0, 300)}`);
+    const type = String(res.headers['content-type'] || '');
+    if (/^application\/openmetrics-text\b/.test(type)) return parsePrometheusText(res.body, { openMetrics: true });
+    if (/^text\/plain\b/.test(type)) return parsePrometheusText(res.body);
+    throw new Error(`GET /metrics content-type ${JSON.stringify(type)}: neither text/plain (Prometheus) nor application/openmetrics-text`);
+  }
+
+  /**
+   * Sends `signal` (default SIGKILL) to the child `role` `id`, the pid taken from /health (which
+   * must say it runs, with the pid of its latest `child ready` line). Resolves `{ role, id, pid,
+   * addr, at }` (`at`: performance.now() just before the signal).
+   */
+  async kill(role, id, signal = 'SIGKILL') {
+    const health = await this.health();
+    const child = (health.children || []).find((c) => c.role === role && c.id === id);
+    if (!child) throw new Error(`no ${role} ${id} in /health: ${JSON.stringify(health)}`);
+    if (child.state !== 'running') throw new Error(`${role} ${id} is ${child.state}, not running: ${JSON.stringify(child)}`);
+    const latest = this.currentPid.get(`${role}/${id}`);
+    if (!Number.isInteger(child.pid) || child.pid !== latest) {
+      throw new Error(`/health gives ${role} ${id} pid ${child.pid}, its last child ready line ${latest}`);
+    }
+    const at = performance.now();
+    process.kill(child.pid, signal);
+    return { role, id, pid: child.pid, addr: child.addr, at };
+  }
+
+  /** Sends `sig` to the master. */
+  signal(sig) {
+    if (!this.child || this.exitStatus) throw new Error('the master is not running');
+    process.kill(this.child.pid, sig);
+  }
+
+  /**
+   * SIGTERM to the master, then waits (the drain timeout + 20 s) until it exited and its output
+   * ended. Throws unless it exited with code 0; resolves `{ code, signal, stoppedLine, leftovers,
+   * lines }`: whether `cluster stopped` was printed, the children (latest pid of each) still
+   * running after the master was gone (killed then), the lines printed since the signal.
+   * Clients are left alone (cleanup() closes them), so a test can read their close codes.
+   */
+  async stop() {
+    if (!this.child) throw new Error('not started');
+    const from = this.mark();
+    if (!this.exitStatus) this.child.kill('SIGTERM');
+    const bound = (this.drainTimeoutMs == null ? 10000 : this.drainTimeoutMs) + 20000;
+    const status = await withTimeout(this.closed, bound, {
+      toString: () => `the master to exit after SIGTERM\n${this.tail()}`,
+    });
+    const lines = this.linesSince(from);
+    const leftovers = [...this.currentPid.entries()]
+      .filter(([, pid]) => isOurBinary(pid, this.bin))
+      .map(([child, pid]) => ({ child, pid }));
+    killGroupSync(this.child.pid, this);
+    liveGroups.delete(this.child.pid);
+    this.managementAgent.destroy();
+    if (status.code !== 0) {
+      throw new Error(`the master exited with ${JSON.stringify(status)} after SIGTERM, expected code 0\n${this.tail()}`);
+    }
+    return { ...status, stoppedLine: lines.includes('cluster stopped'), leftovers, lines };
+  }
+
+  /**
+   * Disconnects every client made by createClient, SIGKILLs the master's process group (and any
+   * child it named that still runs our binary), and waits for the master to be gone. Never throws.
+   */
+  async cleanup() {
+    closeClients([...liveClients]);
+    liveClients.clear();
+    this.managementAgent.destroy();
+    const child = this.child;
+    if (child) {
+      killGroupSync(child.pid, this);
+      if (!this.exitStatus) {
+        try {
+          child.kill('SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+      await withTimeout(this.closed, 10000, 'the master to exit after SIGKILL').catch(() => {});
+      liveGroups.delete(child.pid);
+    }
+    armExitSafetyNet();
+  }
+}
+
+/** Starts a RunProcess; call `await run.cleanup()` in `after`. */
+async function startRun(opts) {
+  const run = new RunProcess(opts);
+  await run.start();
+  return run;
+}
+
+/** Percentile `q` (0-1) of numbers sorted ascending (nearest rank). */
+function percentile(sorted, q) {
+  if (!sorted.length) return NaN;
+  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
+}
+
 /** SC_TOPOLOGY: `single` (default), `balancer` or `balancer-tls`. */
 const TOPOLOGY = process.env.SC_TOPOLOGY || 'single';
 if (!['single', 'balancer', 'balancer-tls'].includes(TOPOLOGY)) {
@@ -662,8 +1351,8 @@ function closeClients(...sockets) {
   }
 }
 
-/** Subscribes a client to `channel` and waits until the server confirmed the subscription. */
-async function subscribe(socket, channel, options) {
+/** Subscribes a client to `channel` and waits (up to `ms`) until the server confirmed the subscription. */
+async function subscribe(socket, channel, options, ms = DEFAULT_TIMEOUT_MS) {
   const ch = socket.subscribe(channel, options);
   const ok = ch.listener('subscribe').once();
   const failed = ch
@@ -672,7 +1361,7 @@ async function subscribe(socket, channel, options) {
     .then(({ error }) => {
       throw error;
     });
-  await withTimeout(Promise.race([ok, failed]), DEFAULT_TIMEOUT_MS, `subscription to ${channel}`);
+  await withTimeout(Promise.race([ok, failed]), ms, `subscription to ${channel}`);
   return ch;
 }
 
@@ -875,6 +1564,16 @@ module.exports = {
   DEFAULT_TIMEOUT_MS,
   ServerProcess,
   ClusterProcess,
+  RunProcess,
+  startRun,
+  parsePrometheusText,
+  parseChildReady,
+  parseChildExited,
+  CHILD_READY_RE,
+  CHILD_EXITED_RE,
+  httpRequest,
+  isAlive,
+  percentile,
   TOPOLOGY,
   startServer,
   startCluster,

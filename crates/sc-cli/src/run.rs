@@ -162,7 +162,11 @@ fn demo_worker(worker: Worker) -> Result<WorkerApp, BoxError> {
     let (layer, handle) = crate::demo::app(worker.builder()).build_layer()?;
     let service = handle
         .session_layer()
-        .layer(layer.layer(crate::demo::Stats::new(layer.clone(), handle.clone(), assets)));
+        .layer(layer.layer(crate::demo::Stats::new(
+            layer.clone(),
+            handle.clone(),
+            assets,
+        )));
     tokio::spawn(crate::trim::after_churn(handle.clone()));
     Ok(WorkerApp::new(service, handle))
 }

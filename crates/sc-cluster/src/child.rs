@@ -24,7 +24,10 @@ const DRAIN_CODE: u16 = sc_worker::RESTART;
 /// Runs the role named by the environment; the spec comes on stdin.
 pub(crate) fn run(role: &str, app: Arc<WorkerFn>) -> ExitCode {
     let Some(role) = Role::parse(role) else {
-        eprintln!("error: {} is {role:?}: expected store, worker or balancer", crate::proto::ROLE_ENV);
+        eprintln!(
+            "error: {} is {role:?}: expected store, worker or balancer",
+            crate::proto::ROLE_ENV
+        );
         return ExitCode::from(crate::EXIT_CONFIG);
     };
     let stdin = std::io::stdin();
@@ -98,7 +101,10 @@ fn read_commands() -> mpsc::UnboundedReceiver<Option<Command>> {
 }
 
 /// The master is gone: nothing may outlive it.
-#[allow(clippy::exit, reason = "a child whose master died ends at once, whatever it runs")]
+#[allow(
+    clippy::exit,
+    reason = "a child whose master died ends at once, whatever it runs"
+)]
 fn orphaned() -> ! {
     tracing::warn!("the master is gone: exiting");
     std::process::exit(1)
@@ -245,8 +251,7 @@ fn balancer(spec: ChildSpec, mut commands: mpsc::UnboundedReceiver<Option<Comman
     rt.block_on(async move {
         let cfg = &spec.config;
         let addrs: Vec<String> = spec.workers.iter().map(ToString::to_string).collect();
-        let workers =
-            sc_balancer::WorkerSet::new(&addrs).map_err(|e| format!("workers: {e}"))?;
+        let workers = sc_balancer::WorkerSet::new(&addrs).map_err(|e| format!("workers: {e}"))?;
         let tls = match (&cfg.tls.cert, &cfg.tls.key) {
             (Some(cert), Some(key)) => Some(
                 sc_balancer::tls::ReloadableAcceptor::new(sc_balancer::tls::TlsFiles {
@@ -290,14 +295,19 @@ fn balancer(spec: ChildSpec, mut commands: mpsc::UnboundedReceiver<Option<Comman
                             let _ = tx.send(());
                         }
                     }
-                    Some(Some(Command::Add(a))) => match control.add(&a) {
-                        Ok(_) => tracing::info!(worker = %a, "routing to worker"),
-                        Err(e) => tracing::warn!(worker = %a, error = %e, "cannot add worker"),
-                    },
+                    Some(Some(Command::Add(a))) => {
+                        match control.add(&a) {
+                            Ok(_) => tracing::info!(worker = %a, "routing to worker"),
+                            Err(e) => tracing::debug!(worker = %a, error = %e, "add"),
+                        }
+                        say(&format!("done add {a}"));
+                    }
                     Some(Some(Command::Remove(a))) => {
                         if control.remove(&a) {
                             tracing::info!(worker = %a, "no new traffic to worker");
                         }
+                        // The master drains the worker only after every balancer said this.
+                        say(&format!("done remove {a}"));
                     }
                     Some(Some(Command::Reload)) => match &reload {
                         Some(tls) => match tls.reload() {
@@ -324,8 +334,7 @@ fn balancer(spec: ChildSpec, mut commands: mpsc::UnboundedReceiver<Option<Comman
         .await;
         // No new connections; the tunnels end as the workers close their sockets.
         tracing::info!("draining");
-        let deadline = tokio::time::Instant::now()
-            + Duration::from_millis(cfg.drain_timeout_ms);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.drain_timeout_ms);
         while metrics.snapshot().tunnels_open > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

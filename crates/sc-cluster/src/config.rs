@@ -54,6 +54,9 @@ pub struct ClusterConfig {
     pub stable_after_ms: u64,
     /// Milliseconds a child has to report that it is ready before it counts as failed.
     pub start_timeout_ms: u64,
+    /// Milliseconds the rolling restart (SIGUSR2) waits after a worker is back before it drains
+    /// the next one, so that the clients it moved have settled.
+    pub rolling_restart_pause_ms: u64,
     /// The balancers' own options.
     pub balancer: BalancerOptions,
     /// TLS at the balancers: both `cert` and `key` turn it on.
@@ -139,6 +142,7 @@ impl Default for ClusterConfig {
             restart_backoff_max_ms: 10_000,
             stable_after_ms: 2_000,
             start_timeout_ms: 30_000,
+            rolling_restart_pause_ms: 1_000,
             balancer: BalancerOptions::default(),
             tls: TlsOptions::default(),
             worker: WorkerConfig::default(),
@@ -197,7 +201,9 @@ impl ClusterConfig {
             ("balancer_threads", self.balancer_threads, 0),
         ] {
             if n < min || n > MAX_PROCESSES {
-                return bad(format!("{name} must be between {min} and {MAX_PROCESSES}, not {n}"));
+                return bad(format!(
+                    "{name} must be between {min} and {MAX_PROCESSES}, not {n}"
+                ));
             }
         }
         match self.store_kind()? {
@@ -212,7 +218,10 @@ impl ClusterConfig {
         for (name, v) in [
             ("drain_timeout_ms", self.drain_timeout_ms),
             ("start_timeout_ms", self.start_timeout_ms),
-            ("balancer.health_interval_ms", self.balancer.health_interval_ms),
+            (
+                "balancer.health_interval_ms",
+                self.balancer.health_interval_ms,
+            ),
         ] {
             if v == 0 {
                 return bad(format!("{name} must be greater than 0"));
@@ -293,7 +302,9 @@ pub(crate) fn host_ip(name: &str, host: &str) -> Result<IpAddr, ConfigError> {
     match host.trim_start_matches('[').trim_end_matches(']') {
         "localhost" => Ok(IpAddr::from([127, 0, 0, 1])),
         h => h.parse().map_err(|_| {
-            ConfigError(format!("{name} must be an IP address (or localhost), not {host:?}"))
+            ConfigError(format!(
+                "{name} must be an IP address (or localhost), not {host:?}"
+            ))
         }),
     }
 }

@@ -35,27 +35,153 @@ enum Kind {
 /// How a child's reported field is exported: (role, field, metric, kind, help). A metric named
 /// by several rows is one family with the role in its labels.
 const EXPORTS: &[(Role, &str, &str, Kind, &str)] = &[
-    (Role::Worker, "sockets_open", "connections", Kind::Gauge, CONNECTIONS_HELP),
-    (Role::Store, "connections_open", "connections", Kind::Gauge, CONNECTIONS_HELP),
-    (Role::Balancer, "tunnels_open", "connections", Kind::Gauge, CONNECTIONS_HELP),
-    (Role::Worker, "sockets_opened", "sockets_opened", Kind::Counter, "Sockets opened (handshakes completed)"),
-    (Role::Worker, "messages_in", "messages_in", Kind::Counter, "SocketCluster messages received from clients"),
-    (Role::Worker, "messages_out", "messages_out", Kind::Counter, "SocketCluster messages written to clients"),
-    (Role::Worker, "publishes", "publishes", Kind::Counter, "Publishes accepted (from clients and the server)"),
-    (Role::Worker, "deliveries", "deliveries", Kind::Counter, "Publish messages handed to subscriber sockets"),
-    (Role::Worker, "store_ops", "store_operations", Kind::Counter, "Operations sent to the store (publish, subscribe, session data)"),
-    (Role::Worker, "store_errors", "store_errors", Kind::Counter, "Store operations that failed"),
-    (Role::Worker, "queue_drops", "queue_drops", Kind::Counter, "Messages dropped or sockets closed because a socket's outbound queue was full"),
-    (Role::Store, "connections_total", "store_connections_opened", Kind::Counter, "Connections the store accepted"),
-    (Role::Store, "commands", "store_commands", Kind::Counter, "Commands the store executed"),
-    (Role::Store, "publishes", "store_publishes", Kind::Counter, "PUBLISH commands the store executed"),
-    (Role::Store, "deliveries", "store_deliveries", Kind::Counter, "Messages the store wrote to its subscribers"),
-    (Role::Store, "keys", "store_keys", Kind::Gauge, "Keys the store holds"),
-    (Role::Balancer, "requests", "balancer_requests", Kind::Counter, "HTTP requests proxied"),
-    (Role::Balancer, "upgrades", "balancer_upgrades", Kind::Counter, "WebSocket upgrades proxied"),
-    (Role::Balancer, "worker_lost", "balancer_worker_lost", Kind::Counter, "Clients closed with 4000 because their worker's connection ended"),
-    (Role::Balancer, "bad_gateway", "balancer_bad_gateway", Kind::Counter, "Requests no worker could take (502/503)"),
-    (Role::Balancer, "retries", "balancer_retries", Kind::Counter, "Requests sent again to another worker"),
+    (
+        Role::Worker,
+        "sockets_open",
+        "connections",
+        Kind::Gauge,
+        CONNECTIONS_HELP,
+    ),
+    (
+        Role::Store,
+        "connections_open",
+        "connections",
+        Kind::Gauge,
+        CONNECTIONS_HELP,
+    ),
+    (
+        Role::Balancer,
+        "tunnels_open",
+        "connections",
+        Kind::Gauge,
+        CONNECTIONS_HELP,
+    ),
+    (
+        Role::Worker,
+        "sockets_opened",
+        "sockets_opened",
+        Kind::Counter,
+        "Sockets opened (handshakes completed)",
+    ),
+    (
+        Role::Worker,
+        "messages_in",
+        "messages_in",
+        Kind::Counter,
+        "SocketCluster messages received from clients",
+    ),
+    (
+        Role::Worker,
+        "messages_out",
+        "messages_out",
+        Kind::Counter,
+        "SocketCluster messages written to clients",
+    ),
+    (
+        Role::Worker,
+        "publishes",
+        "publishes",
+        Kind::Counter,
+        "Publishes accepted (from clients and the server)",
+    ),
+    (
+        Role::Worker,
+        "deliveries",
+        "deliveries",
+        Kind::Counter,
+        "Publish messages handed to subscriber sockets",
+    ),
+    (
+        Role::Worker,
+        "store_ops",
+        "store_operations",
+        Kind::Counter,
+        "Operations sent to the store (publish, subscribe, session data)",
+    ),
+    (
+        Role::Worker,
+        "store_errors",
+        "store_errors",
+        Kind::Counter,
+        "Store operations that failed",
+    ),
+    (
+        Role::Worker,
+        "queue_drops",
+        "queue_drops",
+        Kind::Counter,
+        "Messages dropped or sockets closed because a socket's outbound queue was full",
+    ),
+    (
+        Role::Store,
+        "connections_total",
+        "store_connections_opened",
+        Kind::Counter,
+        "Connections the store accepted",
+    ),
+    (
+        Role::Store,
+        "commands",
+        "store_commands",
+        Kind::Counter,
+        "Commands the store executed",
+    ),
+    (
+        Role::Store,
+        "publishes",
+        "store_publishes",
+        Kind::Counter,
+        "PUBLISH commands the store executed",
+    ),
+    (
+        Role::Store,
+        "deliveries",
+        "store_deliveries",
+        Kind::Counter,
+        "Messages the store wrote to its subscribers",
+    ),
+    (
+        Role::Store,
+        "keys",
+        "store_keys",
+        Kind::Gauge,
+        "Keys the store holds",
+    ),
+    (
+        Role::Balancer,
+        "requests",
+        "balancer_requests",
+        Kind::Counter,
+        "HTTP requests proxied",
+    ),
+    (
+        Role::Balancer,
+        "upgrades",
+        "balancer_upgrades",
+        Kind::Counter,
+        "WebSocket upgrades proxied",
+    ),
+    (
+        Role::Balancer,
+        "worker_lost",
+        "balancer_worker_lost",
+        Kind::Counter,
+        "Clients closed with 4000 because their worker's connection ended",
+    ),
+    (
+        Role::Balancer,
+        "bad_gateway",
+        "balancer_bad_gateway",
+        Kind::Counter,
+        "Requests no worker could take (502/503)",
+    ),
+    (
+        Role::Balancer,
+        "retries",
+        "balancer_retries",
+        Kind::Counter,
+        "Requests sent again to another worker",
+    ),
 ];
 
 const CONNECTIONS_HELP: &str =
@@ -130,9 +256,8 @@ impl Metrics {
         let labels = Self::labels(role, id);
         let mut last = self.last.lock();
         for (field, value) in fields {
-            let Some(&(_, _, name, _, _)) = EXPORTS
-                .iter()
-                .find(|(r, f, ..)| *r == role && f == field)
+            let Some(&(_, _, name, _, _)) =
+                EXPORTS.iter().find(|(r, f, ..)| *r == role && f == field)
             else {
                 continue;
             };
@@ -174,10 +299,22 @@ impl Metrics {
         self.restarts.get_or_create(&Self::labels(role, id)).inc();
     }
 
-    /// Makes the restart series exist at 0 for every child, so a scrape sees it before the
-    /// first restart.
+    /// Makes every series of the child's role exist at 0, so a scrape sees them all before the
+    /// child's first report and the restart count before its first restart.
     pub(crate) fn register_child(&self, role: Role, id: usize) {
-        let _ = self.restarts.get_or_create(&Self::labels(role, id));
+        let labels = Self::labels(role, id);
+        let _ = self.restarts.get_or_create(&labels);
+        for (r, _, name, ..) in EXPORTS {
+            match self.series.get(name) {
+                Some(Series::Counter(f)) if *r == role => {
+                    let _ = f.get_or_create(&labels);
+                }
+                Some(Series::Gauge(f)) if *r == role => {
+                    let _ = f.get_or_create(&labels);
+                }
+                _ => {}
+            }
+        }
     }
 
     fn encode(&self) -> Result<String, std::fmt::Error> {
@@ -211,8 +348,10 @@ fn answer<B>(master: &Master, req: &Request<B>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;
-        res.headers_mut()
-            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
+        res.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static(kind),
+        );
         res
     };
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -268,14 +407,22 @@ mod tests {
     #[test]
     fn counters_keep_counting_across_a_respawn() {
         let m = Metrics::new();
-        let f = |n: u64| vec![("messages_in".to_owned(), n), ("sockets_open".to_owned(), 3)];
+        let f = |n: u64| {
+            vec![
+                ("messages_in".to_owned(), n),
+                ("sockets_open".to_owned(), 3),
+            ]
+        };
         m.update(Role::Worker, 0, &f(10));
         m.update(Role::Worker, 0, &f(25));
         let key = r#"sc_messages_in_total{role="worker",id="0"}"#;
         assert_eq!(sample(&m.encode().unwrap(), key), Some(25.0));
         m.gone(Role::Worker, 0);
         let text = m.encode().unwrap();
-        assert_eq!(sample(&text, r#"sc_connections{role="worker",id="0"}"#), Some(0.0));
+        assert_eq!(
+            sample(&text, r#"sc_connections{role="worker",id="0"}"#),
+            Some(0.0)
+        );
         m.update(Role::Worker, 0, &f(4));
         assert_eq!(sample(&m.encode().unwrap(), key), Some(29.0));
         // A report of a new process before its predecessor's exit was seen.
@@ -294,7 +441,11 @@ mod tests {
     #[test]
     fn unknown_fields_and_roles_are_ignored() {
         let m = Metrics::new();
-        m.update(Role::Store, 1, &[("nonsense".to_owned(), 5), ("commands".to_owned(), 7)]);
+        m.update(
+            Role::Store,
+            1,
+            &[("nonsense".to_owned(), 5), ("commands".to_owned(), 7)],
+        );
         let text = m.encode().unwrap();
         assert!(!text.contains("nonsense"));
         assert_eq!(

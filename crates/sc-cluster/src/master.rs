@@ -23,6 +23,8 @@ use crate::proto::{ChildSpec, Command, ROLE_ENV, Report, Role};
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 /// How long a process that ignores `stop` gets after the drain timeout before it is killed.
 const KILL_GRACE: Duration = Duration::from_secs(2);
+/// How long the master waits for each balancer to acknowledge a command before going on.
+const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Log lines on stderr, filtered by `RUST_LOG` (default `info`). The master's own lines start
 /// with `[master]`; a child's lines reach the master's stderr with `[ROLE ID]` in front.
@@ -33,7 +35,11 @@ pub(crate) fn init_tracing(master: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(move || Prefixed(if master { "[master] " } else { "" }))
-        .with_ansi(master && std::env::var_os("NO_COLOR").is_none())
+        .with_ansi(
+            master
+                && std::env::var_os("NO_COLOR").is_none()
+                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
+        )
         .try_init();
 }
 
@@ -96,6 +102,8 @@ struct Slot {
     /// Set before a `stop` that should be followed by a respawn (rolling restart).
     restart: AtomicBool,
     kill: Notify,
+    /// Commands the child has carried out (`done ...` lines): a balancer's acknowledgements.
+    done: watch::Sender<u64>,
 }
 
 impl Slot {
@@ -104,11 +112,28 @@ impl Slot {
     }
 
     fn send(&self, c: Command) -> bool {
-        self.stdin.lock().as_ref().is_some_and(|tx| tx.send(c).is_ok())
+        self.stdin
+            .lock()
+            .as_ref()
+            .is_some_and(|tx| tx.send(c).is_ok())
     }
 
     fn status(&self) -> Status {
         *self.status.borrow()
+    }
+
+    fn done(&self) -> u64 {
+        *self.done.borrow()
+    }
+
+    /// Waits until the child carried out more than `seen` commands, at most `timeout`; false
+    /// on timeout or when it is gone.
+    async fn done_after(&self, seen: u64, timeout: Duration) -> bool {
+        let mut rx = self.done.subscribe();
+        matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|d| *d > seen)).await,
+            Ok(Ok(_))
+        )
     }
 
     /// Waits until the child has become ready more than `readies` times; `Err` if it exited
@@ -166,6 +191,9 @@ impl Slot {
 /// The master's state, shared by the supervisors, the signal loop and the management port.
 pub(crate) struct Master {
     config: ClusterConfig,
+    /// The binary every child runs, resolved once at start: a deploy that replaces the file
+    /// takes effect at the next respawn, and a missing file is a clear error then.
+    exe: std::path::PathBuf,
     slots: Vec<Arc<Slot>>,
     stopping: watch::Sender<bool>,
     rolling: AtomicBool,
@@ -185,6 +213,21 @@ impl Master {
         for b in self.of(Role::Balancer) {
             b.send(c.clone());
         }
+    }
+
+    /// Tells every balancer and waits (at most `timeout`) until each running one said it did it.
+    async fn tell_balancers_and_wait(&self, c: &Command, timeout: Duration) {
+        let seen: Vec<(Arc<Slot>, u64)> = self
+            .of(Role::Balancer)
+            .map(|b| (b.clone(), b.done()))
+            .collect();
+        self.tell_balancers(c);
+        let waits = seen.iter().map(|(b, d)| async move {
+            if b.status().phase == Phase::Running && !b.done_after(*d, timeout).await {
+                tracing::warn!("{} did not acknowledge {:?} within {timeout:?}", b.name(), c);
+            }
+        });
+        futures_util::future::join_all(waits).await;
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {
@@ -208,7 +251,10 @@ impl Master {
                 })
             })
             .collect();
-        let all_running = self.slots.iter().all(|s| s.status().phase == Phase::Running);
+        let all_running = self
+            .slots
+            .iter()
+            .all(|s| s.status().phase == Phase::Running);
         let status = if self.is_stopping() {
             "stopping"
         } else if all_running {
@@ -256,7 +302,8 @@ fn random_secret() -> String {
 async fn master(config: ClusterConfig) -> Result<(), String> {
     let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
     let reserve = |addr: SocketAddr, what: &str| {
-        Reservation::new(addr).map_err(|e| format!("cannot reserve a port for {what} ({addr}): {e}"))
+        Reservation::new(addr)
+            .map_err(|e| format!("cannot reserve a port for {what} ({addr}): {e}"))
     };
     let store_kind = config.store_kind().map_err(|e| e.to_string())?;
     let mut held = Vec::new();
@@ -337,9 +384,13 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
             stdin: Mutex::new(None),
             restart: AtomicBool::new(false),
             kill: Notify::new(),
+            done: watch::Sender::new(0),
         }));
     }
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find this program's own binary to start the children: {e}"))?;
     let master = Arc::new(Master {
+        exe,
         config: config.clone(),
         slots,
         stopping: watch::Sender::new(false),
@@ -359,12 +410,18 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
         for (slot, seen) in waits {
             if let Err(e) = slot.ready_after(seen, start_timeout).await {
                 stop_all(&master).await;
-                return Err(format!("the cluster did not start: {e} (see its log above)"));
+                return Err(format!(
+                    "the cluster did not start: {e} (see its log above)"
+                ));
             }
         }
     }
     tokio::spawn(crate::manage::serve(manage, master.clone()));
-    let scheme = if config.tls.cert.is_some() { "https" } else { "http" };
+    let scheme = if config.tls.cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     say(&format!(
         "socketcluster cluster listening on {scheme}://{} (management http://{manage_addr}/)",
         shown(front_addr) + "/"
@@ -393,9 +450,8 @@ fn shown(addr: SocketAddr) -> String {
 /// Handles signals until SIGTERM or SIGINT.
 async fn signals(master: &Arc<Master>) -> Result<(), String> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listen = |k: SignalKind, name: &str| {
-        signal(k).map_err(|e| format!("cannot listen for {name}: {e}"))
-    };
+    let listen =
+        |k: SignalKind, name: &str| signal(k).map_err(|e| format!("cannot listen for {name}: {e}"));
     let mut term = listen(SignalKind::terminate(), "SIGTERM")?;
     let mut int = listen(SignalKind::interrupt(), "SIGINT")?;
     let mut usr2 = listen(SignalKind::user_defined2(), "SIGUSR2")?;
@@ -425,6 +481,7 @@ async fn signals(master: &Arc<Master>) -> Result<(), String> {
 async fn rolling_restart(master: Arc<Master>) {
     let drain = Duration::from_millis(master.config.drain_timeout_ms);
     let start_timeout = Duration::from_millis(master.config.start_timeout_ms);
+    let pause = Duration::from_millis(master.config.rolling_restart_pause_ms);
     let workers: Vec<Arc<Slot>> = master.of(Role::Worker).cloned().collect();
     tracing::info!(workers = workers.len(), "SIGUSR2: rolling restart");
     let mut restarted = 0;
@@ -434,10 +491,22 @@ async fn rolling_restart(master: Arc<Master>) {
         }
         let seen = slot.status();
         if seen.phase != Phase::Running {
-            tracing::info!("{} is not running: skipped (it is being respawned)", slot.name());
+            tracing::info!(
+                "{} is not running: skipped (it is being respawned)",
+                slot.name()
+            );
             continue;
         }
-        master.tell_balancers(&Command::Remove(slot.addr.to_string()));
+        if restarted > 0 {
+            // The last worker's clients reconnect to the others: let them settle before the next
+            // worker drains, so no client is closed twice in a row.
+            tokio::time::sleep(pause).await;
+        }
+        // The worker gets no new connection from here: no client is sent to a worker that is
+        // about to close it.
+        master
+            .tell_balancers_and_wait(&Command::Remove(slot.addr.to_string()), ACK_TIMEOUT)
+            .await;
         slot.restart.store(true, Ordering::Release);
         slot.stop(drain).await;
         // Its successor may be ready already: count from before the stop, that exit included.
@@ -480,7 +549,7 @@ fn describe(status: &std::io::Result<std::process::ExitStatus>) -> String {
             (None, Some(sig)) => format!("signal {sig}"),
             _ => "unknown".to_owned(),
         },
-        Err(e) => format!("wait failed: {e}"),
+        Err(e) => e.to_string(),
     }
 }
 
@@ -503,10 +572,16 @@ async fn supervise(master: Arc<Master>, slot: Arc<Slot>) {
                     child.wait().await
                 }
             },
-            Err(e) => Err(e),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("cannot start {}: {e}", master.exe.display()),
+            )),
         };
         let desc = describe(&status);
-        let pid = slot.status().pid.map_or_else(|| "-".to_owned(), |p| p.to_string());
+        let pid = slot
+            .status()
+            .pid
+            .map_or_else(|| "-".to_owned(), |p| p.to_string());
         *slot.stdin.lock() = None;
         master.metrics.gone(slot.role, slot.id);
         say(&format!(
@@ -521,7 +596,11 @@ async fn supervise(master: Arc<Master>, slot: Arc<Slot>) {
         slot.status.send_modify(|s| {
             s.exits += 1;
             s.pid = None;
-            s.phase = if stop_now { Phase::Stopped } else { Phase::Starting };
+            s.phase = if stop_now {
+                Phase::Stopped
+            } else {
+                Phase::Starting
+            };
             if !stop_now && !planned {
                 s.restarts += 1;
             }
@@ -530,7 +609,10 @@ async fn supervise(master: Arc<Master>, slot: Arc<Slot>) {
             break;
         }
         if planned {
-            tracing::info!("{} stopped for the rolling restart: starting its successor", slot.name());
+            tracing::info!(
+                "{} stopped for the rolling restart: starting its successor",
+                slot.name()
+            );
             backoff = Duration::ZERO;
             continue;
         }
@@ -562,8 +644,7 @@ async fn supervise(master: Arc<Master>, slot: Arc<Slot>) {
 /// environment, the spec on stdin; its own process group (a terminal's Ctrl-C reaches only the
 /// master, which drains the children in order).
 fn spawn(master: &Arc<Master>, slot: &Arc<Slot>) -> std::io::Result<tokio::process::Child> {
-    let exe = std::env::current_exe()?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = tokio::process::Command::new(&master.exe)
         .args(std::env::args_os().skip(1))
         .env(ROLE_ENV, slot.role.as_str())
         .stdin(Stdio::piped())
@@ -628,6 +709,7 @@ async fn read_reports(master: Arc<Master>, slot: Arc<Slot>, stdout: tokio::proce
                 }
             }
             Some(Report::Stats(fields)) => master.metrics.update(slot.role, slot.id, &fields),
+            Some(Report::Done) => slot.done.send_modify(|d| *d += 1),
             None => eprintln!("[{} {}] {line}", slot.role, slot.id),
         }
     }

@@ -6,7 +6,8 @@
 //! once, so no process outlives its master.
 //!
 //! Child → master (stdout): `ready ADDR` once it serves, then `stats {JSON}` every second (the
-//! counters the management port exports). Logs go to stderr, which the master prefixes with the
+//! counters the management port exports); a balancer answers each `add`/`remove` with `done …`
+//! once its routing changed. Logs go to stderr, which the master prefixes with the
 //! child's role and id.
 
 use std::net::SocketAddr;
@@ -118,12 +119,17 @@ pub(crate) enum Report {
     Ready(String),
     /// Its counters and gauges, by exported name.
     Stats(Vec<(String, u64)>),
+    /// A command was carried out (balancers: `done add ADDR`, `done remove ADDR`).
+    Done,
 }
 
 impl Report {
     pub(crate) fn parse(line: &str) -> Option<Report> {
         if let Some(addr) = line.strip_prefix("ready ") {
             return Some(Report::Ready(addr.trim().to_owned()));
+        }
+        if line.starts_with("done ") {
+            return Some(Report::Done);
         }
         let json = line.strip_prefix("stats ")?;
         let map: std::collections::BTreeMap<String, u64> = serde_json::from_str(json).ok()?;
@@ -159,6 +165,7 @@ mod tests {
             Report::parse(r#"stats {"b":2,"a":1}"#),
             Some(Report::Stats(vec![("a".into(), 1), ("b".into(), 2)]))
         );
+        assert_eq!(Report::parse("done remove 127.0.0.1:1"), Some(Report::Done));
         assert_eq!(Report::parse("stats {nope"), None);
         assert_eq!(Report::parse("hello"), None);
     }

@@ -39,7 +39,10 @@ fn app(worker: Worker) -> Result<WorkerApp, BoxError> {
         })
         .build_layer()?;
     let router = Router::new()
-        .route("/hello", get(move || async move { format!("hello from worker {id}") }))
+        .route(
+            "/hello",
+            get(move || async move { format!("hello from worker {id}") }),
+        )
         .layer(layer)
         .layer(handle.session_layer());
     Ok(WorkerApp::new(router, handle))
@@ -50,14 +53,16 @@ fn config() -> Result<ClusterConfig, String> {
     let mut config = ClusterConfig::default();
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?;
-        let number = |v: &str| v.parse::<u64>().map_err(|_| format!("{flag} {v}: not a number"));
+        let value = args.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let number = |v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{flag} {v}: not a number"))
+        };
         match flag.as_str() {
             "--port" => config.port = u16::try_from(number(&value)?).map_err(|e| e.to_string())?,
             "--management-port" => {
-                config.management_port = u16::try_from(number(&value)?).map_err(|e| e.to_string())?;
+                config.management_port =
+                    u16::try_from(number(&value)?).map_err(|e| e.to_string())?;
             }
             "--workers" => {
                 config.workers = usize::try_from(number(&value)?).map_err(|e| e.to_string())?;
@@ -76,7 +81,9 @@ fn main() -> ExitCode {
     match config() {
         Ok(config) => Cluster::new(config).worker(app).run(),
         Err(e) => {
-            eprintln!("error: {e}\nusage: cluster-app [--port P] [--management-port M] [--workers N]");
+            eprintln!(
+                "error: {e}\nusage: cluster-app [--port P] [--management-port M] [--workers N]"
+            );
             ExitCode::from(sc_cluster::EXIT_CONFIG)
         }
     }

@@ -83,7 +83,9 @@ async fn http_get(port: u16, path: &str, cookie: Option<&str>) -> (u16, String, 
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
-    let cookie = cookie.map(|c| format!("Cookie: {c}\r\n")).unwrap_or_default();
+    let cookie = cookie
+        .map(|c| format!("Cookie: {c}\r\n"))
+        .unwrap_or_default();
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{cookie}Connection: close\r\n\r\n")
             .as_bytes(),
@@ -100,7 +102,8 @@ async fn http_get(port: u16, path: &str, cookie: Option<&str>) -> (u16, String, 
     (status, head.to_owned(), body.to_owned())
 }
 
-type Ws = tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn connect(port: u16, cookie: &str) -> Ws {
     let uri = format!("ws://127.0.0.1:{port}/socketcluster/");
@@ -112,9 +115,11 @@ async fn connect(port: u16, cookie: &str) -> Ws {
         .connect()
         .await
         .unwrap();
-    ws.send(Message::text(json!({"event": "#handshake", "data": {}, "cid": 1}).to_string()))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        json!({"event": "#handshake", "data": {}, "cid": 1}).to_string(),
+    ))
+    .await
+    .unwrap();
     let reply = next_json(&mut ws).await;
     assert_eq!(reply["rid"], 1, "{reply}");
     ws
@@ -127,7 +132,9 @@ async fn next_json(ws: &mut Ws) -> Value {
 
 async fn try_next_json(ws: &mut Ws) -> Option<Value> {
     loop {
-        let msg = tokio::time::timeout(WAIT, ws.next()).await.expect("no message in time");
+        let msg = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no message in time");
         let msg = match msg {
             Some(Ok(m)) => m,
             _ => return None,
@@ -145,9 +152,11 @@ async fn try_next_json(ws: &mut Ws) -> Option<Value> {
 }
 
 async fn invoke(ws: &mut Ws, event: &str, cid: u64) -> Value {
-    ws.send(Message::text(json!({"event": event, "cid": cid}).to_string()))
-        .await
-        .unwrap();
+    ws.send(Message::text(
+        json!({"event": event, "cid": cid}).to_string(),
+    ))
+    .await
+    .unwrap();
     loop {
         let v = next_json(ws).await;
         if v["rid"] == cid {
@@ -218,7 +227,11 @@ async fn the_app_runs_as_a_cluster_and_outlives_a_worker() {
         .wait_line(|l| l.starts_with(&format!("child ready role=worker id={id} ")))
         .await;
     let mut ws = connect(cluster.port, &cookie).await;
-    assert_eq!(invoke(&mut ws, "visit", 2).await, 3, "the session's data survived");
+    assert_eq!(
+        invoke(&mut ws, "visit", 2).await,
+        3,
+        "the session's data survived"
+    );
 
     let restarts = tokio::time::timeout(WAIT, async {
         loop {
