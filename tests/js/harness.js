@@ -12,6 +12,8 @@
 //                     it, and `balance` in front of them; clients connect to the balancer
 //   balancer-tls   -> the same, the balancer terminating TLS (https/wss) with a test CA made here
 //                     with the `openssl` CLI (testTls()); every client made here trusts that CA
+//   run            -> startServer() starts `socketcluster run` (a master with a store, two workers
+//                     and a balancer: startRunAsServer()); clients connect to its balancer
 'use strict';
 
 const { spawn, execFileSync } = require('node:child_process');
@@ -946,6 +948,11 @@ class RunProcess {
     return false;
   }
 
+  /** Whether the master runs (it exits when it cannot keep its children running). */
+  isRunning() {
+    return !!this.child && this.exitStatus === null;
+  }
+
   /** The master's pid (and process group id). */
   get pid() {
     return this.child ? this.child.pid : null;
@@ -1265,10 +1272,33 @@ function percentile(sorted, q) {
   return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
 }
 
-/** SC_TOPOLOGY: `single` (default), `balancer` or `balancer-tls`. */
+/** SC_TOPOLOGY: `single` (default), `balancer`, `balancer-tls` or `run`. */
 const TOPOLOGY = process.env.SC_TOPOLOGY || 'single';
-if (!['single', 'balancer', 'balancer-tls'].includes(TOPOLOGY)) {
-  throw new Error(`SC_TOPOLOGY=${TOPOLOGY}: expected single, balancer or balancer-tls`);
+if (!['single', 'balancer', 'balancer-tls', 'run'].includes(TOPOLOGY)) {
+  throw new Error(`SC_TOPOLOGY=${TOPOLOGY}: expected single, balancer, balancer-tls or run`);
+}
+
+/**
+ * A `socketcluster run` cluster (two workers) standing in for one server process: its `stop()`
+ * drains it (SIGTERM, exit 0 asserted) and then closes the clients and leaves nothing running,
+ * as ServerProcess.stop() does. The demo page's browser builds come from this suite's npm install.
+ */
+async function startRunAsServer(opts = {}) {
+  const run = new RunProcess({
+    workers: 2,
+    ...opts,
+    args: ['--demo-assets', path.join(__dirname, 'node_modules'), ...(opts.args || [])],
+  });
+  const drain = run.stop.bind(run);
+  run.stop = async () => {
+    try {
+      return await drain();
+    } finally {
+      await run.cleanup();
+    }
+  };
+  await run.start();
+  return run;
 }
 
 /** Node TLS options that trust the server's CA (empty for a plain server). */
@@ -1281,6 +1311,7 @@ function tlsClientOptions(server) {
  * (or balancer-tls) it is a ClusterProcess, the same options going to every worker.
  */
 async function startServer(opts) {
+  if (TOPOLOGY === 'run') return startRunAsServer(opts);
   const server =
     TOPOLOGY === 'single'
       ? new ServerProcess(opts)
@@ -1566,6 +1597,7 @@ module.exports = {
   ClusterProcess,
   RunProcess,
   startRun,
+  startRunAsServer,
   parsePrometheusText,
   parseChildReady,
   parseChildExited,

@@ -18,7 +18,7 @@ const { spawn } = require('node:child_process');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { chromium } = require('playwright-core');
-const { HOST, CHROMIUM, CHROMIUM_ARGS, ServerProcess, freePort, tryConnect, withTimeout } = require('./harness');
+const { HOST, CHROMIUM, CHROMIUM_ARGS, ServerProcess, TOPOLOGY, startRunAsServer, freePort, tryConnect, withTimeout } = require('./harness');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
 // The browser builds the page loads, from this suite's own npm install.
@@ -45,8 +45,13 @@ describe('sessions in the browser (headless Chromium, the demo page)', { skip: R
   let browser;
 
   before(async () => {
-    server = new ServerProcess({ args: ['--demo-assets', NODE_MODULES] });
-    await server.start();
+    if (TOPOLOGY === 'run') {
+      // The page as `socketcluster run` serves it (the README's main command).
+      server = await startRunAsServer();
+    } else {
+      server = new ServerProcess({ args: ['--demo-assets', NODE_MODULES] });
+      await server.start();
+    }
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });
   });
   after(async () => {
@@ -147,7 +152,9 @@ async function startStore() {
   return { port, child };
 }
 
-describe('sessions across two worker processes (headless Chromium)', { skip: REFERENCE && 'ours only' }, () => {
+describe('sessions across two worker processes (headless Chromium)', {
+  skip: (REFERENCE && 'ours only') || (TOPOLOGY === 'run' && 'it starts its own processes: the other topologies run it'),
+}, () => {
   let browser;
   before(async () => {
     browser = await chromium.launch({ executablePath: CHROMIUM, args: CHROMIUM_ARGS });

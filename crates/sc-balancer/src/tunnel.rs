@@ -340,7 +340,12 @@ impl<C: Io> Future for Both<'_, C> {
                     let _ = Pin::new(&mut *this.worker).poll_shutdown(cx);
                 }
                 Err(Fault::Read) => return Poll::Ready(Outcome::ClientFailed),
-                Err(Fault::Write) => return Poll::Ready(Outcome::WorkerEnded),
+                Err(Fault::Write) => {
+                    // The worker no longer takes the client's bytes (it closed, maybe with
+                    // them unread, and reset): what it sent before, its close frame among
+                    // them, may still wait to be read. Keep relaying that way until it ends.
+                    this.up_done = true;
+                }
             }
         }
         match pump(
@@ -398,7 +403,9 @@ pub(crate) async fn run<C: Io>(
     match outcome {
         Outcome::ClientFailed => End::Closed,
         Outcome::WorkerEnded if tracker.closed => {
-            let _ = client.shutdown().await;
+            // The worker's close frame went through; the client may still be sending (a frame
+            // too large, say): let it read the frame before it sees the end.
+            Box::pin(linger_close(&mut client, &[])).await;
             End::Closed
         }
         Outcome::WorkerEnded if tracker.at_boundary() => {
@@ -411,12 +418,17 @@ pub(crate) async fn run<C: Io>(
     }
 }
 
-/// Writes the [`WORKER_LOST`] close frame to the client, then lets it answer and close first,
-/// so the frame is not lost to a reset of a connection with unread bytes.
+/// Writes the [`WORKER_LOST`] close frame to the client, then lets it answer and close first.
 async fn say_worker_lost<C: Io>(client: &mut C) {
-    let frame = close_frame(WORKER_LOST, WORKER_LOST_REASON);
+    linger_close(client, &close_frame(WORKER_LOST, WORKER_LOST_REASON)).await;
+}
+
+/// Writes `last` (if any), ends the client's side, then reads and drops what the client still
+/// sends until it closes (at most [`LINGER`] each), so the frames it was sent are not lost to a
+/// reset of a connection closed with unread bytes.
+async fn linger_close<C: Io>(client: &mut C, last: &[u8]) {
     let sent = tokio::time::timeout(LINGER, async {
-        client.write_all(&frame).await?;
+        client.write_all(last).await?;
         client.flush().await?;
         client.shutdown().await
     })
