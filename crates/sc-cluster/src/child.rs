@@ -2,7 +2,7 @@
 //! balancer), says `ready`, reports its counters every second, and obeys the master's commands
 //! until `stop` (drain, then exit 0) or the end of stdin (the master is gone: exit at once).
 
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tower::Layer;
 
 use crate::config::per_core;
-use crate::proto::{ChildSpec, Command, Role};
+use crate::proto::{ChildSpec, Command, Role, say};
 use crate::{Worker, WorkerApp, WorkerFn};
 
 /// How often a child reports its counters.
@@ -46,7 +46,7 @@ pub(crate) fn run(role: &str, app: Arc<WorkerFn>) -> ExitCode {
             return ExitCode::from(crate::EXIT_CONFIG);
         }
     };
-    crate::master::init_tracing(false);
+    crate::logging::init(false);
     let commands = read_commands();
     let result = match role {
         Role::Store => store(spec, commands),
@@ -60,13 +60,6 @@ pub(crate) fn run(role: &str, app: Arc<WorkerFn>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Writes one line to stdout (the master reads it) and flushes.
-pub(crate) fn say(line: &str) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
 }
 
 fn say_stats(stats: &impl serde::Serialize) {

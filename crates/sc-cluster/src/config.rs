@@ -285,7 +285,8 @@ impl ClusterConfig {
 
     /// The defaults as TOML, with a comment on every option: what `--print-config` prints.
     pub fn commented_toml() -> String {
-        crate::docs::commented_defaults()
+        let defaults = toml::Table::try_from(Self::default()).unwrap_or_default();
+        crate::docs::commented_defaults(&defaults)
     }
 }
 

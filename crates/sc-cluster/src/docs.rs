@@ -4,8 +4,6 @@
 
 use std::fmt::Write;
 
-use crate::config::ClusterConfig;
-
 /// The top-level options: (key, comment, example for an option that is unset by default).
 const TOP: &[(&str, &str, Option<&str>)] = &[
     (
@@ -275,35 +273,34 @@ const WORKER: &[(&str, &str)] = &[
     ),
 ];
 
-/// The defaults as TOML with a comment above every option.
-pub(crate) fn commented_defaults() -> String {
-    let defaults = toml::Table::try_from(ClusterConfig::default()).unwrap_or_default();
+/// `defaults` (the default config as a TOML table) with a comment above every option.
+pub(crate) fn commented_defaults(defaults: &toml::Table) -> String {
     let mut out = String::from(
         "# socketcluster run --config FILE: the cluster on one machine. Flags and the\n\
          # environment (SC_AUTH_KEY, SC_STORE_SECRET, SC_TLS_KEY_PASSPHRASE) override this file.\n\n",
     );
     for (key, comment, example) in TOP {
-        entry(&mut out, &defaults, key, comment, *example);
+        entry(&mut out, defaults, key, comment, *example);
     }
     section(
         &mut out,
-        &defaults,
+        defaults,
         "balancer",
         "The balancers: the front door.",
     );
     for (key, comment) in BALANCER {
-        entry(&mut out, table(&defaults, "balancer"), key, comment, None);
+        entry(&mut out, table(defaults, "balancer"), key, comment, None);
     }
     section(
         &mut out,
-        &defaults,
+        defaults,
         "tls",
         "TLS at the balancers (off unless cert and key are set).",
     );
     for (key, comment, example) in TLS {
         entry(
             &mut out,
-            table(&defaults, "tls"),
+            table(defaults, "tls"),
             key,
             comment,
             Some(example),
@@ -311,16 +308,16 @@ pub(crate) fn commented_defaults() -> String {
     }
     section(
         &mut out,
-        &defaults,
+        defaults,
         "worker",
         "The workers' options and limits.",
     );
     for (key, comment) in WORKER {
-        entry(&mut out, table(&defaults, "worker"), key, comment, None);
+        entry(&mut out, table(defaults, "worker"), key, comment, None);
     }
     section(
         &mut out,
-        &defaults,
+        defaults,
         "app",
         "The app's own options, read by its worker function (the demo app: demo_assets, where the\n\
          # page finds its browser builds, default \"web/node_modules\").",
@@ -356,12 +353,13 @@ fn entry(out: &mut String, t: &toml::Table, key: &str, comment: &str, example: O
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+    use crate::config::ClusterConfig;
 
     use super::*;
 
     #[test]
     fn the_commented_file_is_the_defaults() {
-        let text = commented_defaults();
+        let text = commented_defaults(&toml::Table::try_from(ClusterConfig::default()).unwrap());
         let parsed = ClusterConfig::from_toml(&text).unwrap();
         assert_eq!(
             toml::Table::try_from(parsed).unwrap(),

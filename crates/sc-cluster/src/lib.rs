@@ -40,6 +40,7 @@
 mod child;
 mod config;
 mod docs;
+mod logging;
 mod manage;
 mod master;
 mod net;

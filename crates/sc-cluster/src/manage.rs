@@ -16,7 +16,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-use crate::master::Master;
 use crate::proto::Role;
 
 /// The labels of every per-process series.
@@ -325,7 +324,15 @@ impl Metrics {
 }
 
 /// Serves the management port until the process ends.
-pub(crate) async fn serve(listener: tokio::net::TcpListener, master: Arc<Master>) {
+/// What the management port shows: the master's state.
+pub(crate) trait Status: Send + Sync + 'static {
+    /// Whether every child runs, and the children as JSON.
+    fn health(&self) -> (bool, String);
+    /// The registry of `/metrics`.
+    fn metrics(&self) -> &Metrics;
+}
+
+pub(crate) async fn serve<M: Status>(listener: tokio::net::TcpListener, master: Arc<M>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -335,7 +342,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, master: Arc<Master>
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let master = master.clone();
-                async move { Ok::<_, Infallible>(answer(&master, &req)) }
+                async move { Ok::<_, Infallible>(answer(&*master, &req)) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -344,7 +351,7 @@ pub(crate) async fn serve(listener: tokio::net::TcpListener, master: Arc<Master>
     }
 }
 
-fn answer<B>(master: &Master, req: &Request<B>) -> Response<Full<Bytes>> {
+fn answer<B>(master: &impl Status, req: &Request<B>) -> Response<Full<Bytes>> {
     let reply = |status: StatusCode, kind: &'static str, body: String| {
         let mut res = Response::new(Full::new(Bytes::from(body)));
         *res.status_mut() = status;

@@ -13,11 +13,10 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{Notify, mpsc, watch};
 
-use crate::child::say;
 use crate::config::{ClusterConfig, StoreKind};
-use crate::manage::Metrics;
+use crate::manage::{Metrics, Status as ManagedStatus};
 use crate::net::Reservation;
-use crate::proto::{ChildSpec, Command, ROLE_ENV, Report, Role};
+use crate::proto::{ChildSpec, Command, ROLE_ENV, Report, Role, say};
 
 /// The shortest wait before respawning a process that keeps crashing.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -25,39 +24,6 @@ const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How long the master waits for each balancer to acknowledge a command before going on.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// Log lines on stderr, filtered by `RUST_LOG` (default `info`). The master's own lines start
-/// with `[master]`; a child's lines reach the master's stderr with `[ROLE ID]` in front.
-pub(crate) fn init_tracing(master: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A child's stderr is a pipe to the master, which puts `[ROLE ID]` in front of each line.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(move || Prefixed(if master { "[master] " } else { "" }))
-        .with_ansi(
-            master
-                && std::env::var_os("NO_COLOR").is_none()
-                && std::io::IsTerminal::is_terminal(&std::io::stderr()),
-        )
-        .try_init();
-}
-
-/// Stderr with a prefix in front of each event (the formatter writes an event at once).
-struct Prefixed(&'static str);
-
-impl std::io::Write for Prefixed {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let mut err = std::io::stderr().lock();
-        err.write_all(self.0.as_bytes())?;
-        err.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        std::io::stderr().flush()
-    }
-}
 
 /// Where a child is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,18 +190,23 @@ impl Master {
         self.tell_balancers(c);
         let waits = seen.iter().map(|(b, d)| async move {
             if b.status().phase == Phase::Running && !b.done_after(*d, timeout).await {
-                tracing::warn!("{} did not acknowledge {:?} within {timeout:?}", b.name(), c);
+                tracing::warn!(
+                    "{} did not acknowledge {:?} within {timeout:?}",
+                    b.name(),
+                    c
+                );
             }
         });
         futures_util::future::join_all(waits).await;
     }
+}
 
-    pub(crate) fn metrics(&self) -> &Metrics {
+impl ManagedStatus for Master {
+    fn metrics(&self) -> &Metrics {
         &self.metrics
     }
 
-    /// Whether every child runs, and the children as JSON for `/health`.
-    pub(crate) fn health(&self) -> (bool, String) {
+    fn health(&self) -> (bool, String) {
         let children: Vec<serde_json::Value> = self
             .slots
             .iter()
@@ -273,7 +244,7 @@ pub(crate) fn run(config: ClusterConfig) -> ExitCode {
         eprintln!("error: {e}");
         return ExitCode::from(crate::EXIT_CONFIG);
     }
-    init_tracing(true);
+    crate::logging::init(true);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

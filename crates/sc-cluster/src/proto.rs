@@ -137,6 +137,14 @@ impl Report {
     }
 }
 
+/// Writes one line to stdout (the master reads it) and flushes.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
