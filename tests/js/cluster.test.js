@@ -10,6 +10,8 @@
 // b. SIGTERM: the master drains, prints `cluster stopped`, exits 0 and leaves no child behind; a
 //    connected client sees a close code it reconnects on (not 1000, below 4500) and no invoke
 //    in flight hangs.
+// c'. --store redis://: no store process; channels span both workers and session data outlives a
+//    worker killed with -9 (it lives in Redis).
 // c. kill -9 of the store under the chaos load (CHAOS_CLIENTS clients echoing): every subscriber
 //    receives `#gap` for its channel, the store is respawned, a publish on each channel reaches
 //    every subscriber again, no socket closes and every invoke settles.
@@ -74,6 +76,9 @@ const CHANNELS = 20;
 // store process holds it, and an in-memory store killed with -9 loses it by design.
 const STORE_KILL_CLIENTS = CHAOS_CLIENTS;
 const WORKERS = 2;
+/** The Redis of the `--store redis://` test (scripts/test starts one where none is listening). */
+const REDIS_URL = process.env.SC_REDIS_URL || 'redis://127.0.0.1:6379';
+const REDIS_CLIENTS = 100;
 const ACK_TIMEOUT_MS = 5000;
 /** An invoke must settle within its ack timeout plus this. */
 const INVOKE_SLACK_MS = 1000;
@@ -815,6 +820,39 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
       );
       for (const code of codes) assert.ok(code !== 1000 && code < 4500, `close code ${code}: the client reconnects on it`);
       assert.ok(settled.every((r) => r.error || r.ok), 'every answered echo has the data sent');
+    });
+  });
+
+  describe('--store redis://: Redis in place of the store processes', { timeout: 120000 }, () => {
+    let run;
+    let fleet;
+    before(async () => {
+      run = await startRun({ workers: WORKERS, store: REDIS_URL, drainTimeoutMs: DRAIN_TIMEOUT_MS });
+    });
+    after(async () => {
+      if (fleet) fleet.close();
+      if (run) await run.cleanup();
+    });
+
+    it('no store process; channels span the workers; session data outlives a worker killed with -9', async () => {
+      const children = assertHealth(await run.health(), run);
+      assert.deepEqual([...children.keys()].filter((k) => k.startsWith('store/')), [], 'no store process with --store redis://');
+      fleet = new Fleet(run, { count: REDIS_CLIENTS, tag: 'redis' });
+      await fleet.connect();
+      // Every channel reaches its subscribers on both workers (the balancer spreads them).
+      await fleet.probe('redis-before-kill', 15000);
+      const k = await killAndAwaitRespawn(run, 'worker', 0);
+      assert.match(k.exitStatus, /^signal 9\b/, 'the exit status of a kill -9');
+      await fleet.changed.until(
+        () => fleet.clients.some((c) => c.events.some((e) => e.type === 'close' && e.at >= k.at)),
+        15000,
+        'a client of the killed worker to be closed'
+      );
+      await fleet.waitAllOpen(30000, 'after the worker kill');
+      await fleet.assertSessions('redis, worker kill');
+      await fleet.waitSubscribed(30000, 'redis, after the worker kill');
+      await fleet.probe('redis-after-kill', 15000);
+      console.log(`cluster redis: ${fleet.count} clients, worker 0 respawned after ${ms(k.respawnMs)}; sessions and channels intact`);
     });
   });
 

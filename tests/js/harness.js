@@ -914,11 +914,13 @@ function parsePrometheusText(text, { openMetrics = false } = {}) {
  * process's exit.
  */
 class RunProcess {
-  constructor({ workers = 2, stores = 1, balancers = 1, authKey, drainTimeoutMs = null, args = [], env = {} } = {}) {
+  constructor({ workers = 2, stores = 1, store = null, balancers = 1, authKey, drainTimeoutMs = null, args = [], env = {} } = {}) {
     if (process.env.SC_SERVER === 'reference') throw new Error('`socketcluster run` needs our binary (SC_BIN)');
     this.bin = scBin();
     this.workerCount = workers;
-    this.storeCount = stores;
+    /** `--store` (e.g. `redis://127.0.0.1:6379`, which replaces the store processes), or null. */
+    this.store = store;
+    this.storeCount = store && store.startsWith('redis://') ? 0 : stores;
     this.balancerCount = balancers;
     this.authKey = authKey || `test-key-${crypto.randomBytes(12).toString('hex')}`;
     this.drainTimeoutMs = drainTimeoutMs;
@@ -1082,10 +1084,11 @@ class RunProcess {
       '--port', '0',
       '--management-port', '0',
       '--workers', String(this.workerCount),
-      '--stores', String(this.storeCount),
+      '--stores', String(Math.max(1, this.storeCount)),
       '--balancers', String(this.balancerCount),
       '--auth-key', this.authKey,
     ];
+    if (this.store) args.push('--store', this.store);
     if (this.drainTimeoutMs != null) args.push('--drain-timeout-ms', String(this.drainTimeoutMs));
     return [...args, ...this.extraArgs];
   }
