@@ -82,10 +82,11 @@ impl Protocol {
         }
     }
 
-    /// Whether `scenario` means anything with this protocol: a bare echo server has no channels
-    /// and no counter.
+    /// Whether `scenario` means anything with this protocol: a bare echo server has no counter
+    /// and no channels (fanout needs the peer's `--broadcast` mode, which relays every
+    /// `#publish` to every other connection).
     pub(crate) fn supports(self, scenario: &str) -> bool {
-        self != Protocol::WsEcho || matches!(scenario, "echo" | "rate" | "conns")
+        self != Protocol::WsEcho || matches!(scenario, "echo" | "rate" | "conns" | "fanout")
     }
 
     /// Completes the protocol handshake on a fresh WebSocket.
@@ -194,6 +195,10 @@ impl Protocol {
     /// Classifies a server message; answers heartbeats into `out`.
     pub(crate) fn classify<'a>(self, msg: &'a [u8], out: &mut Out) -> Incoming<'a> {
         match self {
+            // A publish relayed by the broadcast peer, as sent (no cid).
+            Protocol::WsEcho if msg.starts_with(b"{\"event\":\"#publish\"") => {
+                Incoming::Publish(msg)
+            }
             // The invoke came back: its id is the last `"cid":` (the data comes before it).
             Protocol::WsEcho => match rfind(msg, b",\"cid\":") {
                 Some(at) => {
@@ -426,6 +431,14 @@ mod tests {
             p.classify(br#"{"x":1,"cid":}"#, &mut o),
             Incoming::Other
         ));
-        assert!(!p.supports("fanout") && !p.supports("ping") && p.supports("echo"));
+        assert!(p.supports("fanout") && !p.supports("ping") && p.supports("echo"));
+        // The broadcast peer relays a publish as the publisher sent it.
+        assert!(matches!(
+            p.classify(
+                br#"{"event":"#publish","data":{"channel":"c","data":{"seq":1,"t":2}}}"#,
+                &mut o
+            ),
+            Incoming::Publish(_)
+        ));
     }
 }
