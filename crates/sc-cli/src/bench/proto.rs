@@ -435,7 +435,7 @@ mod tests {
         // The broadcast peer relays a publish as the publisher sent it.
         assert!(matches!(
             p.classify(
-                br#"{"event":"#publish","data":{"channel":"c","data":{"seq":1,"t":2}}}"#,
+                br##"{"event":"#publish","data":{"channel":"c","data":{"seq":1,"t":2}}}"##,
                 &mut o
             ),
             Incoming::Publish(_)
