@@ -202,7 +202,7 @@ fn ws_echo_protocol_measures_a_bare_echo_server() {
     assert_eq!(echo["errors"], 0, "{echo}");
     assert!(echo["p50_us"].as_f64().unwrap() > 0.0, "{echo}");
 
-    let out = run(&["fanout", "--duration", "1s", "-s", "2", "-p", "10"]);
+    let out = run(&["ping", "--duration", "1s", "-c", "2", "-r", "10"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bare echo server"), "{err}");

@@ -34,7 +34,8 @@ Every scenario takes --url (default ws://127.0.0.1:8000/socketcluster/), --durat
 from /proc, and its memory for `conns`) and --protocol socketio (socket.io servers running the
 same app: `echo`/`count` with acks, `ping`, `subscribe`/`publish` with rooms) or --protocol ws-echo
 (a bare WebSocket echo server, a reference with no protocol work: echo, rate and conns; an
-invoke comes back as its own reply). A progress line
+invoke comes back as its own reply; fanout against a broadcast server that relays each
+`#publish` frame to every other connection, as `ws-echo-peer --broadcast`). A progress line
 goes to stderr. The generator reports its own CPU (gen_cpu_pct): near 100% means it, not the
 server, set the pace. Pin the server and the generator to different cores (taskset) to compare
 servers; scripts/bench does it for the project's peers.

@@ -33,7 +33,7 @@ async fn setup(c: &Common, scenario: &str) -> Result<(Target, Report), String> {
         .unwrap_or_else(|| c.protocol.default_url().to_owned());
     if !c.protocol.supports(scenario) {
         return Err(format!(
-            "--protocol {} drives a bare echo server: it has no `{scenario}` (use echo, rate or conns)",
+            "--protocol {} drives a bare echo server: it has no `{scenario}` (use echo, rate or conns, or fanout against its --broadcast mode)",
             c.protocol.name()
         ));
     }
