@@ -7,8 +7,9 @@
 //!
 //! With `--broadcast` it is the bare broadcast server of the fan-out runs instead: a message that
 //! starts with `{"event":"#publish"` goes, unchanged, to every other connection (one
-//! `tokio::sync::broadcast` channel, a task per connection writing what it receives); any other
-//! message is echoed as above (so a `#subscribe` gets its "reply").
+//! `tokio::sync::broadcast` channel, a task per connection writing what it receives, what has
+//! piled up with one flush); any other message is echoed as above (so a `#subscribe` gets its
+//! "reply").
 //!
 //! Usage: `ws-echo-peer [--port 8000] [--broadcast]`; prints `listening on ws://127.0.0.1:PORT/`.
 
@@ -44,34 +45,49 @@ fn is_publish(m: &Message) -> bool {
 
 async fn broadcast_conn(stream: TcpStream, hub: Hub, id: u64) {
     let _ = stream.set_nodelay(true);
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
         return;
     };
-    let (mut tx, mut rx) = ws.split();
     let mut publishes = hub.subscribe();
     loop {
         tokio::select! {
-            m = rx.next() => match m {
+            m = ws.next() => match m {
                 Some(Ok(m)) if is_publish(&m) => {
                     let _ = hub.send((id, m));
                 }
                 Some(Ok(m @ (Message::Text(_) | Message::Binary(_)))) => {
-                    if tx.send(m).await.is_err() {
+                    if ws.send(m).await.is_err() {
                         return;
                     }
                 }
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return,
             },
-            p = publishes.recv() => match p {
-                Ok((from, m)) if from != id => {
-                    if tx.send(m).await.is_err() {
-                        return;
+            p = publishes.recv() => {
+                // What else is already there goes out with it: one write for the lot.
+                let mut next = p;
+                loop {
+                    match next {
+                        Ok((from, m)) if from != id => {
+                            if ws.feed(m).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(broadcast::error::RecvError::Closed) => return,
                     }
+                    next = match publishes.try_recv() {
+                        Ok(item) => Ok(item),
+                        Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                            Err(broadcast::error::RecvError::Lagged(n))
+                        }
+                        Err(_) => break,
+                    };
                 }
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+                if ws.flush().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
