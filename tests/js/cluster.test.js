@@ -154,6 +154,22 @@ function assertReconnectCodes(codes, message) {
   assert.ok(codes.includes(4000), `${message}: ${JSON.stringify(tally(codes))}`);
 }
 
+/**
+ * Starts a cluster before the tests of the enclosing describe and cleans up after them: `run` is
+ * its RunProcess; a test that makes a Fleet stores it in `fleet`, closed first.
+ */
+function clusterFixture(opts) {
+  const fx = { run: null, fleet: null };
+  before(async () => {
+    fx.run = await startRun(opts);
+  });
+  after(async () => {
+    if (fx.fleet) fx.fleet.close();
+    if (fx.run) await fx.run.cleanup();
+  });
+  return fx;
+}
+
 /** Counts of a list of strings, as `{ value: count }`. */
 function tally(values) {
   const out = {};
@@ -644,17 +660,10 @@ async function killAndAwaitRespawn(run, role, id, boundMs = 20000) {
 
 describe('socketcluster run', { skip: REFERENCE && 'the reference server has no cluster master' }, () => {
   describe('/health and /metrics', { timeout: 240000 }, () => {
-    let run;
-    let fleet;
-    before(async () => {
-      run = await startRun({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
-    });
-    after(async () => {
-      if (fleet) fleet.close();
-      if (run) await run.cleanup();
-    });
+    const fx = clusterFixture({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
 
     it('list every child, parse as Prometheus text, move while clients echo, count a kill as a restart', { timeout: 180000 }, async () => {
+      const { run } = fx;
       const health = await run.health();
       const children = assertHealth(health, run);
       for (const c of children.values()) assert.equal(c.restarts, 0, `${c.role} ${c.id} never restarted`);
@@ -685,7 +694,7 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
       const before0 = counters(m0);
 
       // Load: 50 clients (sessions: store operations), each echoing; a publish on each channel.
-      fleet = new Fleet(run, { count: 50, channelCount: 5, tag: 'metrics' });
+      const fleet = (fx.fleet = new Fleet(run, { count: 50, channelCount: 5, tag: 'metrics' }));
       await fleet.connect();
       await fleet.getPublisher();
       fleet.startEcho();
@@ -824,20 +833,13 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
   });
 
   describe('--store redis://: Redis in place of the store processes', { timeout: 120000 }, () => {
-    let run;
-    let fleet;
-    before(async () => {
-      run = await startRun({ workers: WORKERS, store: REDIS_URL, drainTimeoutMs: DRAIN_TIMEOUT_MS });
-    });
-    after(async () => {
-      if (fleet) fleet.close();
-      if (run) await run.cleanup();
-    });
+    const fx = clusterFixture({ workers: WORKERS, store: REDIS_URL, drainTimeoutMs: DRAIN_TIMEOUT_MS });
 
     it('no store process; channels span the workers; session data outlives a worker killed with -9', async () => {
+      const { run } = fx;
       const children = assertHealth(await run.health(), run);
       assert.deepEqual([...children.keys()].filter((k) => k.startsWith('store/')), [], 'no store process with --store redis://');
-      fleet = new Fleet(run, { count: REDIS_CLIENTS, tag: 'redis' });
+      const fleet = (fx.fleet = new Fleet(run, { count: REDIS_CLIENTS, tag: 'redis' }));
       await fleet.connect();
       // Every channel reaches its subscribers on both workers (the balancer spreads them).
       await fleet.probe('redis-before-kill', 15000);
@@ -857,18 +859,11 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
   });
 
   describe('kill -9 of the store', { timeout: 300000 }, () => {
-    let run;
-    let fleet;
-    before(async () => {
-      run = await startRun({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
-    });
-    after(async () => {
-      if (fleet) fleet.close();
-      if (run) await run.cleanup();
-    });
+    const fx = clusterFixture({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
 
     it(`${STORE_KILL_CLIENTS} subscribers each get #gap for their channel, the store is respawned, delivery resumes`, { timeout: 240000 }, async () => {
-      fleet = new Fleet(run, { count: STORE_KILL_CLIENTS, sessions: false, tag: 'storekill' });
+      const { run } = fx;
+      const fleet = (fx.fleet = new Fleet(run, { count: STORE_KILL_CLIENTS, sessions: false, tag: 'storekill' }));
       await fleet.connect();
       await fleet.probe('before-store-kill', 15000);
       fleet.startEcho();
@@ -909,18 +904,11 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
   });
 
   describe(`rolling restart (SIGUSR2) under ${CHAOS_CLIENTS} clients`, { timeout: 600000 }, () => {
-    let run;
-    let fleet;
-    before(async () => {
-      run = await startRun({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
-    });
-    after(async () => {
-      if (fleet) fleet.close();
-      if (run) await run.cleanup();
-    });
+    const fx = clusterFixture({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
 
     it('restarts the workers one at a time: no session lost, no permanent close, every invoke settled', { timeout: 540000 }, async () => {
-      fleet = new Fleet(run, { count: CHAOS_CLIENTS, tag: 'rolling' });
+      const { run } = fx;
+      const fleet = (fx.fleet = new Fleet(run, { count: CHAOS_CLIENTS, tag: 'rolling' }));
       await fleet.connect();
       fleet.startEcho();
       // Load running: every client answered at least one echo.
@@ -1002,18 +990,11 @@ describe('socketcluster run', { skip: REFERENCE && 'the reference server has no 
   });
 
   describe(`chaos: kill -9 of a random worker every ${CHAOS_INTERVAL_MS} ms for ${CHAOS_SECONDS} s under ${CHAOS_CLIENTS} clients`, { timeout: CHAOS_TEST_TIMEOUT_MS + 60000 }, () => {
-    let run;
-    let fleet;
-    before(async () => {
-      run = await startRun({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
-    });
-    after(async () => {
-      if (fleet) fleet.close();
-      if (run) await run.cleanup();
-    });
+    const fx = clusterFixture({ workers: WORKERS, drainTimeoutMs: DRAIN_TIMEOUT_MS });
 
     it('every killed worker is respawned, its clients reconnect (p95 <= 1 s), nothing is lost', { timeout: CHAOS_TEST_TIMEOUT_MS }, async () => {
-      fleet = new Fleet(run, { count: CHAOS_CLIENTS, tag: 'chaos' });
+      const { run } = fx;
+      const fleet = (fx.fleet = new Fleet(run, { count: CHAOS_CLIENTS, tag: 'chaos' }));
       await fleet.connect();
       fleet.startEcho();
       await fleet.changed.until(() => fleet.clients.every((c) => c.answered >= 1), 60000, 'every client echoing');
