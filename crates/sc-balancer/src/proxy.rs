@@ -258,7 +258,10 @@ impl Inner {
             && parts.uri.path() == self.config.engineio_path;
         // A request without a body can be sent again to another worker.
         let bodyless = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS)
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+            && parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .is_none_or(|v| v.as_bytes() == b"0")
             && !parts.headers.contains_key(header::TRANSFER_ENCODING);
         // Only a new connection without a body is sent again: only then are the headers kept.
         let retryable = matches!(target, Target::Any) && bodyless;
@@ -316,7 +319,12 @@ impl Inner {
                 }
                 Err(e) => {
                     tracing::debug!(worker = %w.addr(), error = %e, "proxied request failed");
-                    return self.bad_gateway();
+                    // A new connection's request without a body, lost before an answer (a
+                    // worker dying with it in its backlog): another worker can take it.
+                    if !retryable {
+                        return self.bad_gateway();
+                    }
+                    failed.push(w);
                 }
             }
         }
@@ -327,7 +335,7 @@ impl Inner {
         let slot = req.extensions_mut().remove::<SlotCell>();
         let (parts, _body) = req.into_parts();
         let mut failed = Vec::new();
-        let (w, load, stream) = loop {
+        let (w, load, mut resp) = loop {
             let w = match &target {
                 Target::Session(w) => w.clone(),
                 Target::Any => match self.pick_again(&parts.headers, &failed) {
@@ -338,44 +346,19 @@ impl Inner {
             // Counted from the choice on, so a burst of new connections sees the ones still
             // connecting and spreads evenly.
             let load = w.hold();
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr())).await {
-                Ok(Ok(s)) => break (w, load, s),
-                Ok(Err(e)) => Self::worker_down(&w, &e),
-                Err(_) => Self::worker_down(&w, &"connect timed out"),
+            match open_upgrade(&w, &parts).await {
+                Ok(resp) => break (w, load, resp),
+                Err(UpgradeError::Connect(e)) => Self::worker_down(&w, &e),
+                // Accepted, then closed before an answer: a worker dying with the connection
+                // in its backlog. Nothing reached the application: another worker can take it.
+                Err(UpgradeError::Lost(e)) => {
+                    tracing::debug!(worker = %w.addr(), error = %e, "upgrade request to worker lost");
+                }
             }
             if matches!(target, Target::Session(_)) {
                 return session_unknown();
             }
             failed.push(w);
-        };
-        let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
-            match hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                .await
-            {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::debug!(worker = %w.addr(), error = %e, "handshake with worker failed");
-                    return self.bad_gateway();
-                }
-            };
-        tokio::spawn(async move {
-            let _ = conn.with_upgrades().await;
-        });
-        let mut out = Request::new(Empty::new());
-        *out.method_mut() = parts.method.clone();
-        *out.uri_mut() = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .map_or_else(|| Uri::from_static("/"), Uri::from);
-        *out.headers_mut() = parts.headers;
-        let mut resp = match sender.send_request(out).await {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::debug!(worker = %w.addr(), error = %e, "upgrade request to worker failed");
-                return self.bad_gateway();
-            }
         };
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             // Refused by the worker (origin, limits, auth): its answer goes to the client.
@@ -415,6 +398,49 @@ impl Inner {
         *client_resp.headers_mut() = std::mem::take(resp.headers_mut());
         client_resp
     }
+}
+
+/// Why a WebSocket upgrade could not be sent to a worker.
+enum UpgradeError {
+    /// No connection: the worker is down.
+    Connect(String),
+    /// Connected, but the connection failed before the worker answered.
+    Lost(String),
+}
+
+/// Connects to `w` and sends it the client's upgrade request (`parts`, with the forwarded
+/// headers); the worker's answer, `101` or a refusal.
+async fn open_upgrade(
+    w: &Worker,
+    parts: &http::request::Parts,
+) -> Result<Response<Incoming>, UpgradeError> {
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr()))
+        .await
+    {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(UpgradeError::Connect(e.to_string())),
+        Err(_) => return Err(UpgradeError::Connect("connect timed out".to_owned())),
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpgradeError::Lost(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let mut out = Request::new(Empty::new());
+    *out.method_mut() = parts.method.clone();
+    *out.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from);
+    *out.headers_mut() = parts.headers.clone();
+    sender
+        .send_request(out)
+        .await
+        .map_err(|e| UpgradeError::Lost(e.to_string()))
 }
 
 /// The worker's side of an upgraded connection: its TCP stream and the bytes read past the

@@ -250,6 +250,38 @@ async fn new_connections_spread_over_live_workers_and_skip_one_that_refuses() {
     assert!(!dead_worker.is_healthy());
 }
 
+/// A worker dying with connections in its backlog: the kernel completed them, then they are
+/// closed before any answer. A new WebSocket or a request without a body goes to another worker.
+#[tokio::test]
+async fn a_connection_lost_before_the_workers_answer_is_retried_on_another_worker() {
+    let dying = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dying_addr = dying.local_addr().unwrap();
+    let lost = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = lost.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = dying.accept().await {
+            // Reads the request head, then goes away without a word.
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+            counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            drop(s);
+        }
+    });
+    let w = worker().await;
+    let (b, _) = balancer(&[dying_addr, w]).await;
+    for i in 0..4 {
+        let mut ws = connect(b, &[]).await;
+        let who = call(&mut ws, "whoami", Value::Null, 2 + i).await;
+        assert_eq!(who["data"]["worker"], w.port());
+        let (status, body) = http(b, "GET", "/engine.io/?EIO=4&transport=polling", "").await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(
+        lost.load(std::sync::atomic::Ordering::Relaxed) > 0,
+        "the dying worker was tried"
+    );
+}
+
 #[tokio::test]
 async fn a_crashed_worker_closes_its_clients_with_4000() {
     let (w, crash) = worker_on_own_runtime();
