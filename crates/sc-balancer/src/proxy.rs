@@ -246,7 +246,7 @@ impl Inner {
 
     fn worker_down(w: &Worker, error: &dyn std::fmt::Display) {
         if w.set_healthy(false) {
-            tracing::warn!(worker = %w.addr(), %error, "worker refused a connection: taken out of routing");
+            tracing::warn!(worker = %w.addr(), %error, "worker failed a new connection: taken out of routing");
         }
     }
 
@@ -324,6 +324,7 @@ impl Inner {
                     if !retryable {
                         return self.bad_gateway();
                     }
+                    Self::worker_down(&w, &e);
                     failed.push(w);
                 }
             }
@@ -348,12 +349,10 @@ impl Inner {
             let load = w.hold();
             match open_upgrade(&w, &parts).await {
                 Ok(resp) => break (w, load, resp),
-                Err(UpgradeError::Connect(e)) => Self::worker_down(&w, &e),
-                // Accepted, then closed before an answer: a worker dying with the connection
-                // in its backlog. Nothing reached the application: another worker can take it.
-                Err(UpgradeError::Lost(e)) => {
-                    tracing::debug!(worker = %w.addr(), error = %e, "upgrade request to worker lost");
-                }
+                // Refused, or accepted and closed before an answer (a worker dying with the
+                // connection in its backlog). Nothing reached the application: another worker
+                // can take it, and this one gets no new traffic until a probe succeeds.
+                Err(e) => Self::worker_down(&w, &e),
             }
             if matches!(target, Target::Session(_)) {
                 return session_unknown();
@@ -400,32 +399,24 @@ impl Inner {
     }
 }
 
-/// Why a WebSocket upgrade could not be sent to a worker.
-enum UpgradeError {
-    /// No connection: the worker is down.
-    Connect(String),
-    /// Connected, but the connection failed before the worker answered.
-    Lost(String),
-}
-
 /// Connects to `w` and sends it the client's upgrade request (`parts`, with the forwarded
 /// headers); the worker's answer, `101` or a refusal.
 async fn open_upgrade(
     w: &Worker,
     parts: &http::request::Parts,
-) -> Result<Response<Incoming>, UpgradeError> {
+) -> Result<Response<Incoming>, String> {
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr()))
         .await
     {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(UpgradeError::Connect(e.to_string())),
-        Err(_) => return Err(UpgradeError::Connect("connect timed out".to_owned())),
+        Ok(Err(e)) => return Err(e.to_string()),
+        Err(_) => return Err("connect timed out".to_owned()),
     };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
             .await
-            .map_err(|e| UpgradeError::Lost(e.to_string()))?;
+            .map_err(|e| format!("connection lost before the answer: {e}"))?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -440,7 +431,7 @@ async fn open_upgrade(
     sender
         .send_request(out)
         .await
-        .map_err(|e| UpgradeError::Lost(e.to_string()))
+        .map_err(|e| format!("connection lost before the answer: {e}"))
 }
 
 /// The worker's side of an upgraded connection: its TCP stream and the bytes read past the
