@@ -405,13 +405,12 @@ async fn open_upgrade(
     w: &Worker,
     parts: &http::request::Parts,
 ) -> Result<Response<Incoming>, String> {
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr()))
-        .await
-    {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(e.to_string()),
-        Err(_) => return Err("connect timed out".to_owned()),
-    };
+    let stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(w.socket_addr())).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err("connect timed out".to_owned()),
+        };
     let _ = stream.set_nodelay(true);
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
