@@ -37,6 +37,9 @@ pub enum Error {
     /// The store (or the cluster client) was shut down.
     #[error("the store is closed")]
     Closed,
+    /// The store cannot do this (for example keep channel history).
+    #[error("not supported: {0}")]
+    Unsupported(&'static str),
 }
 
 /// A `Result` whose error is this crate's [`Error`].

@@ -4,6 +4,7 @@
 mod db;
 mod error;
 mod hash;
+pub mod history;
 mod memory;
 mod resp_store;
 pub mod server;
@@ -13,6 +14,8 @@ mod store;
 pub use db::KeyTtl;
 #[doc(inline)]
 pub use error::{Error, Result};
+#[doc(inline)]
+pub use history::{History, HistoryLimits, Position};
 #[doc(inline)]
 pub use memory::{MemoryConfig, MemoryStore};
 #[doc(inline)]

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use tokio::sync::broadcast;
 
 use crate::db::{Db, Hasher, WrongType};
+use crate::history::{Histories, History, HistoryLimits, Position, encode_envelope};
 use crate::store::{BoxFuture, Release};
 use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
 
@@ -45,6 +46,9 @@ pub struct MemoryStore {
 #[derive(Debug)]
 struct Inner {
     db: Mutex<Db>,
+    /// Locked before `channels` while a recorded publish is sent, so that subscribers get
+    /// recorded messages in offset order.
+    histories: Mutex<Histories>,
     channels: Mutex<HashMap<String, broadcast::Sender<StoreEvent>, Hasher>>,
     config: MemoryConfig,
 }
@@ -77,6 +81,7 @@ impl MemoryStore {
     pub fn with_config(config: MemoryConfig) -> Self {
         let inner = Arc::new(Inner {
             db: Mutex::new(Db::default()),
+            histories: Mutex::new(Histories::default()),
             channels: Mutex::new(HashMap::default()),
             config,
         });
@@ -105,6 +110,7 @@ async fn sweep(inner: Weak<Inner>, every: Duration) {
         while inner.db.lock().sweep(1000) == 1000 {
             tokio::task::yield_now().await;
         }
+        inner.histories.lock().sweep();
     }
 }
 
@@ -260,5 +266,34 @@ impl Store for MemoryStore {
         // Dropping the sender ends every receiver's stream.
         self.inner.channels.lock().remove(channel);
         ready(Ok(()))
+    }
+
+    fn publish_recorded<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Bytes,
+        limits: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Position>> {
+        let mut histories = self.inner.histories.lock();
+        let position = histories.record(channel.as_bytes(), message.clone(), limits);
+        if let Some(tx) = self.inner.channels.lock().get(channel) {
+            let _ = tx.send(StoreEvent::Message(encode_envelope(&position, &message)));
+        }
+        drop(histories);
+        ready(Ok(position))
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        let read = self
+            .inner
+            .histories
+            .lock()
+            .read(channel.as_bytes(), after, limit);
+        ready(Ok(read))
     }
 }

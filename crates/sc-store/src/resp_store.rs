@@ -23,6 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::db::Hasher;
 use crate::hash;
+use crate::history::{History, HistoryLimits, Position};
 use crate::store::{BoxFuture, Release};
 use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
 
@@ -99,6 +100,9 @@ impl fmt::Debug for RespStore {
 }
 
 struct Inner {
+    /// How this store keeps channel history: 0 not known yet, 1 the store server's
+    /// `SC.HISTPUB`/`SC.HISTREAD`, 2 Redis (scripts).
+    history_mode: std::sync::atomic::AtomicU8,
     response_timeout: Duration,
     nodes: Vec<Node>,
     seeds: Vec<u64>,
@@ -389,6 +393,7 @@ impl RespStore {
         let seeds = nodes.iter().map(|n| hash::node_seed(&n.id)).collect();
         Ok(RespStore {
             inner: Arc::new(Inner {
+                history_mode: std::sync::atomic::AtomicU8::new(HISTORY_UNKNOWN),
                 response_timeout: config.response_timeout,
                 nodes,
                 seeds,
@@ -412,6 +417,108 @@ impl RespStore {
         let mut conn = self.node(key).conn.clone();
         Ok(cmd.query_async(&mut conn).await?)
     }
+}
+
+const HISTORY_UNKNOWN: u8 = 0;
+const HISTORY_NATIVE: u8 = 1;
+const HISTORY_SCRIPT: u8 = 2;
+
+/// Redis: records a message and publishes its envelope, in one step. KEYS: the channel's
+/// history hash (`e` epoch, `n` latest offset, `a` max age in ms) and its stream (entries with
+/// the id `0-<offset>`, fields `d` data and `t` time in ms). ARGV: channel, max length, max age
+/// in ms, message, an epoch to start with when the channel has no history.
+const HISTPUB_SCRIPT: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[5]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', e)
+end
+local n = redis.call('HINCRBY', KEYS[1], 'n', 1)
+redis.call('HSET', KEYS[1], 'a', ARGV[3])
+local t = redis.call('TIME')
+local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. n, 'd', ARGV[4], 't', ms)
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1], '#' .. n .. ':' .. e .. ':' .. ARGV[4])
+return {n, e}
+";
+
+/// Redis: reads a channel's history (the keys of [`HISTPUB_SCRIPT`]); ARGV: the offset to
+/// read after (`-`: all kept), the most records, an epoch to answer when there is no history.
+/// Answers as `SC.HISTREAD` does: epoch, latest, complete (1/0), then offset and data pairs.
+const HISTREAD_SCRIPT: &str = r"
+local h = redis.call('HMGET', KEYS[1], 'e', 'n', 'a')
+local from = 0
+if ARGV[1] ~= '-' then from = tonumber(ARGV[1]) end
+if not h[1] then
+  if from == 0 then return {ARGV[3], 0, 1} end
+  return {ARGV[3], 0, 0}
+end
+local latest = tonumber(h[2])
+local age = tonumber(h[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local first = latest + 1
+local out = {h[1], latest, 0}
+local limit = tonumber(ARGV[2])
+local taken = 0
+for _, r in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
+  local id = tonumber(string.sub(r[1], 3))
+  local f = r[2]
+  if now - tonumber(f[4]) >= age then
+    redis.call('XDEL', KEYS[2], r[1])
+  else
+    if first > latest then first = id end
+    if id > from and taken < limit then
+      out[#out + 1] = id
+      out[#out + 1] = f[2]
+      taken = taken + 1
+    end
+  end
+end
+if from <= latest and (ARGV[1] == '-' or from + 1 >= first) then out[3] = 1 end
+return out
+";
+
+/// The keys of a channel's history on Redis: its hash and its stream (one hash tag, so a Redis
+/// Cluster keeps both in one slot).
+fn history_keys(channel: &str) -> (String, String) {
+    (
+        format!("sc:hist:{{{channel}}}"),
+        format!("sc:hist-s:{{{channel}}}"),
+    )
+}
+
+/// Whether `e` says the server does not know the command (Redis, for `SC.HISTPUB`).
+fn unknown_command(e: &Error) -> bool {
+    matches!(e, Error::Reply(r) if r.contains("unknown command"))
+}
+
+/// A `SC.HISTREAD` (or script) answer as a [`History`].
+fn parse_history(v: Value) -> Result<History> {
+    let bad = || Error::Reply("malformed history reply".to_owned());
+    let Value::Array(items) = v else {
+        return Err(bad());
+    };
+    let mut it = items.into_iter();
+    let epoch: String = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let latest: u64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let complete: i64 = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+    let mut records = Vec::new();
+    while let Some(o) = it.next() {
+        let offset: u64 = redis::from_redis_value(o).map_err(|_| bad())?;
+        let data: Vec<u8> =
+            redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        records.push((offset, Bytes::from(data)));
+    }
+    Ok(History {
+        epoch,
+        latest,
+        records,
+        complete: complete == 1,
+    })
 }
 
 fn millis(ttl: Duration) -> Result<u64> {
@@ -625,6 +732,89 @@ impl Store for RespStore {
                 .clone();
             let _: Value = self.query(channel, &cmd).await?;
             Ok(())
+        })
+    }
+
+    fn publish_recorded<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Bytes,
+        limits: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Position>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            let max_age = millis(limits.max_age)?;
+            let max_len = limits.max_len.max(1);
+            let mode = &self.inner.history_mode;
+            if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
+                let cmd = redis::cmd("SC.HISTPUB")
+                    .arg(channel)
+                    .arg(max_len)
+                    .arg(max_age)
+                    .arg(message.as_ref())
+                    .clone();
+                match self.query::<(u64, String)>(channel, &cmd).await {
+                    Ok((offset, epoch)) => {
+                        mode.store(HISTORY_NATIVE, Ordering::Relaxed);
+                        return Ok(Position { offset, epoch });
+                    }
+                    Err(e) if unknown_command(&e) => mode.store(HISTORY_SCRIPT, Ordering::Relaxed),
+                    Err(e) => return Err(e),
+                }
+            }
+            let (hash, stream) = history_keys(channel);
+            let cmd = redis::cmd("EVAL")
+                .arg(HISTPUB_SCRIPT)
+                .arg(2)
+                .arg(hash)
+                .arg(stream)
+                .arg(channel)
+                .arg(max_len)
+                .arg(max_age)
+                .arg(message.as_ref())
+                .arg(crate::history::new_epoch())
+                .clone();
+            let (offset, epoch): (u64, String) = self.query(channel, &cmd).await?;
+            Ok(Position { offset, epoch })
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            let after_arg = after.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            let mode = &self.inner.history_mode;
+            if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
+                let cmd = redis::cmd("SC.HISTREAD")
+                    .arg(channel)
+                    .arg(&after_arg)
+                    .arg(limit)
+                    .clone();
+                match self.query::<Value>(channel, &cmd).await {
+                    Ok(v) => {
+                        mode.store(HISTORY_NATIVE, Ordering::Relaxed);
+                        return parse_history(v);
+                    }
+                    Err(e) if unknown_command(&e) => mode.store(HISTORY_SCRIPT, Ordering::Relaxed),
+                    Err(e) => return Err(e),
+                }
+            }
+            let (hash, stream) = history_keys(channel);
+            let cmd = redis::cmd("EVAL")
+                .arg(HISTREAD_SCRIPT)
+                .arg(2)
+                .arg(hash)
+                .arg(stream)
+                .arg(&after_arg)
+                .arg(limit)
+                .arg(crate::history::new_epoch())
+                .clone();
+            parse_history(self.query(channel, &cmd).await?)
         })
     }
 

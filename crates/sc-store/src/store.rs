@@ -13,7 +13,8 @@ use tokio::sync::broadcast;
 use tokio_stream::wrappers::BroadcastStream;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
-use crate::{KeyTtl, Result};
+use crate::history::{History, HistoryLimits, Position};
+use crate::{Error, KeyTtl, Result};
 
 /// A boxed, `Send` future: the return type of every [`Store`] method, so that the trait is
 /// object safe and workers can hold an `Arc<dyn Store>`.
@@ -129,6 +130,38 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Ends every subscription of this store handle to `channel`: their streams end
     /// (`UNSUBSCRIBE`).
     fn unsubscribe<'a>(&'a self, channel: &'a str) -> BoxFuture<'a, Result<()>>;
+
+    /// Records `message` in the history of `channel` (kept within `limits`) and publishes it, in
+    /// one step: its position. Offsets are gap-free per channel and epoch, in publication order;
+    /// subscribers receive the message inside an envelope that carries its position
+    /// ([`decode_envelope`](crate::history::decode_envelope)). A store without history (the
+    /// default) answers [`Error::Unsupported`].
+    fn publish_recorded<'a>(
+        &'a self,
+        channel: &'a str,
+        message: Bytes,
+        limits: HistoryLimits,
+    ) -> BoxFuture<'a, Result<Position>> {
+        let _ = (channel, message, limits);
+        Box::pin(std::future::ready(Err(Error::Unsupported(
+            "this store keeps no channel history",
+        ))))
+    }
+
+    /// The recorded messages of `channel` after offset `after` (every one kept with `None`), at
+    /// most `limit`, with the history's epoch and latest offset. A store without history (the
+    /// default) answers [`Error::Unsupported`].
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> BoxFuture<'a, Result<History>> {
+        let _ = (channel, after, limit);
+        Box::pin(std::future::ready(Err(Error::Unsupported(
+            "this store keeps no channel history",
+        ))))
+    }
 }
 
 /// Told when a [`Subscription`] is dropped, so the backend can unsubscribe the channel once its

@@ -249,6 +249,27 @@ async fn unknown_commands_get_an_error_and_the_connection_stays() {
         Reply::Simple("OK".into())
     );
     assert!(is_err(&c.cmd(&[b"HGET", b"k", b"f"]).await, "WRONGTYPE"));
+    // Channel history: limits and offsets must be numbers (and limits at least 1).
+    for bad in [
+        &[&b"SC.HISTPUB"[..], b"ch", b"x", b"1000", b"m"][..],
+        &[b"SC.HISTPUB", b"ch", b"0", b"1000", b"m"],
+        &[b"SC.HISTPUB", b"ch", b"10", b"-1", b"m"],
+        &[b"SC.HISTREAD", b"ch", b"-5", b"10"],
+        &[b"SC.HISTREAD", b"ch", b"-", b"many"],
+    ] {
+        assert!(
+            is_err(&c.cmd(bad).await, "ERR value is not an integer"),
+            "{bad:?}"
+        );
+    }
+    assert!(is_err(
+        &c.cmd(&[b"SC.HISTPUB", b"ch", b"10"]).await,
+        "ERR wrong number of arguments"
+    ));
+    assert!(matches!(
+        c.cmd(&[b"SC.HISTPUB", b"ch", b"10", b"1000", b"m"]).await,
+        Reply::Array(_)
+    ));
 }
 
 #[tokio::test]

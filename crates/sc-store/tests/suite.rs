@@ -61,6 +61,7 @@ suite! {
     lists(one);
     pubsub_order(one, two);
     thousand_subscribers(one, two);
+    history(one, two);
 }
 
 #[tokio::test]
@@ -159,4 +160,48 @@ async fn cluster_subscriptions_end_when_the_store_is_dropped() {
 #[tokio::test]
 async fn redis_subscriptions_end_when_the_store_is_dropped() {
     ends_when_dropped(as_dyn(common::redis().await), &prefix("end")).await;
+}
+
+/// A store process restart loses its channel histories: the next recorded publish starts a new
+/// epoch at offset 1, and a reader holding a position of the old epoch sees another epoch.
+#[tokio::test]
+async fn cluster_history_epoch_changes_after_store_process_restart() {
+    use std::time::Duration;
+    let mut c = Cluster::start().await;
+    let store = c.client().await;
+    let ch = format!("{}hist", prefix("restart"));
+    let owner = store.node_of(&ch).to_owned();
+    let i = c.procs.iter().position(|p| p.addr == owner).unwrap();
+    let limits = sc_store::HistoryLimits {
+        max_len: 100,
+        max_age: Duration::from_secs(60),
+    };
+    let before = store
+        .publish_recorded(&ch, "a".into(), limits)
+        .await
+        .unwrap();
+    store
+        .publish_recorded(&ch, "b".into(), limits)
+        .await
+        .unwrap();
+    c.procs[i].restart();
+    // The command connection reconnects on its own; the first tries may fail while it does.
+    let deadline = std::time::Instant::now() + WAIT;
+    let after = loop {
+        match store.publish_recorded(&ch, "c".into(), limits).await {
+            Ok(p) => break p,
+            Err(e) if std::time::Instant::now() < deadline => {
+                assert!(e.is_connection(), "{e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("no publish after the restart: {e}"),
+        }
+    };
+    assert_eq!(after.offset, 1);
+    assert_ne!(after.epoch, before.epoch);
+    // A reader with a position of the old epoch learns the new one, and reads it from its start.
+    let h = store.history(&ch, Some(before.offset), 10).await.unwrap();
+    assert_eq!(h.epoch, after.epoch);
+    let h = store.history(&ch, None, 10).await.unwrap();
+    assert_eq!(h.records, vec![(1, "c".into())]);
 }

@@ -8,6 +8,7 @@ use super::conn::ConnCtx;
 use super::resp::{array, bulk, error, int, null, ok, simple};
 use super::{ServerConfig, State};
 use crate::db::{KeyTtl, WrongType};
+use crate::history::{HistoryLimits, encode_envelope};
 
 const WRONGTYPE: &str = "WRONGTYPE Operation against a key holding the wrong kind of value";
 const NOT_INT: &str = "ERR value is not an integer or out of range";
@@ -83,6 +84,8 @@ enum Cmd {
     LLen,
     RPop,
     Publish,
+    HistPub,
+    HistRead,
     Subscribe,
     Unsubscribe,
     Multi,
@@ -96,6 +99,8 @@ fn lookup(name: &[u8]) -> Cmd {
         (b"GET", Cmd::Get),
         (b"SET", Cmd::Set),
         (b"PUBLISH", Cmd::Publish),
+        (b"SC.HISTPUB", Cmd::HistPub),
+        (b"SC.HISTREAD", Cmd::HistRead),
         (b"PING", Cmd::Ping),
         (b"ECHO", Cmd::Echo),
         (b"QUIT", Cmd::Quit),
@@ -151,7 +156,8 @@ fn arity_ok(cmd: Cmd, n: usize) -> bool {
         Cmd::Expire | Cmd::PExpire | Cmd::HGet | Cmd::Publish => n == 3,
         Cmd::HDel | Cmd::RPush => n >= 3,
         Cmd::HSet => n >= 4 && n.is_multiple_of(2),
-        Cmd::LRange => n == 4,
+        Cmd::LRange | Cmd::HistRead => n == 4,
+        Cmd::HistPub => n == 5,
         Cmd::Unknown => true,
     }
 }
@@ -167,6 +173,72 @@ fn int_arg(b: &[u8]) -> Option<i64> {
 
 fn count(n: usize) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// `PUBLISH`: `msg` to every subscriber of `ch`; how many there are.
+fn publish(st: &mut State, cfg: &ServerConfig, ch: &[u8], msg: &[u8]) -> usize {
+    let n = match st.channels.get(ch) {
+        Some(subs) => {
+            let mut pushed = 0;
+            for s in subs {
+                pushed += u64::from(s.push_message(ch, msg, cfg.max_output_buffer));
+            }
+            st.counts.deliveries += pushed;
+            subs.len()
+        }
+        None => 0,
+    };
+    st.counts.publishes += 1;
+    n
+}
+
+/// `SC.HISTPUB channel max_len max_age_ms message`: records the message in the channel's
+/// history and publishes it in its envelope (`#offset:epoch:message`); `[offset, epoch]`.
+fn hist_pub(st: &mut State, cfg: &ServerConfig, a: &Args<'_>, out: &mut BytesMut) {
+    let positive = |b: &[u8]| {
+        int_arg(b)
+            .and_then(|n| u64::try_from(n).ok())
+            .filter(|n| *n >= 1)
+    };
+    let (Some(max_len), Some(max_age_ms)) = (positive(a.get(2)), positive(a.get(3))) else {
+        error(out, NOT_INT);
+        return;
+    };
+    let (ch, msg) = (a.get(1), a.get(4));
+    let limits = HistoryLimits {
+        max_len,
+        max_age: Duration::from_millis(max_age_ms),
+    };
+    let position = st.histories.record(ch, Bytes::copy_from_slice(msg), limits);
+    let envelope = encode_envelope(&position, msg);
+    publish(st, cfg, ch, &envelope);
+    array(out, 2);
+    int(out, i64::try_from(position.offset).unwrap_or(i64::MAX));
+    bulk(out, position.epoch.as_bytes());
+}
+
+/// `SC.HISTREAD channel after limit` (`after` an offset, or `-` for all kept):
+/// `[epoch, latest, complete (1/0), offset, message, offset, message, ...]`.
+fn hist_read(st: &mut State, a: &Args<'_>, out: &mut BytesMut) {
+    let after = match a.get(2) {
+        b"-" => None,
+        b => match int_arg(b).and_then(|n| u64::try_from(n).ok()) {
+            Some(n) => Some(n),
+            None => return error(out, NOT_INT),
+        },
+    };
+    let Some(limit) = int_arg(a.get(3)).and_then(|n| usize::try_from(n).ok()) else {
+        return error(out, NOT_INT);
+    };
+    let h = st.histories.read(a.get(1), after, limit);
+    array(out, 3 + 2 * h.records.len());
+    bulk(out, h.epoch.as_bytes());
+    int(out, i64::try_from(h.latest).unwrap_or(i64::MAX));
+    int(out, i64::from(h.complete));
+    for (offset, msg) in &h.records {
+        int(out, i64::try_from(*offset).unwrap_or(i64::MAX));
+        bulk(out, msg);
+    }
 }
 
 /// Executes one command. `raw` is its wire form (kept when `MULTI` queues it).
@@ -270,21 +342,11 @@ fn run(
         },
         Cmd::Set => set(st, a, out),
         Cmd::Publish => {
-            let (ch, msg) = (a.get(1), a.get(2));
-            let n = match st.channels.get(ch) {
-                Some(subs) => {
-                    let mut pushed = 0;
-                    for s in subs {
-                        pushed += u64::from(s.push_message(ch, msg, cfg.max_output_buffer));
-                    }
-                    st.counts.deliveries += pushed;
-                    subs.len()
-                }
-                None => 0,
-            };
-            st.counts.publishes += 1;
+            let n = publish(st, cfg, a.get(1), a.get(2));
             int(out, count(n));
         }
+        Cmd::HistPub => hist_pub(st, cfg, a, out),
+        Cmd::HistRead => hist_read(st, a, out),
         Cmd::Ping => {
             if c.subs.is_empty() {
                 if a.len() == 2 {

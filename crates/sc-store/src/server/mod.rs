@@ -121,6 +121,8 @@ impl Default for ServerConfig {
 #[derive(Debug)]
 pub(crate) struct State {
     pub(crate) db: Db,
+    /// Channel histories (`SC.HISTPUB`, `SC.HISTREAD`).
+    pub(crate) histories: crate::history::Histories,
     pub(crate) channels: HashMap<Bytes, Vec<Rc<conn::ConnShared>>, Hasher>,
     pub(crate) clients: usize,
     pub(crate) next_id: u64,
@@ -171,6 +173,7 @@ async fn serve(listener: tokio::net::TcpListener, config: ServerConfig) -> io::R
     let config = Rc::new(config);
     let state = Rc::new(RefCell::new(State {
         db: Db::default(),
+        histories: crate::history::Histories::default(),
         channels: HashMap::default(),
         clients: 0,
         next_id: 1,
@@ -204,6 +207,7 @@ async fn sweep(state: std::rc::Weak<RefCell<State>>, every: Duration) {
             let done = match state.try_borrow_mut() {
                 Ok(mut st) => {
                     let removed = st.db.sweep(1000);
+                    st.histories.sweep();
                     if removed > 0 {
                         st.publish_stats();
                     }

@@ -471,3 +471,119 @@ pub async fn ends_when_dropped(s: Arc<dyn Store>, p: &str) {
 pub fn as_dyn<S: Store>(s: S) -> Arc<dyn Store> {
     Arc::new(s)
 }
+
+/// Channel history: recorded publishes get gap-free offsets in one epoch and reach subscribers
+/// in envelopes carrying them; reads after an offset give what followed, and say when the
+/// history no longer covers it; publishers on two handles at once still get distinct, gap-free
+/// offsets that subscribers see in order.
+pub async fn history(s: &dyn Store, other: &dyn Store, p: &str) {
+    use sc_store::HistoryLimits;
+    use sc_store::history::decode_envelope;
+    let limits = HistoryLimits {
+        max_len: 3,
+        max_age: Duration::from_secs(60),
+    };
+    let ch = format!("{p}hist");
+    let mut sub = other.subscribe(&ch).await.unwrap();
+    let mut positions = Vec::new();
+    for i in 1..=5 {
+        positions.push(
+            s.publish_recorded(&ch, b(&format!("m{i}")), limits)
+                .await
+                .unwrap(),
+        );
+    }
+    let epoch = positions[0].epoch.clone();
+    assert!(!epoch.is_empty());
+    assert_eq!(
+        positions.iter().map(|p| p.offset).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    assert!(positions.iter().all(|p| p.epoch == epoch));
+    for i in 1..=5u64 {
+        let StoreEvent::Message(m) = next(&mut sub).await else {
+            panic!("expected a message")
+        };
+        let (pos, msg) = decode_envelope(&m).expect("an envelope");
+        assert_eq!((pos.offset, pos.epoch.as_str()), (i, epoch.as_str()));
+        assert_eq!(msg, b(&format!("m{i}")));
+    }
+
+    let h = other.history(&ch, Some(3), 100).await.unwrap();
+    assert_eq!(
+        (h.epoch.as_str(), h.latest, h.complete),
+        (epoch.as_str(), 5, true)
+    );
+    assert_eq!(h.records, vec![(4, b("m4")), (5, b("m5"))]);
+    let h = other.history(&ch, Some(1), 100).await.unwrap();
+    assert!(!h.complete, "1 and 2 are no longer kept");
+    assert_eq!(h.records.first().map(|r| r.0), Some(3));
+    let h = other.history(&ch, None, 100).await.unwrap();
+    assert!(h.complete);
+    assert_eq!(h.records.len(), 3);
+    assert_eq!(
+        other.history(&ch, Some(2), 1).await.unwrap().records,
+        vec![(3, b("m3"))]
+    );
+    assert!(other.history(&ch, Some(5), 100).await.unwrap().complete);
+    assert!(!other.history(&ch, Some(9), 100).await.unwrap().complete);
+
+    let none = other
+        .history(&format!("{p}none"), Some(2), 100)
+        .await
+        .unwrap();
+    assert_eq!((none.latest, none.complete), (0, false));
+    assert!(
+        other
+            .history(&format!("{p}none"), None, 100)
+            .await
+            .unwrap()
+            .complete
+    );
+
+    // Two publishers at once.
+    let wide = HistoryLimits {
+        max_len: 1000,
+        max_age: Duration::from_secs(60),
+    };
+    let (a, c) = tokio::join!(
+        async {
+            let mut v = Vec::new();
+            for i in 0..50 {
+                v.push(
+                    s.publish_recorded(&ch, b(&format!("a{i}")), wide)
+                        .await
+                        .unwrap()
+                        .offset,
+                );
+            }
+            v
+        },
+        async {
+            let mut v = Vec::new();
+            for i in 0..50 {
+                v.push(
+                    other
+                        .publish_recorded(&ch, b(&format!("c{i}")), wide)
+                        .await
+                        .unwrap()
+                        .offset,
+                );
+            }
+            v
+        }
+    );
+    let mut all: Vec<u64> = a.iter().chain(&c).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, (6..=105).collect::<Vec<u64>>());
+    for want in 6..=105u64 {
+        let StoreEvent::Message(m) = next(&mut sub).await else {
+            panic!("expected a message")
+        };
+        assert_eq!(
+            decode_envelope(&m).unwrap().0.offset,
+            want,
+            "in offset order"
+        );
+    }
+}
