@@ -43,6 +43,7 @@ const {
   RawClient,
   uniqueChannel,
 } = require('./harness');
+const { ClientThread } = require('./client-thread');
 
 const REFERENCE = process.env.SC_SERVER === 'reference';
 const TIMEOUT_MS = 10000;
@@ -285,11 +286,13 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
   describe('kill -9 of a worker under 500 socketcluster-client sockets', () => {
     let cluster;
     const sockets = [];
+    const threads = [];
     before(async () => {
       cluster = await startCluster({ balancerArgs: ['--health-interval-ms', '200'] });
     });
     after(async () => {
       closeClients(sockets);
+      await Promise.all(threads.map((t) => t.close()));
       await cluster.stop();
     });
 
@@ -297,8 +300,13 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       const count = 500;
       const channel = uniqueChannel('kill');
       // autoReconnectOptions {}: the client fills in its own defaults (10 s + up to 10 s random).
-      const clients = Array.from({ length: count }, () => createClient(cluster, { autoReconnectOptions: {} }));
+      // Half the clients run on a worker thread: all 500 reconnecting on one Node thread would
+      // queue behind each other (about 1 ms of CPU each) and the test would measure itself.
+      const threadCount = Math.floor(count / 2);
+      const clients = Array.from({ length: count - threadCount }, () => createClient(cluster, { autoReconnectOptions: {} }));
       sockets.push(...clients);
+      const thread = new ClientThread({ port: cluster.port, secure: false }, threadCount, { autoReconnectOptions: {} });
+      threads.push(thread);
       assert.deepEqual(
         { ...clients[0].options.autoReconnectOptions },
         { initialDelay: 10000, randomness: 10000, multiplier: 1.5, maxDelay: 60000 }
@@ -310,13 +318,14 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       await cluster.killWorker(1);
       await takenOut;
       await withTimeout(
-        Promise.all(
-          clients.map((c) => {
+        Promise.all([
+          ...clients.map((c) => {
             const connected = nextEvent(c, 'connect', 30000);
             c.connect();
             return connected;
-          })
-        ),
+          }),
+          thread.connect(30000),
+        ]),
         60000,
         `${count} clients to connect`
       );
@@ -324,6 +333,7 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       await cluster.startWorker(1);
       await back;
       const chans = await Promise.all(clients.map((c) => subscribe(c, channel)));
+      await thread.subscribe(channel);
       const before = await Promise.all(cluster.workerPorts.map(workerStats));
       const onKilled = before[0].clients;
       assert.deepEqual([before[0].clients, before[1].clients], [count, 0], 'all clients on the worker to be killed');
@@ -341,15 +351,16 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
           .once()
           .then(({ code, reason }) => {
             Object.assign(records[i], { closedAt: performance.now(), code, reason });
-            if (++closedCount === onKilled) allClosed();
+            if (++closedCount === clients.length) allClosed();
             return c.listener('connect').once();
           })
           .then(() => {
             records[i].connectedAt = performance.now();
-            if (++reconnectedCount === onKilled) allReconnected();
+            if (++reconnectedCount === clients.length) allReconnected();
           });
       });
       const resubscribed = chans.map((ch) => ch.listener('subscribe').once());
+      await thread.arm();
 
       // CPU used during the reconnect storm (for the report): the balancer, the live worker, this process.
       const pids = [cluster.balancers[0].child.pid, cluster.workers[1].child.pid];
@@ -359,12 +370,20 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       await cluster.killWorker(0);
       const exitSeenAt = performance.now();
       // Bounded waits; the figures below are printed whatever happened.
-      await withTimeout(allClosedP, TIMEOUT_MS, `${onKilled} closes`).catch(() => {});
-      await withTimeout(allReconnectedP, 25000, `${onKilled} reconnects`).catch(() => {});
+      const [, threadClosed] = await Promise.all([
+        withTimeout(allClosedP, TIMEOUT_MS, `${clients.length} closes`).catch(() => {}),
+        thread.closed(threadCount, TIMEOUT_MS),
+      ]);
+      const [, threadRecords] = await Promise.all([
+        withTimeout(allReconnectedP, 25000, `${clients.length} reconnects`).catch(() => {}),
+        thread.reconnected(25000),
+      ]);
+      void threadClosed;
+      const allRecords = [...records, ...threadRecords];
 
       const ticks = pids.map((pid, i) => cpuTicks(pid) - ticksBefore[i]);
       const own = process.cpuUsage(ownBefore);
-      const closed = records.filter((r) => r.closedAt !== null);
+      const closed = allRecords.filter((r) => r.closedAt !== null);
       const times = closed
         .filter((r) => r.connectedAt !== null)
         .map((r) => Math.round(r.connectedAt - killedAt))
@@ -400,16 +419,18 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       // Subscriptions restored: every killed worker's client subscribed again; a publish from
       // another client reaches all 500.
       await withTimeout(
-        Promise.all(resubscribed.filter((_, i) => records[i].closedAt !== null)),
+        Promise.all([...resubscribed.filter((_, i) => records[i].closedAt !== null), thread.resubscribed(TIMEOUT_MS)]),
         TIMEOUT_MS,
         're-subscriptions'
       );
       const received = chans.map((ch) => collect(ch, 1, TIMEOUT_MS, 'the publish after the kill'));
+      await thread.expectOne(TIMEOUT_MS);
       const { socket: publisher } = await connectClient(cluster);
       sockets.push(publisher);
       await publisher.invokePublish(channel, 'after-kill');
-      for (const got of await Promise.all(received)) assert.deepEqual(got, ['after-kill']);
+      for (const got of [...(await Promise.all(received)), ...(await thread.received())]) assert.deepEqual(got, ['after-kill']);
       closeClients(clients);
+      await thread.close();
     });
   });
 
