@@ -370,7 +370,7 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
       await cluster.killWorker(0);
       const exitSeenAt = performance.now();
       // Bounded waits; the figures below are printed whatever happened.
-      const [, threadClosed] = await Promise.all([
+      await Promise.all([
         withTimeout(allClosedP, TIMEOUT_MS, `${clients.length} closes`).catch(() => {}),
         thread.closed(threadCount, TIMEOUT_MS),
       ]);
@@ -378,7 +378,6 @@ describe('balancer', { skip: REFERENCE && 'the reference server has no balancer'
         withTimeout(allReconnectedP, 25000, `${clients.length} reconnects`).catch(() => {}),
         thread.reconnected(25000),
       ]);
-      void threadClosed;
       const allRecords = [...records, ...threadRecords];
 
       const ticks = pids.map((pid, i) => cpuTicks(pid) - ticksBefore[i]);

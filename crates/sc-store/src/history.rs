@@ -107,10 +107,13 @@ struct Channel {
     records: VecDeque<(u64, Instant, Bytes)>,
     /// When the whole history goes (`max_age` after the last publish).
     expires: Instant,
+    /// The limits of the last publish (ages are checked on read too).
+    limits: HistoryLimits,
 }
 
 impl Channel {
-    fn trim(&mut self, now: Instant, limits: HistoryLimits) {
+    fn trim(&mut self, now: Instant) {
+        let limits = self.limits;
         let max_len = usize::try_from(limits.max_len.max(1)).unwrap_or(usize::MAX);
         while self.records.len() > max_len {
             self.records.pop_front();
@@ -129,15 +132,12 @@ impl Channel {
 #[derive(Debug, Default)]
 pub(crate) struct Histories {
     channels: HashMap<Bytes, Channel, Hasher>,
-    /// The limits each channel was last recorded with (ages are checked on read too).
-    limits: HashMap<Bytes, HistoryLimits, Hasher>,
 }
 
 impl Histories {
     fn live(&mut self, channel: &[u8], now: Instant) -> Option<&mut Channel> {
         if self.channels.get(channel).is_some_and(|c| c.expires <= now) {
             self.channels.remove(channel);
-            self.limits.remove(channel);
         }
         self.channels.get_mut(channel)
     }
@@ -151,25 +151,23 @@ impl Histories {
     ) -> Position {
         let now = Instant::now();
         let expires = now.checked_add(limits.max_age).unwrap_or(now);
-        if self.live(channel, now).is_none() {
-            self.channels.insert(
-                Bytes::copy_from_slice(channel),
-                Channel {
-                    epoch: new_epoch(),
-                    latest: 0,
-                    records: VecDeque::new(),
-                    expires,
-                },
-            );
-        }
-        self.limits.insert(Bytes::copy_from_slice(channel), limits);
-        let Some(c) = self.channels.get_mut(channel) else {
-            unreachable!("inserted above")
-        };
+        // An expired history is dropped first, so the entry below starts a new epoch.
+        self.live(channel, now);
+        let c = self
+            .channels
+            .entry(Bytes::copy_from_slice(channel))
+            .or_insert_with(|| Channel {
+                epoch: new_epoch(),
+                latest: 0,
+                records: VecDeque::new(),
+                expires,
+                limits,
+            });
         c.latest += 1;
         c.expires = expires;
+        c.limits = limits;
         c.records.push_back((c.latest, now, message));
-        c.trim(now, limits);
+        c.trim(now);
         Position {
             offset: c.latest,
             epoch: c.epoch.clone(),
@@ -179,7 +177,6 @@ impl Histories {
     /// The messages of `channel` after `after` (all kept with `None`), at most `limit`.
     pub(crate) fn read(&mut self, channel: &[u8], after: Option<u64>, limit: usize) -> History {
         let now = Instant::now();
-        let limits = self.limits.get(channel).copied();
         let Some(c) = self.live(channel, now) else {
             // No history: a new epoch that nothing was recorded in. It is not kept, so the first
             // publish starts another: a reader holding this one sees a new epoch then, which is
@@ -191,9 +188,7 @@ impl Histories {
                 complete: after.is_none_or(|a| a == 0),
             };
         };
-        if let Some(limits) = limits {
-            c.trim(now, limits);
-        }
+        c.trim(now);
         let from = after.unwrap_or(0);
         let first_kept = c.records.front().map_or(c.latest + 1, |r| r.0);
         let complete = from <= c.latest && (from + 1 >= first_kept || after.is_none());
@@ -217,8 +212,6 @@ impl Histories {
         let now = Instant::now();
         let before = self.channels.len();
         self.channels.retain(|_, c| c.expires > now);
-        let channels = &self.channels;
-        self.limits.retain(|k, _| channels.contains_key(k));
         before - self.channels.len()
     }
 }
