@@ -271,6 +271,16 @@ const WORKER: &[(&str, &str)] = &[
         "session_timeout_s",
         "how long a session's data lives in the store after the last of its sockets anywhere left (renewed four times per timeout while one lives)",
     ),
+    (
+        "history",
+        "channels whose publishes are kept, so that a client resuming its subscription gets what it\n\
+         # missed (or a #gap notice); none by default. One rule per channel name or pattern (`*` matches\n\
+         # any run of characters), the first that names a channel applies; instead of this line:\n\
+         # [[worker.history]]\n\
+         # channel = \"chat.*\"\n\
+         # max_len = 1000        # messages kept per channel\n\
+         # max_age_ms = 300000   # how long each is kept",
+    ),
 ];
 
 /// `defaults` (the default config as a TOML table) with a comment above every option.

@@ -174,18 +174,35 @@ impl Histories {
         }
     }
 
-    /// The messages of `channel` after `after` (all kept with `None`), at most `limit`.
-    pub(crate) fn read(&mut self, channel: &[u8], after: Option<u64>, limit: usize) -> History {
+    /// The messages of `channel` after `after` (all kept with `None`), at most `limit`. A
+    /// channel without a history starts one (an epoch with nothing recorded yet, kept as long as
+    /// `limits` keep a publish), so a reader's position stays valid for the publishes that follow.
+    pub(crate) fn read(
+        &mut self,
+        channel: &[u8],
+        after: Option<u64>,
+        limit: usize,
+        limits: HistoryLimits,
+    ) -> History {
         let now = Instant::now();
-        let Some(c) = self.live(channel, now) else {
-            // No history: a new epoch that nothing was recorded in. It is not kept, so the first
-            // publish starts another: a reader holding this one sees a new epoch then, which is
-            // right (it saw none of that history).
+        if self.live(channel, now).is_none() {
+            self.channels.insert(
+                Bytes::copy_from_slice(channel),
+                Channel {
+                    epoch: new_epoch(),
+                    latest: 0,
+                    records: VecDeque::new(),
+                    expires: now.checked_add(limits.max_age).unwrap_or(now),
+                    limits,
+                },
+            );
+        }
+        let Some(c) = self.channels.get_mut(channel) else {
             return History {
                 epoch: new_epoch(),
                 latest: 0,
                 records: Vec::new(),
-                complete: after.is_none_or(|a| a == 0),
+                complete: false,
             };
         };
         c.trim(now);
@@ -236,7 +253,7 @@ mod tests {
             [1, 2, 3, 4, 5]
         );
         assert!(p.iter().all(|x| x.epoch == p[0].epoch));
-        let r = h.read(b"ch", Some(3), 10);
+        let r = h.read(b"ch", Some(3), 10, LIMITS);
         assert_eq!(r.latest, 5);
         assert!(r.complete);
         assert_eq!(
@@ -244,14 +261,14 @@ mod tests {
             vec![(4, Bytes::from("m4")), (5, Bytes::from("m5"))]
         );
         // 1 and 2 are gone: a reader after 1 cannot be served in full.
-        let r = h.read(b"ch", Some(1), 10);
+        let r = h.read(b"ch", Some(1), 10, LIMITS);
         assert!(!r.complete);
         assert_eq!(r.records.first().map(|x| x.0), Some(3));
         // Up to date, and the limit.
-        assert!(h.read(b"ch", Some(5), 10).complete);
-        assert_eq!(h.read(b"ch", Some(2), 1).records.len(), 1);
+        assert!(h.read(b"ch", Some(5), 10, LIMITS).complete);
+        assert_eq!(h.read(b"ch", Some(2), 1, LIMITS).records.len(), 1);
         // Beyond the latest offset: not a position of this history.
-        assert!(!h.read(b"ch", Some(9), 10).complete);
+        assert!(!h.read(b"ch", Some(9), 10, LIMITS).complete);
     }
 
     #[test]
@@ -266,10 +283,23 @@ mod tests {
         assert_ne!(a.epoch, b.epoch);
         assert_eq!(b.offset, 1);
         assert_eq!(h.sweep(), 1);
-        let r = h.read(b"ch", Some(1), 10);
+        let r = h.read(b"ch", Some(1), 10, LIMITS);
         assert_eq!(r.latest, 0);
         assert!(!r.complete);
         assert!(r.records.is_empty());
+    }
+
+    #[test]
+    fn a_read_of_an_empty_history_keeps_its_epoch_for_the_publishes_that_follow() {
+        let mut h = Histories::default();
+        let r = h.read(b"ch", None, 10, LIMITS);
+        assert_eq!((r.latest, r.complete), (0, true));
+        assert_eq!(h.read(b"ch", Some(0), 10, LIMITS).epoch, r.epoch);
+        let p = h.record(b"ch", Bytes::from("a"), LIMITS);
+        assert_eq!((p.offset, p.epoch.as_str()), (1, r.epoch.as_str()));
+        let after = h.read(b"ch", Some(0), 10, LIMITS);
+        assert!(after.complete);
+        assert_eq!(after.records, vec![(1, Bytes::from("a"))]);
     }
 
     #[test]

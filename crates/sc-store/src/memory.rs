@@ -288,12 +288,13 @@ impl Store for MemoryStore {
         channel: &'a str,
         after: Option<u64>,
         limit: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<History>> {
         let read = self
             .inner
             .histories
             .lock()
-            .read(channel.as_bytes(), after, limit);
+            .read(channel.as_bytes(), after, limit, limits);
         ready(Ok(read))
     }
 }

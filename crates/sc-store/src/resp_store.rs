@@ -337,6 +337,28 @@ async fn connect_node(id: &str, config: &RespConfig) -> Result<NodeParts> {
 }
 
 impl RespStore {
+    /// A history command: the store server's own (`native`), or on Redis, which does not know
+    /// it, the equivalent `script`; which one works is learnt once.
+    async fn history_query<T: redis::FromRedisValue>(
+        &self,
+        channel: &str,
+        native: &redis::Cmd,
+        script: &redis::Cmd,
+    ) -> Result<T> {
+        use std::sync::atomic::Ordering;
+        let mode = &self.inner.history_mode;
+        if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
+            match self.query::<T>(channel, native).await {
+                Ok(v) => {
+                    mode.store(HISTORY_NATIVE, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(e) if unknown_command(&e) => mode.store(HISTORY_SCRIPT, Ordering::Relaxed),
+                Err(e) => return Err(e),
+            }
+        }
+        self.query(channel, script).await
+    }
     /// Connects to every node of `config` (all at once) and checks each: it must take our
     /// credentials and answer `PING` on both the command and the pub/sub connection, all within
     /// `connect_timeout`. Fails when a node cannot be used now: an [`Error::Node`] naming the
@@ -446,13 +468,17 @@ return {n, e}
 ";
 
 /// Redis: reads a channel's history (the keys of [`HISTPUB_SCRIPT`]); ARGV: the offset to
-/// read after (`-`: all kept), the most records, an epoch to answer when there is no history.
+/// read after (`-`: all kept), the most records, an epoch to start when there is no history and
+/// how long (ms) to keep that empty history.
 /// Answers as `SC.HISTREAD` does: epoch, latest, complete (1/0), then offset and data pairs.
 const HISTREAD_SCRIPT: &str = r"
 local h = redis.call('HMGET', KEYS[1], 'e', 'n', 'a')
 local from = 0
 if ARGV[1] ~= '-' then from = tonumber(ARGV[1]) end
 if not h[1] then
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', ARGV[3], 'n', 0, 'a', ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
   if from == 0 then return {ARGV[3], 0, 1} end
   return {ARGV[3], 0, 0}
 end
@@ -742,28 +768,16 @@ impl Store for RespStore {
         limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
-            use std::sync::atomic::Ordering;
             let max_age = millis(limits.max_age)?;
             let max_len = limits.max_len.max(1);
-            let mode = &self.inner.history_mode;
-            if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
-                let cmd = redis::cmd("SC.HISTPUB")
-                    .arg(channel)
-                    .arg(max_len)
-                    .arg(max_age)
-                    .arg(message.as_ref())
-                    .clone();
-                match self.query::<(u64, String)>(channel, &cmd).await {
-                    Ok((offset, epoch)) => {
-                        mode.store(HISTORY_NATIVE, Ordering::Relaxed);
-                        return Ok(Position { offset, epoch });
-                    }
-                    Err(e) if unknown_command(&e) => mode.store(HISTORY_SCRIPT, Ordering::Relaxed),
-                    Err(e) => return Err(e),
-                }
-            }
+            let native = redis::cmd("SC.HISTPUB")
+                .arg(channel)
+                .arg(max_len)
+                .arg(max_age)
+                .arg(message.as_ref())
+                .clone();
             let (hash, stream) = history_keys(channel);
-            let cmd = redis::cmd("EVAL")
+            let script = redis::cmd("EVAL")
                 .arg(HISTPUB_SCRIPT)
                 .arg(2)
                 .arg(hash)
@@ -774,7 +788,8 @@ impl Store for RespStore {
                 .arg(message.as_ref())
                 .arg(crate::history::new_epoch())
                 .clone();
-            let (offset, epoch): (u64, String) = self.query(channel, &cmd).await?;
+            let (offset, epoch): (u64, String) =
+                self.history_query(channel, &native, &script).await?;
             Ok(Position { offset, epoch })
         })
     }
@@ -784,37 +799,30 @@ impl Store for RespStore {
         channel: &'a str,
         after: Option<u64>,
         limit: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<History>> {
         Box::pin(async move {
-            use std::sync::atomic::Ordering;
-            let after_arg = after.map_or_else(|| "-".to_owned(), |a| a.to_string());
-            let mode = &self.inner.history_mode;
-            if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
-                let cmd = redis::cmd("SC.HISTREAD")
-                    .arg(channel)
-                    .arg(&after_arg)
-                    .arg(limit)
-                    .clone();
-                match self.query::<Value>(channel, &cmd).await {
-                    Ok(v) => {
-                        mode.store(HISTORY_NATIVE, Ordering::Relaxed);
-                        return parse_history(v);
-                    }
-                    Err(e) if unknown_command(&e) => mode.store(HISTORY_SCRIPT, Ordering::Relaxed),
-                    Err(e) => return Err(e),
-                }
-            }
+            let max_age = millis(limits.max_age)?;
+            let after = after.map_or_else(|| "-".to_owned(), |a| a.to_string());
+            let native = redis::cmd("SC.HISTREAD")
+                .arg(channel)
+                .arg(&after)
+                .arg(limit)
+                .arg(limits.max_len.max(1))
+                .arg(max_age)
+                .clone();
             let (hash, stream) = history_keys(channel);
-            let cmd = redis::cmd("EVAL")
+            let script = redis::cmd("EVAL")
                 .arg(HISTREAD_SCRIPT)
                 .arg(2)
                 .arg(hash)
                 .arg(stream)
-                .arg(&after_arg)
+                .arg(&after)
                 .arg(limit)
                 .arg(crate::history::new_epoch())
+                .arg(max_age)
                 .clone();
-            parse_history(self.query(channel, &cmd).await?)
+            parse_history(self.history_query(channel, &native, &script).await?)
         })
     }
 

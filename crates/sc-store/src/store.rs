@@ -143,25 +143,31 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<Position>> {
         let _ = (channel, message, limits);
-        Box::pin(std::future::ready(Err(Error::Unsupported(
-            "this store keeps no channel history",
-        ))))
+        no_history()
     }
 
     /// The recorded messages of `channel` after offset `after` (every one kept with `None`), at
-    /// most `limit`, with the history's epoch and latest offset. A store without history (the
-    /// default) answers [`Error::Unsupported`].
+    /// most `limit`, with the history's epoch and latest offset. A channel without a history
+    /// starts one here (a new epoch, nothing recorded, kept as `limits` keep a publish), so the
+    /// position a reader got stays valid for the publishes that follow. A store without history
+    /// (the default) answers [`Error::Unsupported`].
     fn history<'a>(
         &'a self,
         channel: &'a str,
         after: Option<u64>,
         limit: usize,
+        limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<History>> {
-        let _ = (channel, after, limit);
-        Box::pin(std::future::ready(Err(Error::Unsupported(
-            "this store keeps no channel history",
-        ))))
+        let _ = (channel, after, limit, limits);
+        no_history()
     }
+}
+
+/// The answer of a store that keeps no channel history.
+fn no_history<T: Send + 'static>() -> BoxFuture<'static, Result<T>> {
+    Box::pin(std::future::ready(Err(Error::Unsupported(
+        "this store keeps no channel history",
+    ))))
 }
 
 /// Told when a [`Subscription`] is dropped, so the backend can unsubscribe the channel once its

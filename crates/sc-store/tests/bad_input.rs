@@ -254,8 +254,10 @@ async fn unknown_commands_get_an_error_and_the_connection_stays() {
         &[&b"SC.HISTPUB"[..], b"ch", b"x", b"1000", b"m"][..],
         &[b"SC.HISTPUB", b"ch", b"0", b"1000", b"m"],
         &[b"SC.HISTPUB", b"ch", b"10", b"-1", b"m"],
-        &[b"SC.HISTREAD", b"ch", b"-5", b"10"],
-        &[b"SC.HISTREAD", b"ch", b"-", b"many"],
+        &[b"SC.HISTREAD", b"ch", b"-5", b"10", b"10", b"1000"],
+        &[b"SC.HISTREAD", b"ch", b"-", b"many", b"10", b"1000"],
+        &[b"SC.HISTREAD", b"ch", b"-", b"10", b"0", b"1000"],
+        &[b"SC.HISTREAD", b"ch", b"-", b"10", b"10", b"-1"],
     ] {
         assert!(
             is_err(&c.cmd(bad).await, "ERR value is not an integer"),

@@ -200,8 +200,11 @@ async fn cluster_history_epoch_changes_after_store_process_restart() {
     assert_eq!(after.offset, 1);
     assert_ne!(after.epoch, before.epoch);
     // A reader with a position of the old epoch learns the new one, and reads it from its start.
-    let h = store.history(&ch, Some(before.offset), 10).await.unwrap();
+    let h = store
+        .history(&ch, Some(before.offset), 10, limits)
+        .await
+        .unwrap();
     assert_eq!(h.epoch, after.epoch);
-    let h = store.history(&ch, None, 10).await.unwrap();
+    let h = store.history(&ch, None, 10, limits).await.unwrap();
     assert_eq!(h.records, vec![(1, "c".into())]);
 }

@@ -378,16 +378,40 @@ impl ScServerBuilder {
         self.cfg.validate()?;
         let key = self.auth_key.unwrap_or_else(AuthKey::random);
         let auth = Auth::new(&key, self.cfg.auth_default_expiry_s).map_err(ConfigError)?;
-        let has_store = self.store.is_some() || self.broker.is_some();
+        let history = !self.cfg.history.is_empty();
+        if history && self.broker.is_some() {
+            return Err(ConfigError(
+                "history rules need the server's own exchange: a custom broker carries channels its own way"
+                    .into(),
+            ));
+        }
         let store_handle = self.store.clone();
+        // Channel histories live in the store; without one, in a store of this process.
+        let history_store = match (&self.store, history) {
+            (_, false) => None,
+            (Some(store), true) => Some(store.clone()),
+            (None, true) => {
+                Some(Arc::new(sc_store::MemoryStore::new()) as Arc<dyn sc_store::Store>)
+            }
+        };
+        let has_store = self.store.is_some() || self.broker.is_some() || history;
         let counters = Arc::new(Counters::default());
         let trusted = crate::client_addr::TrustedProxies::parse(&self.cfg.trusted_proxies)
             .map_err(|e| ConfigError(e.to_string()))?;
-        let broker: Box<dyn Broker> = match (self.broker, self.store) {
+        let broker: Box<dyn Broker> = match (self.broker, self.store.or(history_store.clone())) {
             (Some(broker), _) => broker,
             (None, Some(store)) => Box::new(
-                StoreBroker::new(store, self.on_store_gap, counters.clone()).map_err(|_| {
-                    ConfigError("a server with a store must be built inside a tokio runtime".into())
+                StoreBroker::new(
+                    store,
+                    self.on_store_gap,
+                    counters.clone(),
+                    self.cfg.history.clone(),
+                )
+                .map_err(|_| {
+                    ConfigError(
+                        "a server with a store or channel history must be built inside a tokio runtime"
+                            .into(),
+                    )
                 })?,
             ),
             (None, None) => Box::new(LocalBroker::default()),
@@ -418,6 +442,7 @@ impl ScServerBuilder {
             broker,
             store: store_handle,
             has_store,
+            history_store,
             trusted,
             clients: RwLock::default(),
             sockets: RwLock::default(),

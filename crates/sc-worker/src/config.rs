@@ -42,6 +42,7 @@ use serde::{Deserialize, Serialize};
 /// | `inbound_rate_bytes` | 0 (off) | bytes per second one socket may send, likewise |
 /// | `app_name` | `socketcluster` | names the session cookie, `n/<app_name>/ssid`, so that two apps on one domain keep their sessions apart |
 /// | `session_timeout_s` | 1200 | how long a session's data lives in the store after the last of its sockets anywhere left (renewed four times per timeout while one lives) |
+/// | `history` | `[]` (off) | channels whose publishes are kept, so a client that was away gets what it missed ([`HistoryRule`]; see the crate's docs on missed-message recovery) |
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -150,6 +151,77 @@ pub struct Config {
     /// process) left; every process holding one of its sockets renews it four times per
     /// timeout. Defaults to 1200 (the original's `sessionTimeout`).
     pub session_timeout_s: u64,
+    /// Channels with a history (missed-message recovery), each rule a channel name or pattern
+    /// and how much to keep; the first rule naming a channel applies. Empty (no history) by
+    /// default.
+    pub history: Vec<HistoryRule>,
+}
+
+/// A channel history rule: publishes on the channels it names are recorded (each with a
+/// position: an offset and an epoch), so a client resuming its subscription gets what it
+/// missed, or a `#gap` notice when the history no longer holds it.
+///
+/// In TOML, under the worker's options:
+///
+/// ```toml
+/// [[worker.history]]
+/// channel = "chat.*"   # a name, or a pattern: `*` matches any run of characters
+/// max_len = 1000       # messages kept per channel
+/// max_age_ms = 300000  # how long each is kept (and the history after its last publish)
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HistoryRule {
+    /// A channel name, or a pattern in which `*` matches any run of characters (`*` alone: every
+    /// channel).
+    pub channel: String,
+    /// Messages kept per channel (the oldest go first). At least 1.
+    pub max_len: u64,
+    /// How long a message is kept, in milliseconds; a channel's whole history goes this long
+    /// after its last publish. At least 1.
+    pub max_age_ms: u64,
+}
+
+impl HistoryRule {
+    /// Whether the rule names `channel`.
+    pub fn matches(&self, channel: &str) -> bool {
+        glob(self.channel.as_bytes(), channel.as_bytes())
+    }
+
+    pub(crate) fn limits(&self) -> sc_store::HistoryLimits {
+        sc_store::HistoryLimits {
+            max_len: self.max_len,
+            max_age: std::time::Duration::from_millis(self.max_age_ms),
+        }
+    }
+}
+
+/// `*` matches any run of bytes (none included); every other byte itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    let (mut p, mut t) = (0, 0);
+    // The last `*` seen and the text position it was tried at, to backtrack to.
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        match pattern.get(p) {
+            Some(b'*') => {
+                star = Some((p, t));
+                p += 1;
+            }
+            Some(c) if *c == text[t] => {
+                p += 1;
+                t += 1;
+            }
+            _ => match star {
+                Some((sp, st)) => {
+                    p = sp + 1;
+                    t = st + 1;
+                    star = Some((sp, st + 1));
+                }
+                None => return false,
+            },
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|c| *c == b'*')
 }
 
 impl Default for Config {
@@ -190,6 +262,7 @@ impl Default for Config {
             inbound_rate_bytes: 0,
             app_name: "socketcluster".to_owned(),
             session_timeout_s: 1200,
+            history: Vec::new(),
         }
     }
 }
@@ -290,6 +363,17 @@ impl Config {
                     .to_owned(),
             );
         }
+        for r in &self.history {
+            if r.channel.is_empty() {
+                return err("a history rule's channel must not be empty".to_owned());
+            }
+            if r.max_len == 0 || r.max_age_ms == 0 {
+                return err(format!(
+                    "history rule {:?}: max_len and max_age_ms must be greater than 0",
+                    r.channel
+                ));
+            }
+        }
         for o in &self.origins {
             if o.rsplit_once(':')
                 .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
@@ -349,6 +433,32 @@ mod tests {
         assert!(!c.origin_allowed(Some("http://a.org")));
         assert!(!c.origin_allowed(None));
         assert!(Config::default().origin_allowed(None));
+    }
+
+    #[test]
+    fn history_rules_match_names_and_patterns() {
+        let rule = |c: &str| HistoryRule {
+            channel: c.into(),
+            max_len: 1,
+            max_age_ms: 1,
+        };
+        assert!(rule("news").matches("news"));
+        assert!(!rule("news").matches("news2"));
+        assert!(rule("chat.*").matches("chat."));
+        assert!(rule("chat.*").matches("chat.room.1"));
+        assert!(!rule("chat.*").matches("chat"));
+        assert!(rule("*").matches(""));
+        assert!(rule("a*b*c").matches("aXbYbZc"));
+        assert!(!rule("a*b*c").matches("aXbYbZ"));
+        assert!(rule("*.log").matches("x.log.log"));
+        let bad = Config {
+            history: vec![HistoryRule {
+                max_len: 0,
+                ..rule("x")
+            }],
+            ..Config::default()
+        };
+        assert!(bad.validate().is_err());
     }
 
     #[test]

@@ -24,14 +24,14 @@ use sc_protocol::{ErrorName, Frame, Packet, Reserved, ScError, decode, events};
 
 use crate::auth::{missing_token_error, now_s};
 use crate::data::Data;
-use crate::exchange::{Sub, Subscriber};
+use crate::exchange::{Recovery, Sub, Subscriber};
 use crate::handler::{Procedure, Request, SyncProcedureFn, SyncRequest};
 use crate::limits::{AddrSlot, InboundRate};
 use crate::metrics::Tally;
 use crate::middleware::{
     BoxFut, HandshakeAction, InboundAction, InboundKind, OutboundAction, RawAction,
 };
-use crate::published::{Published, publish_frame};
+use crate::published::{Published, frame_for, position_json, stored_data};
 use crate::request::{HandshakeRequest, StoredRequest};
 use crate::socket::{
     Out, RATE_LIMITED, SLOW_CONSUMER, ScEvent, ScSocket, SocketShared, SocketState,
@@ -821,8 +821,8 @@ impl<T: Transport> Conn<T> {
                     written += 1;
                     self.io.send(b);
                 }
-                // A session emit: an event, not a channel's publish.
-                Out::Publish(p) if p.session.is_some() => {
+                // A session emit or a gap notice: an event, not a channel's publish.
+                Out::Publish(p) if p.session.is_some() || p.gap => {
                     written += 1;
                     self.io.send_shared(&p.frame);
                 }
@@ -842,7 +842,11 @@ impl<T: Transport> Conn<T> {
                             if a.data == p.data {
                                 self.io.send(p.frame.clone());
                             } else {
-                                self.io.send(publish_frame(&p.channel, a.data.as_ref()));
+                                self.io.send(frame_for(
+                                    &p.channel,
+                                    a.data.as_ref(),
+                                    p.position.as_ref(),
+                                ));
                             }
                         }
                     }
@@ -1262,6 +1266,9 @@ impl<T: Transport> Conn<T> {
             }
         };
         match result {
+            Ok(true) if let Some(limits) = self.server.history_limits(&channel) => {
+                self.subscribe_recorded(&channel, limits, data, cid).await;
+            }
             Ok(new) => {
                 if new {
                     self.server
@@ -1283,6 +1290,86 @@ impl<T: Transport> Conn<T> {
             }
             Err(e) => self.push_error(cid, &e),
         }
+    }
+
+    /// Subscribes the socket to a channel with a history (its name already on the socket's
+    /// list). The reply carries the position the socket continues from. With `recover` in the
+    /// subscribe data (the last position the client saw), what it missed follows the reply, then
+    /// live messages, none twice; when the history no longer covers it, a `#gap` notice comes
+    /// first and what the history still holds (at most half the outbound queue) follows.
+    async fn subscribe_recorded(
+        &mut self,
+        channel: &str,
+        limits: sc_store::HistoryLimits,
+        data: Option<&RawValue>,
+        cid: u64,
+    ) {
+        let recover = match data.map(recover_position).transpose() {
+            Ok(r) => r.flatten(),
+            Err(e) => {
+                self.socket.unsubscribe(channel);
+                self.push_error(cid, &ScError::new(ErrorName::InvalidActionError, e));
+                return;
+            }
+        };
+        let Some(store) = self.server.history_store.clone() else {
+            self.push_result(cid, &Ok(None));
+            return;
+        };
+        let rec = Recovery::new(self.socket.clone(), self.server.cfg.outbound_queue / 2);
+        self.server
+            .broker
+            .subscribe(channel, Subscriber(Sub::Recovering(rec.clone())));
+        let wait = Duration::from_millis(self.server.cfg.ack_timeout_ms);
+        if tokio::time::timeout(wait, self.server.broker.ready(channel))
+            .await
+            .is_err()
+        {
+            tracing::warn!(sid = %self.socket.id(), %channel, "store subscription not confirmed in time");
+        }
+        let replay = (self.server.cfg.outbound_queue / 2).max(1);
+        let caught_up = tokio::time::timeout(
+            wait,
+            catch_up(&*store, channel, limits, recover.as_ref(), replay),
+        )
+        .await
+        .unwrap_or_else(|_| Err("the channel's history did not answer in time".to_owned()));
+        let (gap, position, records) = match caught_up {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(sid = %self.socket.id(), %channel, error = %e, "channel history unavailable: subscription refused");
+                self.socket.unsubscribe(channel);
+                self.push_error(
+                    cid,
+                    &ScError::new(
+                        ErrorName::BrokerError,
+                        format!("The history of channel {channel} is unavailable: {e}"),
+                    ),
+                );
+                return;
+            }
+        };
+        let name: Arc<str> = Arc::from(channel);
+        if gap {
+            let notice = Published::gap_notice(&name, Some(position.clone()));
+            self.tally.messages_out += 1;
+            self.io.send(notice.frame.clone());
+        }
+        let reply = Data::from_trusted(Bytes::from(position_json(channel, &position)));
+        self.push_result(cid, &Ok(Some(reply)));
+        let records = records
+            .into_iter()
+            .filter_map(|(offset, message)| {
+                let data = stored_data(channel, message)?;
+                let at = sc_store::Position {
+                    offset,
+                    epoch: position.epoch.clone(),
+                };
+                Some(Arc::new(Published::recorded(&name, data, at)))
+            })
+            .collect();
+        rec.release(position, records);
+        self.socket.emit(&ScEvent::Subscribe(channel.to_owned()));
     }
 
     /// A channel name that is reserved (a session's) or over `max_channel_name` bytes is refused
@@ -1488,4 +1575,86 @@ fn is_bad_token(e: &ScError) -> bool {
         .get("isBadToken")
         .and_then(serde_json::Value::as_bool)
         .unwrap_or_else(|| ErrorName::from_name(&e.name).is_some_and(ErrorName::is_bad_token))
+}
+
+/// The position a `#subscribe`'s data asks to resume from: `{"recover":{"offset":N,"epoch":E}}`
+/// (other fields are the app's). `Ok(None)` without `recover`; an error when it is malformed.
+fn recover_position(data: &RawValue) -> Result<Option<sc_store::Position>, String> {
+    #[derive(serde::Deserialize)]
+    struct SubscribeData<'a> {
+        #[serde(borrow)]
+        recover: Option<&'a RawValue>,
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Recover {
+        offset: u64,
+        epoch: String,
+    }
+    let Ok(d) = serde_json::from_str::<SubscribeData<'_>>(data.get()) else {
+        return Ok(None);
+    };
+    let Some(raw) = d.recover else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<Recover>(raw.get()) {
+        Ok(r) if !r.epoch.is_empty() && r.epoch.len() <= 64 => Ok(Some(sc_store::Position {
+            offset: r.offset,
+            epoch: r.epoch,
+        })),
+        _ => Err(format!(
+            "recover must be {{\"offset\":N,\"epoch\":E}} (an offset and an epoch of at most 64 bytes), not {}",
+            raw.get().chars().take(100).collect::<String>()
+        )),
+    }
+}
+
+/// A catch-up: whether a gap notice goes first, the position the socket continues from, and
+/// the records that follow it.
+type CatchUp = (bool, sc_store::Position, Vec<(u64, Bytes)>);
+
+/// Reads what a socket subscribing to `channel` gets before live messages: nothing but the
+/// latest position without `recover`; with it, the messages after it when the history holds
+/// them all (at most `replay`); otherwise a gap, and the last `replay` messages kept.
+async fn catch_up(
+    store: &dyn sc_store::Store,
+    channel: &str,
+    limits: sc_store::HistoryLimits,
+    recover: Option<&sc_store::Position>,
+    replay: usize,
+) -> Result<CatchUp, String> {
+    let Some(from) = recover else {
+        let h = store
+            .history(channel, None, 0, limits)
+            .await
+            .map_err(|e| e.to_string())?;
+        let at = sc_store::Position {
+            offset: h.latest,
+            epoch: h.epoch,
+        };
+        return Ok((false, at, Vec::new()));
+    };
+    let h = store
+        .history(channel, Some(from.offset), replay, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    let missed = h.latest.saturating_sub(from.offset);
+    if h.epoch == from.epoch && h.complete && missed <= replay as u64 {
+        return Ok((false, from.clone(), h.records));
+    }
+    // A gap: the latest messages the history holds follow it.
+    let after = h.latest.checked_sub(replay as u64).filter(|a| *a > 0);
+    let h = store
+        .history(channel, after, replay, limits)
+        .await
+        .map_err(|e| e.to_string())?;
+    let offset = h
+        .records
+        .first()
+        .map_or(h.latest, |r| r.0.saturating_sub(1));
+    let at = sc_store::Position {
+        offset,
+        epoch: h.epoch,
+    };
+    Ok((true, at, h.records))
 }

@@ -95,6 +95,29 @@ impl ScHandle {
         self.0.store.as_ref()
     }
 
+    /// The history of `channel` (a channel a [`Config::history`](crate::Config::history) rule
+    /// names): the messages after offset `after` (every one kept with `None`), at most `limit`,
+    /// oldest first, each as its offset and its data's JSON text (empty for a publish without
+    /// data), with the history's epoch and latest offset. For a page that shows the last
+    /// messages of a channel, say. Fails for a channel without a history rule, or when the
+    /// store does not answer.
+    pub async fn history(
+        &self,
+        channel: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<sc_store::History, sc_store::Error> {
+        let (Some(limits), Some(store)) = (
+            self.0.history_limits(channel),
+            self.0.history_store.as_ref(),
+        ) else {
+            return Err(sc_store::Error::InvalidArgument(
+                "no history rule names this channel",
+            ));
+        };
+        store.history(channel, after, limit, limits).await
+    }
+
     /// Whether the exchange shares channels through a store (see [`ScServerBuilder::store`](crate::ScServerBuilder::store)),
     /// or a [`Broker`](crate::Broker) of the app's ([`ScServerBuilder::broker`](crate::ScServerBuilder::broker)).
     pub fn has_store(&self) -> bool {

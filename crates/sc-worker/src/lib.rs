@@ -32,7 +32,7 @@ pub use builder::{BuildError, ScServer, ScServerBuilder};
 #[doc(inline)]
 pub use client_addr::{InvalidProxy, TrustedProxies};
 #[doc(inline)]
-pub use config::{Config, ConfigError};
+pub use config::{Config, ConfigError, HistoryRule};
 #[doc(inline)]
 pub use data::{Data, IntoData, Json};
 #[cfg(feature = "engineio")]

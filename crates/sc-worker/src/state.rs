@@ -41,6 +41,9 @@ pub(crate) struct ServerInner {
     pub(crate) broker: Box<dyn Broker>,
     pub(crate) store: Option<Arc<dyn sc_store::Store>>,
     pub(crate) has_store: bool,
+    /// Where channel histories are kept ([`Config::history`] names the channels): the store,
+    /// or an in-process one when the server has none.
+    pub(crate) history_store: Option<Arc<dyn sc_store::Store>>,
     /// The parsed [`Config::trusted_proxies`].
     pub(crate) trusted: TrustedProxies,
     /// Open sockets by id.
@@ -62,6 +65,16 @@ pub(crate) struct ServerInner {
     /// What [`ScHandle::metrics`](crate::ScHandle::metrics) reads; shared with the store
     /// broker and the sessions, which count store operations.
     pub(crate) counters: Arc<Counters>,
+}
+
+impl ServerInner {
+    /// The history limits of `channel`, when a rule names it.
+    pub(crate) fn history_limits(&self, channel: &str) -> Option<sc_store::HistoryLimits> {
+        if self.cfg.history.is_empty() {
+            return None;
+        }
+        crate::published::history_limits(&self.cfg.history, channel)
+    }
 }
 
 impl std::fmt::Debug for ServerInner {

@@ -156,8 +156,9 @@ fn arity_ok(cmd: Cmd, n: usize) -> bool {
         Cmd::Expire | Cmd::PExpire | Cmd::HGet | Cmd::Publish => n == 3,
         Cmd::HDel | Cmd::RPush => n >= 3,
         Cmd::HSet => n >= 4 && n.is_multiple_of(2),
-        Cmd::LRange | Cmd::HistRead => n == 4,
+        Cmd::LRange => n == 4,
         Cmd::HistPub => n == 5,
+        Cmd::HistRead => n == 6,
         Cmd::Unknown => true,
     }
 }
@@ -192,14 +193,16 @@ fn publish(st: &mut State, cfg: &ServerConfig, ch: &[u8], msg: &[u8]) -> usize {
     n
 }
 
+/// A count or a duration of at least 1.
+fn positive(b: &[u8]) -> Option<u64> {
+    int_arg(b)
+        .and_then(|n| u64::try_from(n).ok())
+        .filter(|n| *n >= 1)
+}
+
 /// `SC.HISTPUB channel max_len max_age_ms message`: records the message in the channel's
 /// history and publishes it in its envelope (`#offset:epoch:message`); `[offset, epoch]`.
 fn hist_pub(st: &mut State, cfg: &ServerConfig, a: &Args<'_>, out: &mut BytesMut) {
-    let positive = |b: &[u8]| {
-        int_arg(b)
-            .and_then(|n| u64::try_from(n).ok())
-            .filter(|n| *n >= 1)
-    };
     let (Some(max_len), Some(max_age_ms)) = (positive(a.get(2)), positive(a.get(3))) else {
         error(out, NOT_INT);
         return;
@@ -217,7 +220,8 @@ fn hist_pub(st: &mut State, cfg: &ServerConfig, a: &Args<'_>, out: &mut BytesMut
     bulk(out, position.epoch.as_bytes());
 }
 
-/// `SC.HISTREAD channel after limit` (`after` an offset, or `-` for all kept):
+/// `SC.HISTREAD channel after limit max_len max_age_ms` (`after` an offset, or `-` for all
+/// kept; a channel without history starts one within those limits):
 /// `[epoch, latest, complete (1/0), offset, message, offset, message, ...]`.
 fn hist_read(st: &mut State, a: &Args<'_>, out: &mut BytesMut) {
     let after = match a.get(2) {
@@ -230,7 +234,14 @@ fn hist_read(st: &mut State, a: &Args<'_>, out: &mut BytesMut) {
     let Some(limit) = int_arg(a.get(3)).and_then(|n| usize::try_from(n).ok()) else {
         return error(out, NOT_INT);
     };
-    let h = st.histories.read(a.get(1), after, limit);
+    let (Some(max_len), Some(max_age_ms)) = (positive(a.get(4)), positive(a.get(5))) else {
+        return error(out, NOT_INT);
+    };
+    let limits = HistoryLimits {
+        max_len,
+        max_age: Duration::from_millis(max_age_ms),
+    };
+    let h = st.histories.read(a.get(1), after, limit, limits);
     array(out, 3 + 2 * h.records.len());
     bulk(out, h.epoch.as_bytes());
     int(out, i64::try_from(h.latest).unwrap_or(i64::MAX));

@@ -509,37 +509,64 @@ pub async fn history(s: &dyn Store, other: &dyn Store, p: &str) {
         assert_eq!(msg, b(&format!("m{i}")));
     }
 
-    let h = other.history(&ch, Some(3), 100).await.unwrap();
+    let h = other.history(&ch, Some(3), 100, limits).await.unwrap();
     assert_eq!(
         (h.epoch.as_str(), h.latest, h.complete),
         (epoch.as_str(), 5, true)
     );
     assert_eq!(h.records, vec![(4, b("m4")), (5, b("m5"))]);
-    let h = other.history(&ch, Some(1), 100).await.unwrap();
+    let h = other.history(&ch, Some(1), 100, limits).await.unwrap();
     assert!(!h.complete, "1 and 2 are no longer kept");
     assert_eq!(h.records.first().map(|r| r.0), Some(3));
-    let h = other.history(&ch, None, 100).await.unwrap();
+    let h = other.history(&ch, None, 100, limits).await.unwrap();
     assert!(h.complete);
     assert_eq!(h.records.len(), 3);
     assert_eq!(
-        other.history(&ch, Some(2), 1).await.unwrap().records,
+        other
+            .history(&ch, Some(2), 1, limits)
+            .await
+            .unwrap()
+            .records,
         vec![(3, b("m3"))]
     );
-    assert!(other.history(&ch, Some(5), 100).await.unwrap().complete);
-    assert!(!other.history(&ch, Some(9), 100).await.unwrap().complete);
-
-    let none = other
-        .history(&format!("{p}none"), Some(2), 100)
-        .await
-        .unwrap();
-    assert_eq!((none.latest, none.complete), (0, false));
     assert!(
         other
-            .history(&format!("{p}none"), None, 100)
+            .history(&ch, Some(5), 100, limits)
             .await
             .unwrap()
             .complete
     );
+    assert!(
+        !other
+            .history(&ch, Some(9), 100, limits)
+            .await
+            .unwrap()
+            .complete
+    );
+
+    let none = other
+        .history(&format!("{p}none"), Some(2), 100, limits)
+        .await
+        .unwrap();
+    assert_eq!((none.latest, none.complete), (0, false));
+    let empty = other
+        .history(&format!("{p}none"), None, 100, limits)
+        .await
+        .unwrap();
+    assert!(empty.complete);
+    // The epoch a read of an empty history answered is the one the next publish continues, so
+    // a reader that saw nothing yet can resume from offset 0 of it.
+    let first = s
+        .publish_recorded(&format!("{p}none"), b("n1"), limits)
+        .await
+        .unwrap();
+    assert_eq!((first.offset, &first.epoch), (1, &empty.epoch));
+    let h = other
+        .history(&format!("{p}none"), Some(0), 100, limits)
+        .await
+        .unwrap();
+    assert!(h.complete);
+    assert_eq!(h.records, vec![(1, b("n1"))]);
 
     // Two publishers at once.
     let wide = HistoryLimits {

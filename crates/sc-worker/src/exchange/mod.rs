@@ -25,8 +25,10 @@ use parking_lot::{Mutex, RwLock};
 use crate::published::Published;
 use crate::socket::{Out, ScSocket};
 
+mod recover;
 mod store;
 
+pub(crate) use recover::Recovery;
 pub(crate) use store::{GapFn, StoreBroker};
 
 /// Channel pub/sub: where publishes go and how they reach this process's subscribers. The
@@ -86,6 +88,9 @@ impl Subscriber {
                 }
                 socket.deliver(Out::Publish(msg.clone()))
             }
+            Sub::Recovering(r) => r.deliver(msg),
+            // A server-side subscription gets messages; gaps reach the app by `on_store_gap`.
+            Sub::Local { .. } if msg.gap => true,
             Sub::Local { tx, .. } => {
                 let queued = tx.try_send(msg.clone()).is_ok();
                 if !queued {
@@ -101,6 +106,8 @@ impl Subscriber {
 #[derive(Clone)]
 pub(crate) enum Sub {
     Socket(ScSocket),
+    /// A socket on a channel with a history (holds live messages while it catches up).
+    Recovering(Arc<Recovery>),
     Local {
         key: u64,
         tx: tokio::sync::mpsc::Sender<Arc<Published>>,
@@ -111,6 +118,7 @@ impl Sub {
     fn key(&self) -> u64 {
         match self {
             Sub::Socket(s) => s.key(),
+            Sub::Recovering(r) => r.key(),
             Sub::Local { key, .. } => *key,
         }
     }
@@ -130,22 +138,6 @@ impl std::fmt::Debug for LocalBroker {
         f.debug_struct("LocalBroker")
             .field("channels", &self.channels.read().len())
             .finish()
-    }
-}
-
-impl LocalBroker {
-    /// Calls `f` with each local subscriber of `channel`, under the channel's lock (so in the
-    /// order of the channel's publishes: what `f` queues comes after every publish queued before).
-    pub(crate) fn for_each(&self, channel: &str, mut f: impl FnMut(&Subscriber)) {
-        let subs = {
-            let read = self.channels.read();
-            read.get(channel).cloned()
-        };
-        if let Some(subs) = subs {
-            for sub in subs.lock().iter() {
-                f(sub);
-            }
-        }
     }
 }
 

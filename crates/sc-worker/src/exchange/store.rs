@@ -9,22 +9,25 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use sc_store::{Store, StoreEvent};
+use sc_store::history::decode_envelope;
+use sc_store::{HistoryLimits, Position, Store, StoreEvent};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::{Broker, LocalBroker, Sub, Subscriber};
-use crate::data::Data;
+use super::{Broker, LocalBroker, Subscriber};
+use crate::config::HistoryRule;
 use crate::metrics::Counters;
-use crate::published::{Published, SESSION_CHANNEL_PREFIX, publish_frame};
-use crate::socket::Out;
+use crate::published::{Published, SESSION_CHANNEL_PREFIX, history_limits, publish_frame};
 
 /// Called with the channel when messages of it may have been lost on the way from the store.
 pub(crate) type GapFn = dyn Fn(&str) + Send + Sync;
 
-/// The event every local socket subscribed to a channel gets when messages of it may have been
-/// lost: `{"event":"#gap","data":{"channel":C}}`.
-pub(crate) const GAP_EVENT: &str = "#gap";
+/// A publish waiting in a lane: the channel, the message and, for a channel with a history,
+/// its limits.
+type Queued = (Arc<str>, Bytes, Option<HistoryLimits>);
+
+/// The most records one history read fetches to fill a gap in what the store delivered.
+const FILL_MAX: u64 = 65_536;
 
 /// Publisher tasks: a channel's publishes all go through the lane its name hashes to, in order;
 /// different lanes wait for the store concurrently.
@@ -56,9 +59,11 @@ pub(crate) struct StoreBroker {
     /// Channels with local subscribers. Locked only by subscribe and unsubscribe, never by a
     /// publish or a delivery.
     links: Mutex<HashMap<Arc<str>, Link, foldhash::fast::RandomState>>,
-    lanes: Vec<mpsc::Sender<(Arc<str>, Bytes)>>,
+    lanes: Vec<mpsc::Sender<Queued>>,
     lane_hasher: foldhash::fast::FixedState,
     on_gap: Option<Arc<GapFn>>,
+    /// Channels with a history: their publishes are recorded.
+    history: Arc<[HistoryRule]>,
     counters: Arc<Counters>,
     runtime: tokio::runtime::Handle,
 }
@@ -69,6 +74,7 @@ impl StoreBroker {
         store: Arc<dyn Store>,
         on_gap: Option<Arc<GapFn>>,
         counters: Arc<Counters>,
+        history: Vec<HistoryRule>,
     ) -> Result<Self, tokio::runtime::TryCurrentError> {
         let runtime = tokio::runtime::Handle::try_current()?;
         let lanes = (0..LANES)
@@ -85,6 +91,7 @@ impl StoreBroker {
             lanes,
             lane_hasher: foldhash::fast::FixedState::default(),
             on_gap,
+            history: history.into(),
             counters,
             runtime,
         })
@@ -113,6 +120,7 @@ impl Broker for StoreBroker {
                     local: self.local.clone(),
                     on_gap: self.on_gap.clone(),
                     counters: self.counters.clone(),
+                    limits: history_limits(&self.history, &channel),
                 },
                 ready_tx,
             ));
@@ -140,7 +148,8 @@ impl Broker for StoreBroker {
             return;
         };
         // Counted by the publisher when it sends the publish; a dropped one here.
-        match outbox.try_send((msg.channel.clone(), payload)) {
+        let limits = history_limits(&self.history, &msg.channel);
+        match outbox.try_send((msg.channel.clone(), payload, limits)) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.counters.store(1, 1);
@@ -190,6 +199,15 @@ impl Published {
     /// A publish that arrived from a store; `None` (with a warning) when it is not JSON (or,
     /// on a session's channel, not a session emit).
     fn from_store(channel: &Arc<str>, payload: Bytes) -> Option<Self> {
+        // A recorded publish: its position in front of the message (JSON never starts with `#`).
+        if payload.first() == Some(&b'#') {
+            let Some((position, message)) = decode_envelope(&payload) else {
+                tracing::warn!(channel = %channel, len = payload.len(), "recorded message from the store is malformed: dropped");
+                return None;
+            };
+            let data = crate::published::stored_data(channel, message)?;
+            return Some(Published::recorded(channel, data, position));
+        }
         if channel.starts_with(crate::published::SESSION_CHANNEL_PREFIX) {
             if serde_json::from_slice::<&serde_json::value::RawValue>(&payload).is_ok()
                 && let Some(p) = Published::session_from_envelope(channel, payload.clone())
@@ -199,46 +217,58 @@ impl Published {
             tracing::warn!(channel = %channel, len = payload.len(), "session emit from the store is malformed: dropped");
             return None;
         }
-        let data = if payload.is_empty() {
-            None
-        } else {
-            if serde_json::from_slice::<&serde_json::value::RawValue>(&payload).is_err() {
-                tracing::warn!(channel = %channel, len = payload.len(), "message from the store is not JSON: dropped");
-                return None;
-            }
-            Some(Data::from_trusted(payload))
-        };
+        let data = crate::published::stored_data(channel, payload)?;
         let frame = publish_frame(channel, data.as_ref());
         Some(Published {
             channel: channel.clone(),
             data,
             frame,
             session: None,
+            position: None,
+            gap: false,
         })
     }
 }
 
 /// Sends one lane's queued publishes to the store: what is queued goes as one batch
 /// ([`Store::publish_many`]: one round trip per node, in order), and the next batch once the
-/// store has acknowledged it, so the store sees a lane's publishes in publication order.
-async fn publisher(
-    store: Arc<dyn Store>,
-    mut rx: mpsc::Receiver<(Arc<str>, Bytes)>,
-    counters: Arc<Counters>,
-) {
+/// store has acknowledged it, so the store sees a lane's publishes in publication order. A
+/// publish on a channel with a history is recorded ([`Store::publish_recorded`]) in its turn.
+async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Queued>, counters: Arc<Counters>) {
     let mut batch = Vec::with_capacity(BATCH);
+    let mut plain = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Counted when sent (a subscriber may see the message before the store answers), and
         // as failed once the store said so.
-        let n = batch.len() as u64;
-        counters.store(n, 0);
-        if let Err(e) = store.publish_many(&batch).await {
-            counters.store(0, n);
-            let first = batch.first().map(|(c, _)| c.clone());
-            tracing::warn!(messages = batch.len(), first_channel = ?first, error = %e, "publish to the store failed: messages of this batch may be lost");
+        counters.store(batch.len() as u64, 0);
+        for (channel, message, limits) in batch.drain(..) {
+            match limits {
+                None => plain.push((channel, message)),
+                Some(limits) => {
+                    send_plain(&*store, &mut plain, &counters).await;
+                    if let Err(e) = store.publish_recorded(&channel, message, limits).await {
+                        counters.store(0, 1);
+                        tracing::warn!(channel = %channel, error = %e, "recorded publish to the store failed: message lost");
+                    }
+                }
+            }
         }
-        batch.clear();
+        send_plain(&*store, &mut plain, &counters).await;
     }
+}
+
+/// Publishes `plain` (channels without history) as one batch, and empties it.
+async fn send_plain(store: &dyn Store, plain: &mut Vec<(Arc<str>, Bytes)>, counters: &Counters) {
+    if plain.is_empty() {
+        return;
+    }
+    if let Err(e) = store.publish_many(plain).await {
+        let n = plain.len() as u64;
+        counters.store(0, n);
+        let first = plain.first().map(|(c, _)| c.clone());
+        tracing::warn!(messages = n, first_channel = ?first, error = %e, "publish to the store failed: messages of this batch may be lost");
+    }
+    plain.clear();
 }
 
 /// What the task following a channel's store subscription uses.
@@ -247,46 +277,99 @@ struct Follow {
     local: Arc<LocalBroker>,
     on_gap: Option<Arc<GapFn>>,
     counters: Arc<Counters>,
+    /// The channel's history limits, when it has one: what the store failed to deliver is then
+    /// read from the history.
+    limits: Option<HistoryLimits>,
 }
 
 impl Follow {
     /// Messages of `channel` may have been lost: logged, told to the channel's local sockets
     /// (`#gap`, after what they were sent before) and to the app's `on_store_gap`.
-    fn gap(&self, channel: &str, why: &str) {
+    fn gap(&self, channel: &Arc<str>, why: &str) {
         tracing::warn!(
-            channel,
+            channel = %channel,
             "{why}: messages of this channel may have been lost"
         );
         // A session's channel is the server's own, not the app's: logged, not reported.
         if channel.starts_with(SESSION_CHANNEL_PREFIX) {
             return;
         }
-        let frame = gap_frame(channel);
-        self.local.for_each(channel, |sub| {
-            if let Sub::Socket(socket) = &sub.0 {
-                socket.deliver(Out::Frame(frame.clone()));
-            }
-        });
+        self.local
+            .publish(Arc::new(Published::gap_notice(channel, None)));
         if let Some(f) = &self.on_gap {
             f(channel);
         }
     }
-}
 
-/// `{"event":"#gap","data":{"channel":C}}`, encoded once for every subscriber.
-fn gap_frame(channel: &str) -> Bytes {
-    let data = serde_json::json!({ "channel": channel }).to_string();
-    let mut frame = Vec::with_capacity(32 + data.len());
-    sc_protocol::encode::put_transmit(&mut frame, GAP_EVENT, Some(data.as_bytes()));
-    Bytes::from(frame)
+    /// What the store may not have delivered (after `last`, the position of the last message
+    /// delivered here, or everything kept when none was) is read from the channel's history
+    /// and delivered; where the history does not cover it either, a `#gap` notice with the
+    /// position where what follows continues goes first. `last` moves to what was delivered.
+    async fn fill(&self, channel: &Arc<str>, limits: HistoryLimits, last: &mut Option<Position>) {
+        let max = usize::try_from(limits.max_len.min(FILL_MAX)).unwrap_or(usize::MAX);
+        let after = last.as_ref().map(|p| p.offset);
+        let mut read = self.store.history(channel, after, max, limits).await;
+        // Another epoch: the history this process followed is gone; all of the new one counts.
+        if let (Ok(h), Some(l)) = (&read, &*last)
+            && h.epoch != l.epoch
+        {
+            read = self.store.history(channel, None, max, limits).await;
+        }
+        let h = match read {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(channel = %channel, error = %e, "history read failed");
+                self.gap(
+                    channel,
+                    "store delivery interrupted and its history unreadable",
+                );
+                return;
+            }
+        };
+        let continues = last.as_ref().is_none_or(|l| l.epoch == h.epoch) && h.complete;
+        if !continues {
+            let offset = h
+                .records
+                .first()
+                .map_or(h.latest, |r| r.0.saturating_sub(1));
+            let at = Position {
+                offset,
+                epoch: h.epoch.clone(),
+            };
+            tracing::warn!(channel = %channel, epoch = %h.epoch, offset, "messages of this channel were lost: the history no longer holds them");
+            self.local
+                .publish(Arc::new(Published::gap_notice(channel, Some(at.clone()))));
+            if let Some(f) = &self.on_gap {
+                f(channel);
+            }
+            *last = Some(at);
+        }
+        for (offset, message) in h.records {
+            let position = Position {
+                offset,
+                epoch: h.epoch.clone(),
+            };
+            if let Some(data) = crate::published::stored_data(channel, message) {
+                self.local.publish(Arc::new(Published::recorded(
+                    channel,
+                    data,
+                    position.clone(),
+                )));
+            }
+            *last = Some(position);
+        }
+    }
 }
 
 /// Follows the store subscription of `channel` and delivers what arrives to the local
 /// subscribers, until aborted (the last local subscriber left). Failures and interruptions are
-/// retried with backoff and reported as gaps.
+/// retried with backoff and reported as gaps; on a channel with a history, what was missed is
+/// read from it instead, and a gap reported only when the history does not hold it.
 async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
     let mut delay = RETRY_MIN;
     let mut interrupted = false;
+    // The position of the last recorded message delivered here.
+    let mut last: Option<Position> = None;
     loop {
         f.counters.store(1, 0);
         let mut sub = match f.store.subscribe(&channel).await {
@@ -303,16 +386,39 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
         delay = RETRY_MIN;
         ready.send_replace(true);
         if interrupted {
-            f.gap(&channel, "store subscription restored");
+            match f.limits {
+                Some(limits) => f.fill(&channel, limits, &mut last).await,
+                None => f.gap(&channel, "store subscription restored"),
+            }
         }
         while let Some(ev) = sub.recv().await {
             match ev {
                 StoreEvent::Message(payload) => {
-                    if let Some(p) = Published::from_store(&channel, payload) {
-                        f.local.publish(Arc::new(p));
+                    let Some(p) = Published::from_store(&channel, payload) else {
+                        continue;
+                    };
+                    if let (Some(limits), Some(at)) = (f.limits, &p.position) {
+                        let next = last.as_ref().is_none_or(|l| {
+                            l.epoch == at.epoch && at.offset == l.offset.saturating_add(1)
+                        });
+                        if !next {
+                            f.fill(&channel, limits, &mut last).await;
+                        }
+                        if last
+                            .as_ref()
+                            .is_some_and(|l| l.epoch == at.epoch && at.offset <= l.offset)
+                        {
+                            // Delivered already (by the fill).
+                            continue;
+                        }
+                        last = Some(at.clone());
                     }
+                    f.local.publish(Arc::new(p));
                 }
-                StoreEvent::Gap => f.gap(&channel, "store subscription interrupted"),
+                StoreEvent::Gap => match f.limits {
+                    Some(limits) => f.fill(&channel, limits, &mut last).await,
+                    None => f.gap(&channel, "store subscription interrupted"),
+                },
                 _ => {}
             }
         }
@@ -321,22 +427,5 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
         interrupted = true;
         tokio::time::sleep(delay).await;
         delay = delay.saturating_mul(2).min(RETRY_MAX);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    #[test]
-    fn the_gap_frame_names_the_channel_as_json() {
-        let frame = gap_frame("a\"b");
-        let v: serde_json::Value = serde_json::from_slice(&frame).unwrap();
-        assert_eq!(
-            v,
-            serde_json::json!({"event": "#gap", "data": {"channel": "a\"b"}})
-        );
     }
 }
