@@ -1,11 +1,13 @@
 //! Channel subscriptions as streams.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::Stream;
-use sc_protocol::{RawValue, ScError};
-use serde::Serialize;
+use sc_protocol::{RawValue, ScError, encode};
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::Client;
@@ -37,14 +39,149 @@ pub enum ChannelState {
     Failed(ScError),
 }
 
+/// Where a message stands in a channel's history on the server: its offset (1, 2, 3 … with no
+/// gap, per channel and epoch) and the epoch (a new one when the server lost the history, e.g.
+/// its store restarted).
+///
+/// Only channels the server keeps a history of (its `history` rules) have positions: their
+/// `#publish` frames carry `"offset"` and `"epoch"`, and so does the reply to `#subscribe`. The
+/// client remembers the last position of each channel and sends it as
+/// `{"recover":{"offset":N,"epoch":"E"}}` in the `#subscribe` data of every automatic resubscribe,
+/// so that the server replays what was missed ([`Message::position`](crate::Message::position),
+/// [`Channel::position`]).
+///
+/// ```
+/// use sc_client::Position;
+///
+/// let p = Position::new(7, "e1");
+/// assert_eq!(serde_json::to_string(&p).unwrap(), r#"{"offset":7,"epoch":"e1"}"#);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Position {
+    /// The message's offset in its epoch (the first message of an epoch has offset 1; 0 is
+    /// the position before any message).
+    pub offset: u64,
+    /// The history's epoch.
+    pub epoch: String,
+}
+
+impl Position {
+    /// A position.
+    pub fn new(offset: u64, epoch: impl Into<String>) -> Self {
+        Position {
+            offset,
+            epoch: epoch.into(),
+        }
+    }
+}
+
+/// The position fields of a server frame's data (`#publish`, the `#subscribe` reply, `#gap`),
+/// read leniently: a position is there only when `offset` is an unsigned integer and `epoch` a
+/// string.
+#[derive(Deserialize)]
+pub(crate) struct Positioned<'a> {
+    #[serde(borrow, default)]
+    pub(crate) channel: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub(crate) data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    offset: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    epoch: Option<&'a RawValue>,
+}
+
+impl<'a> Positioned<'a> {
+    /// Reads a JSON object; `None` for anything else.
+    pub(crate) fn parse(raw: Option<&'a RawValue>) -> Option<Self> {
+        let raw = raw?;
+        if !raw.get().starts_with('{') {
+            return None;
+        }
+        serde_json::from_str(raw.get()).ok()
+    }
+
+    pub(crate) fn position(&self) -> Option<Position> {
+        let offset = self.offset?.get().parse::<u64>().ok()?;
+        let epoch = serde_json::from_str::<Cow<'_, str>>(self.epoch?.get()).ok()?;
+        Some(Position::new(offset, epoch))
+    }
+}
+
+/// Moves `current` to `seen`: forward only within an epoch, replaced by another epoch.
+pub(crate) fn advance(current: &mut Option<Position>, seen: &Position) {
+    match current {
+        Some(c) if c.epoch == seen.epoch => c.offset = c.offset.max(seen.offset),
+        _ => *current = Some(seen.clone()),
+    }
+}
+
+/// The `#subscribe` data of a resubscribe: the app's data (an object, or none) with
+/// `"recover":{"offset":N,"epoch":"E"}` set. `None` when the app's data is no object.
+pub(crate) fn recover_data(app: Option<&RawValue>, position: &Position) -> Option<Box<RawValue>> {
+    let mut out = Vec::with_capacity(64 + app.map_or(0, |a| a.get().len()));
+    out.push(b'{');
+    if let Some(app) = app {
+        if !app.get().trim_start().starts_with('{') {
+            return None;
+        }
+        let fields: Fields<'_> = serde_json::from_str(app.get()).ok()?;
+        for (key, value) in fields.0.iter().filter(|(k, _)| k != "recover") {
+            encode::write_str(&mut out, key);
+            out.push(b':');
+            out.extend_from_slice(value.get().as_bytes());
+            out.push(b',');
+        }
+    }
+    out.extend_from_slice(b"\"recover\":{\"offset\":");
+    out.extend_from_slice(position.offset.to_string().as_bytes());
+    out.extend_from_slice(b",\"epoch\":");
+    encode::write_str(&mut out, &position.epoch);
+    out.extend_from_slice(b"}}");
+    let text = String::from_utf8(out).ok()?;
+    RawValue::from_string(text).ok()
+}
+
+/// The fields of a JSON object in their order, values kept raw.
+struct Fields<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'de> Deserialize<'de> for Fields<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct FieldsVisitor;
+        impl<'de> Visitor<'de> for FieldsVisitor {
+            type Value = Fields<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'de>, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<Cow<'de, str>, &'de RawValue>()? {
+                    fields.push(entry);
+                }
+                Ok(Fields(fields))
+            }
+        }
+        d.deserialize_map(FieldsVisitor)
+    }
+}
+
 /// What a channel stream yields.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ChannelEvent {
     /// A message published to the channel.
     Message(Message),
-    /// The connection was lost while subscribed: messages published from now until the channel
-    /// is subscribed again (automatically, after the reconnect) are not received.
+    /// Messages of the channel may have been missed here.
+    ///
+    /// On a channel the server keeps no history of: the connection was lost while subscribed,
+    /// and messages published from then until the channel is subscribed again (automatically,
+    /// after the reconnect) are not received. The server also sends this notice (`#gap`) when
+    /// it lost messages itself (e.g. its store failed).
+    ///
+    /// On a channel with a history (its messages carry a [`Position`]) a lost connection
+    /// yields no `Gap`: the resubscribe asks for everything after the last position seen, and
+    /// the missed messages follow in order. A `Gap` comes only when the history could not
+    /// cover them (too old, or the history was lost); the messages the history still holds
+    /// follow it, then live ones.
     Gap,
     /// The server removed the socket from the channel (`#kickOut`), with its message. The stream
     /// ends after this.
@@ -56,6 +193,11 @@ pub enum ChannelEvent {
 pub(crate) struct ChannelEntry {
     pub(crate) seq: u64,
     pub(crate) options: SubscribeOptions,
+    /// The last position seen (of a message, the `#subscribe` reply or a `#gap` notice).
+    pub(crate) position: Option<Position>,
+    /// The position the `#subscribe` on its way asks to recover from, until its reply or a
+    /// `#gap` notice for the channel.
+    pub(crate) recovering: Option<Position>,
     /// A `#subscribe` request is on its way on the current connection.
     pub(crate) subscribing: bool,
     pub(crate) senders: Vec<mpsc::UnboundedSender<ChannelEvent>>,
@@ -67,6 +209,8 @@ impl ChannelEntry {
         ChannelEntry {
             seq,
             options,
+            position: None,
+            recovering: None,
             subscribing: false,
             senders: Vec::new(),
             state: watch::Sender::new(ChannelState::Pending),
@@ -95,14 +239,58 @@ impl ChannelEntry {
     pub(crate) fn state(&self) -> ChannelState {
         self.state.borrow().clone()
     }
+
+    /// Whether a resubscribe can ask the server for what was missed: a position is known and the
+    /// app's subscription data (if any) is an object the `recover` field can be added to.
+    pub(crate) fn can_recover(&self) -> bool {
+        self.position.is_some()
+            && self
+                .options
+                .data
+                .as_deref()
+                .is_none_or(|d| d.get().trim_start().starts_with('{'))
+    }
+
+    /// A position was seen: moves the channel's position (forward within an epoch).
+    pub(crate) fn seen(&mut self, position: &Position) {
+        advance(&mut self.position, position);
+    }
+
+    /// The server confirmed the subscription with `reply` (the position it continues from, if
+    /// the channel has a history). Delivers a `Gap` when a recovery was asked for and the server
+    /// continues from elsewhere without having sent a `#gap` notice.
+    pub(crate) fn subscribed(&mut self, reply: Option<Position>) {
+        if let Some(asked) = self.recovering.take()
+            && reply.as_ref() != Some(&asked)
+        {
+            tracing::debug!(?asked, ?reply, "the server did not resume where asked");
+            self.deliver(&ChannelEvent::Gap);
+        }
+        match reply {
+            Some(p) => self.seen(&p),
+            // The channel has no history (now): nothing to recover from next time.
+            None => self.position = None,
+        }
+    }
+
+    /// A `#gap` notice for the channel, with the position what follows continues from.
+    pub(crate) fn gap(&mut self, position: Option<Position>) {
+        self.recovering = None;
+        if let Some(p) = &position {
+            self.seen(p);
+        }
+        self.deliver(&ChannelEvent::Gap);
+    }
 }
 
 /// A subscription: a [`Stream`] of [`ChannelEvent`]s, from
 /// [`Client::subscribe`](crate::Client::subscribe).
 ///
 /// Messages arrive in the order the server sent them. After a reconnect the client subscribes
-/// again by itself and the stream goes on, with a [`ChannelEvent::Gap`] where the connection was
-/// lost. Dropping the handle does not unsubscribe (other handles of the same channel may live);
+/// again by itself and the stream goes on: on a channel the server keeps a history of, with the
+/// messages missed meanwhile (recovered from the last [`Position`] seen), or a
+/// [`ChannelEvent::Gap`] when the history no longer holds them; on other channels with a
+/// [`ChannelEvent::Gap`] where the connection was lost. Dropping the handle does not unsubscribe (other handles of the same channel may live);
 /// call [`Channel::unsubscribe`].
 #[derive(Debug)]
 pub struct Channel {
@@ -121,6 +309,19 @@ impl Channel {
     /// The subscription's state now.
     pub fn state(&self) -> ChannelState {
         self.state.borrow().clone()
+    }
+
+    /// The last [`Position`] seen on this channel (of a message, of the server's reply to the
+    /// subscribe, or of a gap notice); `None` when the server keeps no history of the channel.
+    /// The next automatic resubscribe asks to recover from it.
+    pub fn position(&self) -> Option<Position> {
+        self.client
+            .inner
+            .state
+            .lock()
+            .channels
+            .get(&self.name)
+            .and_then(|e| e.position.clone())
     }
 
     /// Waits until the server has confirmed the subscription on the current connection. Fails
@@ -177,5 +378,100 @@ impl Stream for Channel {
     type Item = ChannelEvent;
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.rx.poll_recv(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(text: &str) -> Box<RawValue> {
+        RawValue::from_string(text.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn positions_move_forward_within_an_epoch() {
+        let mut current = None;
+        advance(&mut current, &Position::new(5, "a"));
+        assert_eq!(current, Some(Position::new(5, "a")));
+        advance(&mut current, &Position::new(6, "a"));
+        assert_eq!(current, Some(Position::new(6, "a")));
+        // Backwards within the epoch: ignored.
+        advance(&mut current, &Position::new(3, "a"));
+        assert_eq!(current, Some(Position::new(6, "a")));
+        advance(&mut current, &Position::new(6, "a"));
+        assert_eq!(current, Some(Position::new(6, "a")));
+    }
+
+    #[test]
+    fn another_epoch_replaces_the_position() {
+        let mut current = Some(Position::new(900, "a"));
+        advance(&mut current, &Position::new(2, "b"));
+        assert_eq!(current, Some(Position::new(2, "b")));
+        // Even back to an older epoch name: it is another epoch than the current one.
+        advance(&mut current, &Position::new(1, "a"));
+        assert_eq!(current, Some(Position::new(1, "a")));
+    }
+
+    #[test]
+    fn positions_are_read_leniently() {
+        let pos = |text: &str| {
+            let raw = raw(text);
+            Positioned::parse(Some(&raw)).and_then(|p| p.position())
+        };
+        assert_eq!(
+            pos(r#"{"channel":"c","data":1,"offset":7,"epoch":"e"}"#),
+            Some(Position::new(7, "e"))
+        );
+        assert_eq!(
+            pos(r#"{"epoch":"e\"1","offset":0}"#),
+            Some(Position::new(0, "e\"1"))
+        );
+        assert_eq!(pos(r#"{"channel":"c","data":1}"#), None);
+        assert_eq!(pos(r#"{"channel":"c","offset":7}"#), None);
+        assert_eq!(pos(r#"{"channel":"c","offset":-1,"epoch":"e"}"#), None);
+        assert_eq!(pos(r#"{"channel":"c","offset":1.5,"epoch":"e"}"#), None);
+        assert_eq!(pos(r#"{"channel":"c","offset":"7","epoch":"e"}"#), None);
+        assert_eq!(pos(r#"{"channel":"c","offset":7,"epoch":3}"#), None);
+        assert_eq!(pos(r#"["c",null,7,"e"]"#), None);
+        assert_eq!(pos(r#""c""#), None);
+        assert!(Positioned::parse(None).is_none());
+        // The channel and data of a publish, escapes included.
+        let text = raw(r#"{"channel":"a\"b","data":{"x":[1]},"offset":1,"epoch":"e"}"#);
+        let p = Positioned::parse(Some(&text)).unwrap();
+        assert_eq!(p.channel.as_deref(), Some("a\"b"));
+        assert_eq!(p.data.map(RawValue::get), Some(r#"{"x":[1]}"#));
+    }
+
+    #[test]
+    fn recover_is_merged_into_the_apps_data() {
+        let at = Position::new(42, "ep\"och");
+        let merged = |app: Option<&str>| {
+            let app = app.map(raw);
+            recover_data(app.as_deref(), &at).map(|d| d.get().to_owned())
+        };
+        let recover = r#""recover":{"offset":42,"epoch":"ep\"och"}"#;
+        assert_eq!(merged(None), Some(format!("{{{recover}}}")));
+        assert_eq!(merged(Some("{}")), Some(format!("{{{recover}}}")));
+        assert_eq!(
+            merged(Some(r#"{"room":"a\nb","n":1.50,"deep":{"recover":1}}"#)),
+            Some(format!(
+                r#"{{"room":"a\nb","n":1.50,"deep":{{"recover":1}},{recover}}}"#
+            ))
+        );
+        // The app's own `recover` is replaced, never duplicated.
+        assert_eq!(
+            merged(Some(r#"{"recover":{"offset":1,"epoch":"old"},"x":true}"#)),
+            Some(format!(r#"{{"x":true,{recover}}}"#))
+        );
+        // Data that is no object cannot carry it.
+        assert_eq!(merged(Some(r#""token""#)), None);
+        assert_eq!(merged(Some("[1]")), None);
+        assert_eq!(merged(Some("null")), None);
+        // Whatever it gives is valid JSON.
+        let v: serde_json::Value =
+            serde_json::from_str(&merged(Some(r#"{"a":"\u00e9"}"#)).unwrap()).unwrap();
+        assert_eq!(v["a"], "é");
+        assert_eq!(v["recover"]["offset"], 42);
     }
 }

@@ -13,7 +13,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::channel::{Channel, ChannelEntry, ChannelEvent, ChannelState, SubscribeOptions};
+use crate::channel::{
+    Channel, ChannelEntry, ChannelEvent, ChannelState, SubscribeOptions, recover_data,
+};
 use crate::config::{ClientBuilder, Config};
 use crate::error::Error;
 use crate::message::{
@@ -189,7 +191,16 @@ impl State {
         if entry.options.wait_for_auth {
             data.extend_from_slice(b",\"waitForAuth\":true");
         }
-        if let Some(d) = &entry.options.data {
+        // A resubscribe asks for what was missed since the last position seen.
+        let recover = entry
+            .position
+            .as_ref()
+            .and_then(|p| Some((p, recover_data(entry.options.data.as_deref(), p)?)));
+        let app_data = match &recover {
+            Some((_, d)) => Some(&**d),
+            None => entry.options.data.as_deref(),
+        };
+        if let Some(d) = app_data {
             data.extend_from_slice(b",\"data\":");
             data.extend_from_slice(d.get().as_bytes());
         }
@@ -207,7 +218,8 @@ impl State {
         entry.set_state(ChannelState::Pending);
         if writer.send(frame(buf)).is_ok() {
             entry.subscribing = true;
-            tracing::debug!(channel = name, cid, "subscribing");
+            entry.recovering = recover.map(|(p, _)| p.clone());
+            tracing::debug!(channel = name, cid, recover = ?entry.recovering, "subscribing");
             self.pending.insert(
                 cid,
                 Pending {
@@ -241,7 +253,8 @@ impl State {
 
     /// Bookkeeping when connection `conn` is lost (or an attempt failed). Fails the requests
     /// written to it. When it is the current connection: back to connecting, subscribed channels
-    /// become pending with a gap notice, and `Closed` is emitted.
+    /// become pending (with a gap notice unless they can recover what they miss), and `Closed` is
+    /// emitted.
     pub(crate) fn connection_lost(&mut self, conn: u64, code: CloseCode, reason: &str) {
         let lost: Vec<Cid> = self
             .pending
@@ -275,7 +288,11 @@ impl State {
             entry.subscribing = false;
             if entry.state() == ChannelState::Subscribed {
                 entry.set_state(ChannelState::Pending);
-                entry.deliver(&ChannelEvent::Gap);
+                // A channel with a history gets what it missed on the resubscribe, or a gap
+                // notice from the server then.
+                if !entry.can_recover() {
+                    entry.deliver(&ChannelEvent::Gap);
+                }
             }
         }
         self.emit(ConnectionEvent::Closed {

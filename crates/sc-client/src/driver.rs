@@ -4,15 +4,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use sc_protocol::{Cid, CloseCode, Frame, Packet, RawValue, Reserved, ScError, decode, encode};
+use sc_protocol::{
+    Cid, CloseCode, Frame, Packet, RawValue, Reserved, ScError, decode, encode, events,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::channel::{ChannelEvent, ChannelState};
+use crate::channel::{ChannelEvent, ChannelState, Positioned};
 use crate::client::{ConnectionState, Inner, Pending, Run, State, Waiter};
 use crate::error::Error;
 use crate::message::{ConnectionEvent, Message, Request, frame};
 use crate::transport::{Connection, Incoming};
+
+/// The server's notice that messages of a channel may have been lost (not a reserved event of
+/// socketcluster v20, so a `#gap` receiver gets it too).
+const GAP: &str = "#gap";
 
 fn is_current(st: &State, run: &Run) -> bool {
     st.run.as_ref().is_some_and(|r| r.id == run.id)
@@ -363,7 +369,9 @@ fn on_response(inner: &Inner, rid: Cid, data: Option<&RawValue>, error: Option<&
             entry.subscribing = false;
             match error {
                 None => {
-                    tracing::debug!(channel, "subscribed");
+                    let position = Positioned::parse(data).and_then(|d| d.position());
+                    tracing::debug!(channel, ?position, "subscribed");
+                    entry.subscribed(position);
                     entry.set_state(ChannelState::Subscribed);
                 }
                 Some(e) => {
@@ -395,13 +403,43 @@ fn on_event(
             let _ = tx.send(frame(buf));
         }
     };
-    match Reserved::parse(event, data) {
-        Some(Ok(Reserved::Publish { channel, data })) => {
+    if event == events::PUBLISH {
+        // Read here rather than by `Reserved::parse`: one pass gives the position too.
+        let Some(publish) = Positioned::parse(data) else {
+            tracing::debug!("ignoring a malformed #publish");
+            return;
+        };
+        let Some(channel) = &publish.channel else {
+            tracing::debug!("ignoring a #publish without a channel name");
+            return;
+        };
+        let position = publish.position();
+        let mut st = inner.state.lock();
+        if let Some(entry) = st.channels.get_mut(&**channel) {
+            if let Some(p) = &position {
+                entry.seen(p);
+            }
+            let message = Message::from_raw(publish.data).with_position(position);
+            entry.deliver(&ChannelEvent::Message(message));
+        }
+        return;
+    }
+    if event == GAP && cid.is_none() {
+        // A gap notice: `{"channel":C}`, or `{"channel":C,"offset":F,"epoch":"E"}` for a channel
+        // with a history (what follows continues at offset F+1 in epoch E).
+        if let Some(gap) = Positioned::parse(data)
+            && let Some(channel) = &gap.channel
+        {
+            let position = gap.position();
             let mut st = inner.state.lock();
-            if let Some(entry) = st.channels.get_mut(&*channel) {
-                entry.deliver(&ChannelEvent::Message(Message::from_raw(data)));
+            if let Some(entry) = st.channels.get_mut(&**channel) {
+                tracing::debug!(channel = &**channel, ?position, "gap notice");
+                entry.gap(position);
             }
         }
+        // It stays an event too, for a receiver of `#gap`.
+    }
+    match Reserved::parse(event, data) {
         Some(Ok(Reserved::SetAuthToken { token })) => {
             inner.store_token(Some(&token));
             let mut st = inner.state.lock();
@@ -452,5 +490,284 @@ fn on_event(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Position tracking and the resubscribe's `recover`, through the frame handler with a
+    //! connection faked in the client's state (the scripted peer of `tests/protocol_peer.rs`
+    //! covers the real connection task).
+
+    use futures_util::FutureExt as _;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::channel::{Channel, Position, SubscribeOptions};
+    use crate::client::Client;
+
+    struct Fake {
+        client: Client,
+        /// What the client wrote on the current connection.
+        out: mpsc::UnboundedReceiver<String>,
+        tx: mpsc::UnboundedSender<String>,
+    }
+
+    impl Fake {
+        fn new() -> Fake {
+            let client = Client::builder("ws://127.0.0.1:1").build().unwrap();
+            let (tx, out) = mpsc::unbounded_channel();
+            let mut fake = Fake { client, out, tx };
+            fake.open();
+            fake
+        }
+
+        /// A new connection opens: every channel is subscribed again.
+        fn open(&mut self) {
+            let (tx, out) = mpsc::unbounded_channel();
+            (self.tx, self.out) = (tx, out);
+            let inner = &self.client.inner;
+            let mut st = inner.state.lock();
+            st.conn = Some(inner.next_conn());
+            st.writer = Some(self.tx.clone());
+            st.set_status(ConnectionState::Open);
+            st.subscribe_all(inner.cids(), false);
+        }
+
+        fn lose(&self) {
+            let mut st = self.client.inner.state.lock();
+            let conn = st.conn.unwrap();
+            st.connection_lost(conn, CloseCode::ABNORMAL, "cut");
+        }
+
+        fn server(&self, frame: &Value) {
+            handle_frame(&self.client.inner, &frame.to_string(), &self.tx, None);
+        }
+
+        /// The next `#subscribe` written: its cid and data.
+        fn subscribe_frame(&mut self) -> (u64, Value) {
+            let frame: Value = serde_json::from_str(&self.out.try_recv().unwrap()).unwrap();
+            assert_eq!(frame["event"], "#subscribe");
+            (frame["cid"].as_u64().unwrap(), frame["data"].clone())
+        }
+
+        fn reply(&self, cid: u64, data: Option<Value>) {
+            match data {
+                Some(data) => self.server(&json!({"rid": cid, "data": data})),
+                None => self.server(&json!({"rid": cid})),
+            }
+        }
+
+        fn publish(&self, channel: &str, n: u64, epoch: &str) {
+            self.server(&json!({"event": "#publish", "data":
+                {"channel": channel, "data": n, "offset": n, "epoch": epoch}}));
+        }
+    }
+
+    /// What the stream holds now.
+    fn drain(ch: &mut Channel) -> Vec<ChannelEvent> {
+        std::iter::from_fn(|| ch.recv().now_or_never().flatten()).collect()
+    }
+
+    fn message(n: u64, epoch: &str) -> (String, Option<Position>) {
+        (n.to_string(), Some(Position::new(n, epoch)))
+    }
+
+    fn messages(events: &[ChannelEvent]) -> Vec<(String, Option<Position>)> {
+        events
+            .iter()
+            .map(|e| match e {
+                ChannelEvent::Message(m) => (m.as_str().to_owned(), m.position().cloned()),
+                other => panic!("expected a message, got {other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn positions_are_tracked_and_sent_on_the_resubscribe() {
+        let mut fake = Fake::new();
+        let mut ch = fake.client.subscribe("c");
+        // The first subscribe asks for no recovery.
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data, json!({"channel": "c"}));
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 4, "epoch": "e"})),
+        );
+        assert_eq!(ch.state(), ChannelState::Subscribed);
+        assert_eq!(ch.position(), Some(Position::new(4, "e")));
+
+        fake.publish("c", 5, "e");
+        fake.publish("c", 6, "e");
+        // A position behind the current one does not move it back (the message is delivered).
+        fake.publish("c", 2, "e");
+        assert_eq!(
+            messages(&drain(&mut ch)),
+            [message(5, "e"), message(6, "e"), message(2, "e")]
+        );
+        assert_eq!(ch.position(), Some(Position::new(6, "e")));
+
+        // A lost connection is no gap yet: the resubscribe asks for what follows offset 6.
+        fake.lose();
+        assert_eq!(ch.state(), ChannelState::Pending);
+        assert_eq!(drain(&mut ch), []);
+        fake.open();
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(
+            data,
+            json!({"channel": "c", "data": {"recover": {"offset": 6, "epoch": "e"}}})
+        );
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 6, "epoch": "e"})),
+        );
+        fake.publish("c", 7, "e");
+        assert_eq!(messages(&drain(&mut ch)), [message(7, "e")]);
+
+        // Another epoch replaces the position, even with a lower offset.
+        fake.publish("c", 1, "f");
+        assert_eq!(ch.position(), Some(Position::new(1, "f")));
+        fake.lose();
+        fake.open();
+        let (_, data) = fake.subscribe_frame();
+        assert_eq!(data["data"]["recover"], json!({"offset": 1, "epoch": "f"}));
+    }
+
+    #[test]
+    fn the_recover_is_merged_into_the_subscription_data() {
+        let mut fake = Fake::new();
+        let options = SubscribeOptions {
+            wait_for_auth: false,
+            data: Some(RawValue::from_string(r#"{"room":7}"#.to_owned()).unwrap()),
+        };
+        let _ch = fake.client.subscribe_with("c", options);
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data, json!({"channel": "c", "data": {"room": 7}}));
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 0, "epoch": "e"})),
+        );
+        fake.lose();
+        fake.open();
+        let (_, data) = fake.subscribe_frame();
+        assert_eq!(
+            data,
+            json!({"channel": "c", "data": {"room": 7, "recover": {"offset": 0, "epoch": "e"}}})
+        );
+    }
+
+    #[test]
+    fn a_gap_notice_comes_only_when_the_history_cannot_cover() {
+        let mut fake = Fake::new();
+        let mut ch = fake.client.subscribe("c");
+        let (cid, _) = fake.subscribe_frame();
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 10, "epoch": "e"})),
+        );
+        fake.lose();
+        fake.open();
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data["data"]["recover"]["offset"], 10);
+        // The server kept only offsets 991..: a gap notice, then the reply, then those.
+        fake.server(&json!({"event": "#gap", "data":
+            {"channel": "c", "offset": 990, "epoch": "e"}}));
+        assert_eq!(ch.position(), Some(Position::new(990, "e")));
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 990, "epoch": "e"})),
+        );
+        fake.publish("c", 991, "e");
+        let events = drain(&mut ch);
+        assert_eq!(events[0], ChannelEvent::Gap);
+        assert_eq!(messages(&events[1..]), [message(991, "e")]);
+
+        // A reply elsewhere than asked, without a notice, is a gap too.
+        fake.lose();
+        fake.open();
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data["data"]["recover"]["offset"], 991);
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 5, "epoch": "new"})),
+        );
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        assert_eq!(ch.position(), Some(Position::new(5, "new")));
+
+        // A history lost meanwhile: the notice carries the new epoch.
+        fake.lose();
+        fake.open();
+        let (cid, _) = fake.subscribe_frame();
+        fake.server(&json!({"event": "#gap", "data":
+            {"channel": "c", "offset": 0, "epoch": "newer"}}));
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 0, "epoch": "newer"})),
+        );
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        assert_eq!(ch.position(), Some(Position::new(0, "newer")));
+
+        // A server that no longer keeps a history: a gap, and none to recover from next time.
+        fake.lose();
+        fake.open();
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data["data"]["recover"]["epoch"], "newer");
+        fake.reply(cid, None);
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        assert_eq!(ch.position(), None);
+        fake.lose();
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        fake.open();
+        let (_, data) = fake.subscribe_frame();
+        assert_eq!(data, json!({"channel": "c"}));
+    }
+
+    #[test]
+    fn channels_without_a_history_keep_the_gap_on_a_lost_connection() {
+        let mut fake = Fake::new();
+        let mut gaps = fake.client.receiver("#gap");
+        let mut ch = fake.client.subscribe("c");
+        let (cid, _) = fake.subscribe_frame();
+        fake.reply(cid, None);
+        fake.server(&json!({"event": "#publish", "data": {"channel": "c", "data": "x"}}));
+        let events = drain(&mut ch);
+        assert_eq!(messages(&events), [("\"x\"".to_owned(), None)]);
+        fake.lose();
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        fake.open();
+        let (cid, data) = fake.subscribe_frame();
+        assert_eq!(data, json!({"channel": "c"}));
+        fake.reply(cid, None);
+        assert_eq!(drain(&mut ch), []);
+
+        // The store-loss notice: a gap on the channel, and still an event for a receiver.
+        fake.server(&json!({"event": "#gap", "data": {"channel": "c"}}));
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        assert_eq!(ch.position(), None);
+        let notice = gaps.recv().now_or_never().flatten().unwrap();
+        assert_eq!(notice.as_str(), r#"{"channel":"c"}"#);
+        // Another channel's notice is not this one's.
+        fake.server(&json!({"event": "#gap", "data": {"channel": "d"}}));
+        assert_eq!(drain(&mut ch), []);
+    }
+
+    #[test]
+    fn app_data_that_is_no_object_cannot_recover() {
+        let mut fake = Fake::new();
+        let options = SubscribeOptions {
+            wait_for_auth: false,
+            data: Some(RawValue::from_string(r#""token""#.to_owned()).unwrap()),
+        };
+        let mut ch = fake.client.subscribe_with("c", options);
+        let (cid, _) = fake.subscribe_frame();
+        fake.reply(
+            cid,
+            Some(json!({"channel": "c", "offset": 3, "epoch": "e"})),
+        );
+        fake.lose();
+        assert_eq!(drain(&mut ch), [ChannelEvent::Gap]);
+        fake.open();
+        let (_, data) = fake.subscribe_frame();
+        assert_eq!(data, json!({"channel": "c", "data": "token"}));
     }
 }

@@ -11,7 +11,7 @@ mod token;
 mod transport;
 
 #[doc(inline)]
-pub use channel::{Channel, ChannelEvent, ChannelState, SubscribeOptions};
+pub use channel::{Channel, ChannelEvent, ChannelState, Position, SubscribeOptions};
 #[doc(inline)]
 pub use client::{AuthStatus, Client, ConnectionState};
 #[doc(inline)]

@@ -11,18 +11,23 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use crate::channel::Position;
 use crate::error::Error;
 
 /// A JSON payload from the server, kept as raw JSON text until asked for a type.
 ///
 /// A packet without `data` gives `null`.
-/// Two messages are equal when their JSON texts are identical.
+/// Two messages are equal when their JSON texts are identical (their [`position`](Self::position)s
+/// are not compared).
 #[derive(Clone)]
-pub struct Message(Box<RawValue>);
+pub struct Message {
+    raw: Box<RawValue>,
+    position: Option<Position>,
+}
 
 impl PartialEq for Message {
     fn eq(&self, other: &Self) -> bool {
-        self.0.get() == other.0.get()
+        self.raw.get() == other.raw.get()
     }
 }
 
@@ -30,42 +35,60 @@ impl Eq for Message {}
 
 impl Message {
     pub(crate) fn from_raw(raw: Option<&RawValue>) -> Self {
-        Message(match raw {
-            Some(raw) => raw.to_owned(),
-            None => null(),
-        })
+        Message {
+            raw: match raw {
+                Some(raw) => raw.to_owned(),
+                None => null(),
+            },
+            position: None,
+        }
+    }
+
+    pub(crate) fn with_position(mut self, position: Option<Position>) -> Self {
+        self.position = position;
+        self
     }
 
     /// The raw JSON.
     pub fn raw(&self) -> &RawValue {
-        &self.0
+        &self.raw
     }
 
     /// The raw JSON, owned.
     pub fn into_raw(self) -> Box<RawValue> {
-        self.0
+        self.raw
     }
 
     /// The JSON text.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        self.raw.get()
     }
 
     /// Deserialises the payload.
     pub fn json<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        Ok(serde_json::from_str(self.0.get())?)
+        Ok(serde_json::from_str(self.raw.get())?)
+    }
+
+    /// The message's position in its channel's history: set on a channel message when the
+    /// server keeps a history of the channel (its `#publish` carried `offset` and `epoch`),
+    /// `None` otherwise.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
     }
 }
 
 impl fmt::Debug for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Message({})", self.0.get())
+        match &self.position {
+            None => write!(f, "Message({})", self.raw.get()),
+            Some(p) => write!(f, "Message({} @ {}:{})", self.raw.get(), p.offset, p.epoch),
+        }
     }
 }
 
 impl fmt::Display for Message {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.get())
+        f.write_str(self.raw.get())
     }
 }
 

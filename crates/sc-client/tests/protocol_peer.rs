@@ -393,3 +393,92 @@ async fn calls_in_flight_fail_with_the_close_code() {
     assert_eq!(conn.recv().await, Frame::Close(1000));
     assert_eq!(client.state(), ConnectionState::Closed);
 }
+
+#[tokio::test]
+async fn resubscribes_with_the_last_position_and_no_gap_when_recovered() {
+    let peer = Peer::bind().await;
+    let client = Client::builder(&peer.url()).build().unwrap();
+    let mut events = client.events();
+    client.connect().unwrap();
+    let mut conn = peer.accept().await;
+    conn.handshake("x", 30_000).await;
+    open_event(&mut events).await;
+
+    let mut ch = client.subscribe("news");
+    let sub = conn.recv_json().await;
+    assert_eq!(
+        sub["data"],
+        json!({"channel": "news"}),
+        "no recover the first time"
+    );
+    let publish = |n: u64| {
+        json!({"event": "#publish", "data":
+            {"channel": "news", "data": n, "offset": n, "epoch": "e1"}})
+        .to_string()
+    };
+    conn.send(
+        &json!({"rid": sub["cid"], "data": {"channel": "news", "offset": 0, "epoch": "e1"}})
+            .to_string(),
+    )
+    .await;
+    conn.send(&publish(1)).await;
+    conn.send(&publish(2)).await;
+    for n in 1..=2u64 {
+        let Some(ChannelEvent::Message(m)) = timeout(WAIT, ch.next()).await.unwrap() else {
+            panic!("expected message {n}");
+        };
+        assert_eq!(m.json::<u64>().unwrap(), n);
+        assert_eq!(m.position(), Some(&sc_client::Position::new(n, "e1")));
+    }
+
+    // The connection is lost: the resubscribe asks for what follows offset 2, the peer replays
+    // 3 and 4, and the stream goes on without a gap.
+    drop(conn);
+    assert_eq!(closed_event(&mut events).await, 1006);
+    let mut conn = peer.accept().await;
+    conn.handshake("y", 30_000).await;
+    let sub = conn.recv_json().await;
+    assert_eq!(
+        sub["data"],
+        json!({"channel": "news", "data": {"recover": {"offset": 2, "epoch": "e1"}}})
+    );
+    conn.send(
+        &json!({"rid": sub["cid"], "data": {"channel": "news", "offset": 2, "epoch": "e1"}})
+            .to_string(),
+    )
+    .await;
+    conn.send(&publish(3)).await;
+    conn.send(&publish(4)).await;
+    for n in 3..=4u64 {
+        match timeout(WAIT, ch.next()).await.unwrap() {
+            Some(ChannelEvent::Message(m)) => assert_eq!(m.json::<u64>().unwrap(), n),
+            other => panic!("expected message {n}, got {other:?}"),
+        }
+    }
+    assert_eq!(ch.position(), Some(sc_client::Position::new(4, "e1")));
+
+    // Lost again, and this time the history does not reach back: a gap notice, then what it
+    // still holds.
+    drop(conn);
+    assert_eq!(closed_event(&mut events).await, 1006);
+    let mut conn = peer.accept().await;
+    conn.handshake("z", 30_000).await;
+    let sub = conn.recv_json().await;
+    assert_eq!(sub["data"]["data"]["recover"]["offset"], 4);
+    conn.send(r##"{"event":"#gap","data":{"channel":"news","offset":9,"epoch":"e1"}}"##)
+        .await;
+    conn.send(
+        &json!({"rid": sub["cid"], "data": {"channel": "news", "offset": 9, "epoch": "e1"}})
+            .to_string(),
+    )
+    .await;
+    conn.send(&publish(10)).await;
+    assert_eq!(
+        timeout(WAIT, ch.next()).await.unwrap(),
+        Some(ChannelEvent::Gap)
+    );
+    match timeout(WAIT, ch.next()).await.unwrap() {
+        Some(ChannelEvent::Message(m)) => assert_eq!(m.json::<u64>().unwrap(), 10),
+        other => panic!("expected message 10, got {other:?}"),
+    }
+}

@@ -394,12 +394,23 @@ impl ScServerBuilder {
                 Some(Arc::new(sc_store::MemoryStore::new()) as Arc<dyn sc_store::Store>)
             }
         };
-        let has_store = self.store.is_some() || self.broker.is_some() || history;
+        if history && tokio::runtime::Handle::try_current().is_err() {
+            return Err(ConfigError(
+                "a server with channel history must be built inside a tokio runtime (the history's age limit runs there)"
+                    .into(),
+            ));
+        }
+        let has_store = self.store.is_some() || self.broker.is_some();
         let counters = Arc::new(Counters::default());
         let trusted = crate::client_addr::TrustedProxies::parse(&self.cfg.trusted_proxies)
             .map_err(|e| ConfigError(e.to_string()))?;
-        let broker: Box<dyn Broker> = match (self.broker, self.store.or(history_store.clone())) {
+        let broker: Box<dyn Broker> = match (self.broker, self.store) {
             (Some(broker), _) => broker,
+            // History without a store: recorded in this process, fanned out as it is recorded.
+            (None, None) if let Some(h) = &history_store => Box::new(LocalBroker::with_history(
+                self.cfg.history.clone(),
+                h.clone(),
+            )),
             (None, Some(store)) => Box::new(
                 StoreBroker::new(
                     store,

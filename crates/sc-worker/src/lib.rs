@@ -58,7 +58,7 @@ pub use request::{ClientAddr, HandshakeRequest, PeerAddr, RequestBody, SessionId
 #[doc(inline)]
 pub use serve::serve;
 #[doc(inline)]
-pub use service::{NotFound, ResponseFuture, ScLayer, ScService};
+pub use service::{NotFound, RECOVERY_SCRIPT_PATH, ResponseFuture, ScLayer, ScService};
 #[doc(inline)]
 pub use session::{Session, SessionFuture, SessionLayer, SessionService};
 #[doc(inline)]

@@ -144,6 +144,24 @@ impl Published {
         &self.frame
     }
 
+    /// The bytes that represent this publish on a store: the data's JSON text, or nothing.
+    pub(crate) fn payload(&self) -> Bytes {
+        match &self.data {
+            // The frame ends with the data's text and `}}`: share it rather than copy it.
+            Some(d) => {
+                let end = self.frame.len().saturating_sub(2);
+                let start = end.saturating_sub(d.as_bytes().len());
+                let slice = self.frame.slice(start..end);
+                if slice == d.as_bytes() {
+                    slice
+                } else {
+                    Bytes::copy_from_slice(d.as_bytes())
+                }
+            }
+            None => Bytes::new(),
+        }
+    }
+
     /// Its place in the channel's history, when the channel has one.
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()

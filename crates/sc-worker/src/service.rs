@@ -198,6 +198,15 @@ where
                 },
             };
         }
+        if req.uri().path() == RECOVERY_SCRIPT_PATH
+            && matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+        {
+            return ResponseFuture {
+                kind: Kind::Ready {
+                    response: Some(recovery_script().map(ResBody::from)),
+                },
+            };
+        }
         if self.server.cfg.websocket && req.uri().path() == self.server.cfg.path && is_upgrade(&req)
         {
             match upgrade(&self.server, req) {
@@ -218,6 +227,25 @@ where
             }
         }
     }
+}
+
+/// The path at which the server serves `socketcluster-recovery.js`, the helper that lets the
+/// unchanged JavaScript client resume its subscriptions from where it was (missed-message
+/// recovery: see `docs/recovery.md`).
+pub const RECOVERY_SCRIPT_PATH: &str = "/socketcluster-recovery.js";
+
+fn recovery_script() -> Response<String> {
+    let mut res = Response::new(include_str!("socketcluster-recovery.js").to_owned());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/javascript; charset=utf-8"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    res
 }
 
 fn header_has(req: &http::HeaderMap, name: header::HeaderName, token: &str) -> bool {

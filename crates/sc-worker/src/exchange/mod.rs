@@ -22,7 +22,10 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::published::Published;
+use sc_store::{HistoryLimits, Store};
+
+use crate::config::HistoryRule;
+use crate::published::{Published, history_limits};
 use crate::socket::{Out, ScSocket};
 
 mod recover;
@@ -131,12 +134,74 @@ type Subscribers = Arc<Mutex<Vec<Subscriber>>>;
 #[derive(Default)]
 pub struct LocalBroker {
     channels: RwLock<HashMap<Arc<str>, Subscribers, foldhash::fast::RandomState>>,
+    /// Channel histories kept in this process (a server with history rules and no store).
+    history: Option<LocalHistory>,
+}
+
+/// The history rules and the in-process store that keeps the histories.
+struct LocalHistory {
+    rules: Arc<[HistoryRule]>,
+    store: Arc<dyn Store>,
+}
+
+impl LocalBroker {
+    /// A broker that records the publishes of the channels `rules` name in `store` (one whose
+    /// `publish_recorded` completes at once: a [`sc_store::MemoryStore`]) before it fans them
+    /// out, under the lock that orders the channel's subscribers.
+    pub(crate) fn with_history(rules: Vec<HistoryRule>, store: Arc<dyn Store>) -> Self {
+        LocalBroker {
+            channels: RwLock::default(),
+            history: Some(LocalHistory {
+                rules: rules.into(),
+                store,
+            }),
+        }
+    }
+
+    /// Records `msg` and delivers it with its position. The map's read lock is held throughout,
+    /// so a first subscriber cannot arrive between the record and the delivery (it would read a
+    /// history without the message and never get it live), and so is the channel's list lock,
+    /// so positions reach subscribers in order.
+    fn publish_recorded(&self, msg: &Published, limits: HistoryLimits, h: &LocalHistory) {
+        use futures_util::FutureExt;
+        let map = self.channels.read();
+        let list = map.get(&*msg.channel).map(|s| s.lock());
+        let position = match h
+            .store
+            .publish_recorded(&msg.channel, msg.payload(), limits)
+            .now_or_never()
+        {
+            Some(Ok(p)) => p,
+            Some(Err(e)) => {
+                tracing::warn!(channel = %msg.channel, error = %e, "recording a publish failed: message lost");
+                return;
+            }
+            None => {
+                tracing::warn!(channel = %msg.channel, "the history store did not record at once: message lost");
+                return;
+            }
+        };
+        if let Some(list) = list {
+            let recorded = Arc::new(Published::recorded(
+                &msg.channel,
+                msg.data.clone(),
+                position,
+            ));
+            for sub in list.iter() {
+                sub.deliver(&recorded);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LocalBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LocalBroker")
             .field("channels", &self.channels.read().len())
+            .field(
+                "history_rules",
+                &self.history.as_ref().map_or(0, |h| h.rules.len()),
+            )
             .finish()
     }
 }
@@ -182,6 +247,12 @@ impl Broker for LocalBroker {
     }
 
     fn publish(&self, msg: Arc<Published>) {
+        if let Some(h) = &self.history
+            && let Some(limits) = history_limits(&h.rules, &msg.channel)
+        {
+            self.publish_recorded(&msg, limits, h);
+            return;
+        }
         let subs = {
             let read = self.channels.read();
             read.get(&*msg.channel).cloned()

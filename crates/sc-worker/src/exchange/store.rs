@@ -28,6 +28,8 @@ type Queued = (Arc<str>, Bytes, Option<HistoryLimits>);
 
 /// The most records one history read fetches to fill a gap in what the store delivered.
 const FILL_MAX: u64 = 65_536;
+/// Further tries of that read when it fails (with backoff from `RETRY_MIN`: about 3 s in all).
+const FILL_TRIES: usize = 6;
 
 /// Publisher tasks: a channel's publishes all go through the lane its name hashes to, in order;
 /// different lanes wait for the store concurrently.
@@ -178,24 +180,6 @@ impl Broker for StoreBroker {
 }
 
 impl Published {
-    /// The bytes that represent this publish on a store: the data's JSON text, or nothing.
-    fn payload(&self) -> Bytes {
-        match &self.data {
-            // The frame ends with the data's text and `}}`: share it rather than copy it.
-            Some(d) => {
-                let end = self.frame.len().saturating_sub(2);
-                let start = end.saturating_sub(d.as_bytes().len());
-                let slice = self.frame.slice(start..end);
-                if slice == d.as_bytes() {
-                    slice
-                } else {
-                    Bytes::copy_from_slice(d.as_bytes())
-                }
-            }
-            None => Bytes::new(),
-        }
-    }
-
     /// A publish that arrived from a store; `None` (with a warning) when it is not JSON (or,
     /// on a session's channel, not a session emit).
     fn from_store(channel: &Arc<str>, payload: Bytes) -> Option<Self> {
@@ -308,7 +292,18 @@ impl Follow {
     async fn fill(&self, channel: &Arc<str>, limits: HistoryLimits, last: &mut Option<Position>) {
         let max = usize::try_from(limits.max_len.min(FILL_MAX)).unwrap_or(usize::MAX);
         let after = last.as_ref().map(|p| p.offset);
+        // The store may still be reconnecting the connection that reads (the subscription's
+        // came back first): a few tries, with backoff, before the gap goes without a position.
+        let mut delay = RETRY_MIN;
         let mut read = self.store.history(channel, after, max, limits).await;
+        for _ in 0..FILL_TRIES {
+            if read.is_ok() {
+                break;
+            }
+            tokio::time::sleep(delay).await;
+            delay = delay.saturating_mul(2).min(RETRY_MAX);
+            read = self.store.history(channel, after, max, limits).await;
+        }
         // Another epoch: the history this process followed is gone; all of the new one counts.
         if let (Ok(h), Some(l)) = (&read, &*last)
             && h.epoch != l.epoch
