@@ -39,6 +39,10 @@ const OUTBOX: usize = 8192;
 /// Publishes a lane takes from its queue at once.
 const BATCH: usize = 256;
 const RETRY_MIN: Duration = Duration::from_millis(50);
+/// Tries again of a publish the store connection failed (it reconnects meanwhile: 50, 100 and
+/// 150 ms later). A publish that did reach the store before its connection failed may then be
+/// published twice: at least once rather than lost.
+const PUBLISH_RETRIES: u32 = 3;
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The store subscription of one channel: the task that follows it, and whether the store has
@@ -230,7 +234,17 @@ async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Queued>, counte
                 None => plain.push((channel, message)),
                 Some(limits) => {
                     send_plain(&*store, &mut plain, &counters).await;
-                    if let Err(e) = store.publish_recorded(&channel, message, limits).await {
+                    let mut tries = 0;
+                    let result = loop {
+                        match store.publish_recorded(&channel, message.clone(), limits).await {
+                            Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
+                                tries += 1;
+                                tokio::time::sleep(RETRY_MIN * tries).await;
+                            }
+                            r => break r,
+                        }
+                    };
+                    if let Err(e) = result {
                         counters.store(0, 1);
                         tracing::warn!(channel = %channel, error = %e, "recorded publish to the store failed: message lost");
                     }
@@ -246,7 +260,17 @@ async fn send_plain(store: &dyn Store, plain: &mut Vec<(Arc<str>, Bytes)>, count
     if plain.is_empty() {
         return;
     }
-    if let Err(e) = store.publish_many(plain).await {
+    let mut tries = 0;
+    let result = loop {
+        match store.publish_many(plain).await {
+            Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
+                tries += 1;
+                tokio::time::sleep(RETRY_MIN * tries).await;
+            }
+            r => break r,
+        }
+    };
+    if let Err(e) = result {
         let n = plain.len() as u64;
         counters.store(0, n);
         let first = plain.first().map(|(c, _)| c.clone());
