@@ -47,6 +47,14 @@ pub(crate) struct RunArgs {
     /// Secret that signs auth tokens, shared by every worker; random per cluster when unset
     #[arg(long, env = "SC_AUTH_KEY", hide_env_values = true)]
     auth_key: Option<String>,
+    /// Address the workers listen on and other hosts reach them at (several hosts sharing a
+    /// Redis store) [default: 127.0.0.1]
+    #[arg(long)]
+    worker_host: Option<String>,
+    /// Name of a deployment of several hosts sharing the Redis --store: their balancers route to
+    /// every host's workers [default: none, this host alone]
+    #[arg(long, value_name = "NAME")]
+    deployment: Option<String>,
     /// Address of the management port (`/health`, `/metrics`) [default: 127.0.0.1]
     #[arg(long)]
     management_host: Option<String>,
@@ -96,6 +104,7 @@ fn resolve(args: RunArgs) -> Result<ClusterConfig, String> {
         stores,
         balancers,
         store,
+        worker_host,
         management_host,
         management_port,
         worker_threads,
@@ -107,6 +116,9 @@ fn resolve(args: RunArgs) -> Result<ClusterConfig, String> {
     }
     if args.auth_key.is_some() {
         cfg.auth_key = args.auth_key;
+    }
+    if args.deployment.is_some() {
+        cfg.deployment = args.deployment;
     }
     if args.tls_cert.is_some() {
         cfg.tls.cert = args.tls_cert;

@@ -36,6 +36,15 @@ pub struct ClusterConfig {
     /// unset (tokens then do not survive a restart of the master).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_key: Option<String>,
+    /// Address the workers listen on, and the one other hosts reach them at: this host's
+    /// address on the network between the hosts of a `deployment`, `127.0.0.1` on one machine.
+    pub worker_host: String,
+    /// The name of a deployment of several hosts sharing a Redis `store`: the masters with the
+    /// same name list their workers on Redis and their balancers route to every worker of every
+    /// host (an engine.io session goes on through any host's balancer); without an `auth_key`
+    /// they share the first master's. Unset: this host alone.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<String>,
     /// Address of the management port (`/health`, `/metrics`).
     pub management_host: String,
     /// The management port; 0 picks a free one.
@@ -134,6 +143,8 @@ impl Default for ClusterConfig {
             store: "embedded".to_owned(),
             store_secret: None,
             auth_key: None,
+            worker_host: "127.0.0.1".to_owned(),
+            deployment: None,
             management_host: "127.0.0.1".to_owned(),
             management_port: 8001,
             worker_threads: 1,
@@ -187,6 +198,12 @@ impl ClusterConfig {
         let bad = |m: String| Err(ConfigError(m));
         self.balancer_addr()?;
         self.management_addr()?;
+        if self.worker_ip()?.is_unspecified() {
+            return bad(format!(
+                "worker_host {:?} is no address to reach the workers at: give this host's own (127.0.0.1 on one machine)",
+                self.worker_host
+            ));
+        }
         if self.port != 0 && self.port == self.management_port && self.host == self.management_host
         {
             return bad(format!(
@@ -204,6 +221,24 @@ impl ClusterConfig {
                 return bad(format!(
                     "{name} must be between {min} and {MAX_PROCESSES}, not {n}"
                 ));
+            }
+        }
+        if let Some(d) = &self.deployment {
+            if d.is_empty()
+                || d.len() > 64
+                || !d
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                return bad(format!(
+                    "deployment must be 1 to 64 letters, digits, '-', '_' or '.': {d:?}"
+                ));
+            }
+            if self.store_kind()? == StoreKind::Embedded {
+                return bad(
+                    "a deployment of several hosts needs a Redis store they share (store = \"redis://...\")"
+                        .to_owned(),
+                );
             }
         }
         match self.store_kind()? {
@@ -251,6 +286,10 @@ impl ClusterConfig {
 
     pub(crate) fn balancer_addr(&self) -> Result<SocketAddr, ConfigError> {
         Ok(SocketAddr::new(host_ip("host", &self.host)?, self.port))
+    }
+
+    pub(crate) fn worker_ip(&self) -> Result<IpAddr, ConfigError> {
+        host_ip("worker_host", &self.worker_host)
     }
 
     pub(crate) fn management_addr(&self) -> Result<SocketAddr, ConfigError> {

@@ -42,6 +42,20 @@ const TOP: &[(&str, &str, Option<&str>)] = &[
         "Secret that signs auth tokens, shared by every worker; random per cluster when unset (tokens then die with the master). Prefer SC_AUTH_KEY.",
         Some("\"a long random secret\""),
     ),
+    (
+        "worker_host",
+        "Address the workers listen on and other hosts reach them at: 127.0.0.1 on one machine,\n\
+         # this host's address on the network between the hosts of a deployment.",
+        None,
+    ),
+    (
+        "deployment",
+        "Name of a deployment of several hosts sharing a Redis store (store = \"redis://...\"): the\n\
+         # masters with the same name list their workers on Redis, and every balancer routes to the\n\
+         # workers of every host (an engine.io session goes on through any host); without an\n\
+         # auth_key they share the first master's. Unset: this host alone.",
+        Some("\"prod\""),
+    ),
     ("management_host", "Address of the management port.", None),
     (
         "management_port",
@@ -402,7 +416,7 @@ mod tests {
             }
         }
         // Options unset by default are documented too.
-        for k in ["auth_key", "store_secret"] {
+        for k in ["auth_key", "store_secret", "deployment"] {
             assert!(documented(&top, k));
         }
     }

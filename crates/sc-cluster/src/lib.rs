@@ -45,6 +45,7 @@ mod manage;
 mod master;
 mod net;
 mod proto;
+mod registry;
 
 use std::convert::Infallible;
 use std::process::ExitCode;

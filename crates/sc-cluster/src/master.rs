@@ -17,6 +17,7 @@ use crate::config::{ClusterConfig, StoreKind};
 use crate::manage::{Metrics, Status as ManagedStatus};
 use crate::net::Reservation;
 use crate::proto::{ChildSpec, Command, ROLE_ENV, Report, Role, say};
+use crate::registry;
 
 /// The shortest wait before respawning a process that keeps crashing.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -164,6 +165,8 @@ pub(crate) struct Master {
     stopping: watch::Sender<bool>,
     rolling: AtomicBool,
     metrics: Metrics,
+    /// Workers of other hosts the balancers route to (several hosts on one Redis).
+    remote: Mutex<Vec<SocketAddr>>,
 }
 
 impl Master {
@@ -201,6 +204,37 @@ impl Master {
     }
 }
 
+impl registry::Deployment for Master {
+    fn local_workers(&self) -> Vec<(SocketAddr, bool)> {
+        self.of(Role::Worker)
+            .map(|s| (s.addr, s.status().phase == Phase::Running))
+            .collect()
+    }
+
+    fn balancers(&self) -> Vec<(usize, u64, bool)> {
+        self.of(Role::Balancer)
+            .map(|s| {
+                let st = s.status();
+                (s.id, st.readies, st.phase == Phase::Running)
+            })
+            .collect()
+    }
+
+    fn tell_balancer(&self, id: usize, c: Command) {
+        if let Some(b) = self.of(Role::Balancer).find(|s| s.id == id) {
+            b.send(c);
+        }
+    }
+
+    fn set_remote(&self, remote: Vec<SocketAddr>) {
+        *self.remote.lock() = remote;
+    }
+
+    fn stopping(&self) -> bool {
+        self.is_stopping()
+    }
+}
+
 impl ManagedStatus for Master {
     fn metrics(&self) -> &Metrics {
         &self.metrics
@@ -233,7 +267,9 @@ impl ManagedStatus for Master {
         } else {
             "degraded"
         };
-        let body = serde_json::json!({ "status": status, "children": children });
+        let remote: Vec<String> = self.remote.lock().iter().map(ToString::to_string).collect();
+        let body =
+            serde_json::json!({ "status": status, "children": children, "remote_workers": remote });
         (all_running && !self.is_stopping(), format!("{body}\n"))
     }
 }
@@ -286,8 +322,9 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
             held.push(r);
         }
     }
+    let worker_ip = SocketAddr::new(config.worker_ip().map_err(|e| e.to_string())?, 0);
     for id in 0..config.worker_count() {
-        let r = reserve(loopback, "a worker")?;
+        let r = reserve(worker_ip, "a worker")?;
         plan.push((Role::Worker, id, r.addr()));
         held.push(r);
     }
@@ -305,10 +342,27 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on the management port {manage_addr}: {e}"))?;
     let manage_addr = manage.local_addr().map_err(|e| e.to_string())?;
 
-    let auth_key = config.auth_key.clone().unwrap_or_else(|| {
-        tracing::info!("no auth key given: the workers share a random one");
-        random_secret()
-    });
+    // With Redis, the hosts sharing it act as one deployment: the master lists its workers
+    // there (the registry) and, without an auth key of its own, shares the first master's.
+    let shared = match (&store_kind, &config.deployment) {
+        (StoreKind::Redis(nodes), Some(_)) => {
+            let mut rc = sc_worker::sc_store::RespConfig::new(nodes.clone());
+            rc.secret = config.store_secret.clone();
+            let store = sc_worker::sc_store::RespStore::connect(rc)
+                .await
+                .map_err(|e| format!("cannot reach the store: {e}"))?;
+            Some(Arc::new(store) as Arc<dyn sc_worker::sc_store::Store>)
+        }
+        _ => None,
+    };
+    let auth_key = match (&config.auth_key, &shared) {
+        (Some(k), _) => k.clone(),
+        (None, Some(store)) => shared_auth_key(&**store, &config).await?,
+        (None, None) => {
+            tracing::info!("no auth key given: the workers share a random one");
+            random_secret()
+        }
+    };
     let (store_nodes, store_secret) = match &store_kind {
         StoreKind::Embedded => (
             plan.iter()
@@ -367,6 +421,7 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
         stopping: watch::Sender::new(false),
         rolling: AtomicBool::new(false),
         metrics,
+        remote: Mutex::new(Vec::new()),
     });
 
     // Stores first (workers connect to them), then workers, then the front door.
@@ -388,6 +443,13 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
         }
     }
     tokio::spawn(crate::manage::serve(manage, master.clone()));
+    if let Some(store) = &shared {
+        tokio::spawn(registry::run(
+            master.clone(),
+            store.clone(),
+            registry::key(&config, "workers"),
+        ));
+    }
     let scheme = if config.tls.cert.is_some() {
         "https"
     } else {
@@ -405,10 +467,41 @@ async fn master(config: ClusterConfig) -> Result<(), String> {
     );
 
     signals(&master).await?;
+    if let Some(store) = &shared {
+        // Other hosts stop routing to these workers before they drain.
+        registry::withdraw(&*master, &**store, &registry::key(&config, "workers")).await;
+    }
     stop_all(&master).await;
     drop(held);
     say("cluster stopped");
     Ok(())
+}
+
+/// The auth key every master on the Redis store shares: the first one any of them put there
+/// (a list, so that two masters starting at once agree on the first).
+async fn shared_auth_key(
+    store: &dyn sc_worker::sc_store::Store,
+    config: &ClusterConfig,
+) -> Result<String, String> {
+    let key_of = registry::key(config, "auth-key");
+    let err =
+        |e: sc_worker::sc_store::Error| format!("cannot share the auth key on the store: {e}");
+    // Masters starting at the same time may both add one: the first stays the key.
+    if store.list_count(&key_of).await.map_err(err)? == 0 {
+        store
+            .list_add(&key_of, random_secret().into())
+            .await
+            .map_err(err)?;
+    }
+    let first = store.list_range(&key_of, 0, 0).await.map_err(err)?;
+    let key = first
+        .first()
+        .and_then(|k| std::str::from_utf8(k).ok())
+        .filter(|k| !k.is_empty())
+        .ok_or("the auth key on the store is unreadable")?
+        .to_owned();
+    tracing::info!("no auth key given: sharing the deployment's key on the store");
+    Ok(key)
 }
 
 fn shown(addr: SocketAddr) -> String {
