@@ -175,7 +175,9 @@ async fn a_redis_outage_under_load_gives_errors_then_a_gap_then_delivery_again()
     // what does not is served as before.
     let t = Instant::now();
     let r = invoke(&mut tab, "sessionSet", json!({"key": "k", "value": 2}), 3).await;
-    let err = r.get("error").unwrap_or_else(|| panic!("sessionSet succeeded without a store: {r}"));
+    let err = r
+        .get("error")
+        .unwrap_or_else(|| panic!("sessionSet succeeded without a store: {r}"));
     println!(
         "sessionSet during the outage: error after {} ms: {err}",
         t.elapsed().as_millis()
@@ -200,7 +202,10 @@ async fn a_redis_outage_under_load_gives_errors_then_a_gap_then_delivery_again()
                 break;
             }
             if let Some(n) = last_n(&v) {
-                assert!(prev.is_none_or(|p| n > p), "out of order: {n} after {prev:?}");
+                assert!(
+                    prev.is_none_or(|p| n > p),
+                    "out of order: {n} after {prev:?}"
+                );
                 prev = Some(n);
             }
         }
@@ -235,7 +240,10 @@ async fn a_redis_outage_under_load_gives_errors_then_a_gap_then_delivery_again()
             println!("sessionGet after the outage: {r}");
             break;
         }
-        assert!(Instant::now() < deadline, "the store did not come back: {r}");
+        assert!(
+            Instant::now() < deadline,
+            "the store did not come back: {r}"
+        );
         cid += 1;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
