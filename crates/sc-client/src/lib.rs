@@ -7,11 +7,12 @@ mod config;
 mod driver;
 mod error;
 mod message;
+mod position;
 mod token;
 mod transport;
 
 #[doc(inline)]
-pub use channel::{Channel, ChannelEvent, ChannelState, Position, SubscribeOptions};
+pub use channel::{Channel, ChannelEvent, ChannelState, SubscribeOptions};
 #[doc(inline)]
 pub use client::{AuthStatus, Client, ConnectionState};
 #[doc(inline)]
@@ -20,6 +21,8 @@ pub use config::{ClientBuilder, DEFAULT_PATH, ReconnectConfig, Transport};
 pub use error::Error;
 #[doc(inline)]
 pub use message::{ConnectionEvent, Events, Message, Procedure, Receiver, Request};
+#[doc(inline)]
+pub use position::Position;
 #[doc(inline)]
 pub use token::{FileTokenStore, MemoryTokenStore, TokenStore};
 

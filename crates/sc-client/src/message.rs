@@ -11,8 +11,8 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use crate::channel::Position;
 use crate::error::Error;
+use crate::position::Position;
 
 /// A JSON payload from the server, kept as raw JSON text until asked for a type.
 ///
