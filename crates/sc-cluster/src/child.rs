@@ -198,8 +198,11 @@ fn worker(
             .await
             .map_err(|e| format!("cannot reach the store: {e}"))?;
         let mut config = spec.config.worker.clone();
-        // The balancers connect from this machine: their X-Forwarded-For names the client.
-        for local in ["127.0.0.1", "::1"] {
+        // This host's balancers connect from this machine (from its worker_host address when
+        // that is not loopback): their X-Forwarded-For names the client. Other hosts'
+        // balancers are trusted only when `trusted_proxies` names them (docs/deploy.md).
+        let own = spec.addr.ip().to_string();
+        for local in ["127.0.0.1", "::1", own.as_str()] {
             if !config.trusted_proxies.iter().any(|p| p == local) {
                 config.trusted_proxies.push(local.to_owned());
             }

@@ -1,0 +1,1083 @@
+// A deployment of several hosts on one Redis (issue 18, its first acceptance test; docs/deploy.md):
+// three `socketcluster run` masters, "hosts" A, B and C on the loopback addresses 127.0.0.2,
+// 127.0.0.3 and 127.0.0.4 (balancer, workers and management port of each bound to its own address:
+// --host, --worker-host, --management-host), sharing the Redis at SC_REDIS_URL
+// (redis://127.0.0.1:6379; scripts/test starts one) under one deployment name unique to this run
+// (`--deployment js-deploy-PID-TIME-MODE`: concurrent or stale runs never mix), without --auth-key
+// (the masters share the first one's key through Redis), all three started at once. Before the
+// tests: every host's /health lists the other hosts' workers in `remote_workers`, and every
+// balancer logged that it routes to them. The whole suite runs twice: plain, then with every
+// host's balancer terminating TLS (--tls-cert/--tls-key; a self-signed certificate for the three
+// addresses made here with the openssl CLI; clients use wss and https, trusting it).
+//
+// 0. Each host listens only on its own address (/health, and the listening sockets of its
+//    processes in /proc; with TLS its balancer presents the certificate); the registry on Redis
+//    lists every worker; prints how long the hosts took to see each other.
+// a. A socketcluster-client through A's balancer publishes 500 messages; subscribers through B's
+//    and C's receive all of them, in order, exactly once.
+// b. A session with two tabs (one session cookie, presented by both clients as a browser would):
+//    tab 1 through A, tab 2 through B; sessionEmit from either tab reaches the other, once;
+//    sessionSet through one host reads back with sessionGet through the other.
+// c. An engine.io long-polling session (the real engine.io-client and its Node polling transport,
+//    no upgrade) whose open request goes to A's balancer and every later request to B's: the
+//    SocketCluster handshake, an invoke and a publish (from a client through C) received all
+//    travel through B; the session lives on a worker of A, so B's balancer reaches it only through
+//    the deployment.
+// d. A token issued through A (the demo app's `login`) authenticates a new connection through C;
+//    a token signed with another key does not.
+// e. SIGTERM of C: C's workers are off the registry on Redis when its master has exited, and A
+//    and B stop listing them.
+//
+// Balancers route to every host's workers, so a client through B's balancer may be served by a
+// worker on A. So that each check crosses hosts, a client is "pinned": connected through the
+// host's balancer again (the misplaced connections kept open, so the balancer's least-loaded pick
+// moves on) until a worker of that host serves it, which each worker's own `GET /stats` tells.
+// Every wait is bounded (polls of /health and /stats, awaited events with timeouts). Every
+// process started here is killed in `after`, and at exit if the file is stopped; the
+// deployment's keys (and the sessions' data) are deleted from Redis then.
+//
+// Ours only: with SC_SERVER=reference the file is skipped.
+'use strict';
+
+const { spawn, spawnSync, execFileSync } = require('node:child_process');
+const crypto = require('node:crypto');
+const fs = require('node:fs');
+const http = require('node:http');
+const https = require('node:https');
+const net = require('node:net');
+const nodeTls = require('node:tls');
+const os = require('node:os');
+const path = require('node:path');
+const { isDeepStrictEqual } = require('node:util');
+const { describe, it, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { NodeXHR, Socket: EioSocket } = require('engine.io-client');
+const {
+  RunProcess,
+  createClient,
+  closeClients,
+  nextEvent,
+  subscribe,
+  withTimeout,
+  httpRequest,
+  isAlive,
+  signToken,
+  uniqueChannel,
+} = require('./harness');
+
+const REFERENCE = process.env.SC_SERVER === 'reference';
+const REDIS_URL = process.env.SC_REDIS_URL || 'redis://127.0.0.1:6379';
+/** Unique per run: pid and time (letters, digits, '-' only, as `--deployment` requires). */
+const RUN_ID = `js-deploy-${process.pid}-${Date.now()}`;
+const HOSTS = [
+  { name: 'A', ip: '127.0.0.2', workers: 2 },
+  { name: 'B', ip: '127.0.0.3', workers: 1 },
+  { name: 'C', ip: '127.0.0.4', workers: 2 },
+];
+const MESSAGES = 500;
+const CONVERGE_TIMEOUT_MS = 20000;
+const WAIT_MS = 10000;
+const POLL_PAUSE_MS = 25;
+const DRAIN_TIMEOUT_MS = 2000;
+const CLOSE_PREFIX = '#close:';
+
+const now = () => performance.now();
+const pause = (ms) => new Promise((r) => setTimeout(r, ms));
+const ms = (x) => `${Math.round(x)} ms`;
+
+// --- Redis, spoken as raw RESP over a socket (no client library). Self-contained functions: the
+// exit handler runs them again in a child `node -e` (synchronously, when the file is stopped).
+
+function respEncode(args) {
+  let out = `*${args.length}\r\n`;
+  for (const a of args) out += `$${Buffer.byteLength(String(a))}\r\n${a}\r\n`;
+  return out;
+}
+
+/** One RESP2 reply at `i` of `buf`: `{ value, end }`, or null when incomplete. */
+function respParse(buf, i) {
+  const nl = buf.indexOf('\r\n', i);
+  if (nl < 0) return null;
+  const type = String.fromCharCode(buf[i]);
+  const line = buf.toString('utf8', i + 1, nl);
+  if (type === '+') return { value: line, end: nl + 2 };
+  if (type === '-') return { value: new Error(line), end: nl + 2 };
+  if (type === ':') return { value: Number(line), end: nl + 2 };
+  if (type === '$') {
+    const n = Number(line);
+    if (n < 0) return { value: null, end: nl + 2 };
+    if (buf.length < nl + 2 + n + 2) return null;
+    return { value: buf.toString('utf8', nl + 2, nl + 2 + n), end: nl + 2 + n + 2 };
+  }
+  if (type === '*') {
+    const n = Number(line);
+    if (n < 0) return { value: null, end: nl + 2 };
+    const arr = [];
+    let end = nl + 2;
+    for (let k = 0; k < n; k++) {
+      const r = respParse(buf, end);
+      if (!r) return null;
+      arr.push(r.value);
+      end = r.end;
+    }
+    return { value: arr, end };
+  }
+  throw new Error(`unexpected RESP reply: ${JSON.stringify(buf.toString('utf8', i, i + 40))}`);
+}
+
+/** A Redis connection: `cmd(...args)` resolves with the reply (an error reply rejects). */
+class Resp {
+  constructor(url) {
+    const u = new URL(url);
+    this.password = u.password ? decodeURIComponent(u.password) : null;
+    this.user = u.username ? decodeURIComponent(u.username) : null;
+    this.buf = Buffer.alloc(0);
+    this.queue = [];
+    this.sock = require('node:net').connect({ host: u.hostname, port: Number(u.port || 6379) });
+    this.sock.on('data', (d) => {
+      this.buf = Buffer.concat([this.buf, d]);
+      while (this.queue.length) {
+        const r = respParse(this.buf, 0);
+        if (!r) break;
+        this.buf = this.buf.subarray(r.end);
+        const q = this.queue.shift();
+        if (r.value instanceof Error) q.reject(r.value);
+        else q.resolve(r.value);
+      }
+    });
+    const fail = (err) => {
+      for (const q of this.queue) q.reject(err);
+      this.queue = [];
+    };
+    this.sock.on('error', fail);
+    this.sock.on('close', () => fail(new Error('the Redis connection closed')));
+  }
+
+  static async open(url) {
+    const r = new Resp(url);
+    if (r.password) await (r.user ? r.cmd('AUTH', r.user, r.password) : r.cmd('AUTH', r.password));
+    return r;
+  }
+
+  cmd(...args) {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ resolve, reject });
+      this.sock.write(respEncode(args));
+    });
+  }
+
+  close() {
+    this.sock.end();
+  }
+}
+
+/** Deletes every key matching one of `patterns` (SCAN, then DEL); resolves with their names. */
+async function redisDeleteMatching(url, patterns) {
+  const r = await Resp.open(url);
+  const deleted = [];
+  try {
+    for (const pattern of patterns) {
+      let cursor = '0';
+      do {
+        const [next, keys] = await r.cmd('SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000');
+        cursor = next;
+        if (keys.length) {
+          await r.cmd('DEL', ...keys);
+          deleted.push(...keys);
+        }
+      } while (cursor !== '0');
+    }
+  } finally {
+    r.close();
+  }
+  return deleted;
+}
+
+/** The keys of every deployment started here (deleted at the end, or at exit). */
+const redisPatterns = [];
+let redisCleaned = true;
+
+// --- the hosts
+
+/** The lines a balancer logs when its master tells it to route to a worker (on stderr). */
+const ROUTING_RE = /^\[balancer (\d+)\] .*routing to worker worker=(\S+)$/;
+/** `socketcluster cluster listening on http://HOST:PORT/ (management http://HOST:MPORT/)` */
+const LISTENING_RE =
+  /^socketcluster cluster listening on (https?):\/\/([^\s/]+):(\d+)\/ \(management http:\/\/([^\s/]+):(\d+)\/\)$/;
+
+/** Whether `pid` is alive and runs `bin` (its /proc cmdline starts with it). */
+function runsBinary(pid, bin) {
+  if (!isAlive(pid)) return false;
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0')[0] === bin;
+  } catch {
+    return false;
+  }
+}
+
+/** One HTTP(S) request (no connection reuse); `ca` trusted for https. Resolves `{ status, headers, body }`. */
+function request(url, { ca, timeoutMs = WAIT_MS } = {}) {
+  const lib = url.startsWith('https:') ? https : http;
+  const reqs = [];
+  const done = new Promise((resolve, reject) => {
+    const req = lib.request(url, { agent: false, ...(ca ? { ca } : {}) }, (res) => {
+      let body = '';
+      res.setEncoding('utf8');
+      res.on('data', (d) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode, headers: res.headers, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    req.end();
+    reqs.push(req);
+  });
+  return withTimeout(done, timeoutMs, `GET ${url}`).catch((err) => {
+    for (const r of reqs) r.destroy();
+    throw err;
+  });
+}
+
+/**
+ * A certificate for the three hosts' addresses (subjectAltName IP:127.0.0.2-4), self-signed, made
+ * with the openssl CLI in a temporary directory: `{ dir, certPath, keyPath, cert }`.
+ */
+function makeTls() {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sc-deploy-tls-'));
+  const san = HOSTS.map((h) => `IP:${h.ip}`).join(',');
+  try {
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-sha256',
+      '-subj', '/CN=socketcluster deployment test',
+      '-addext', `subjectAltName=${san}`,
+      '-keyout', 'key.pem', '-out', 'cert.pem',
+    ], { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (err) {
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw new Error(`openssl req failed: ${err.stderr || err.message}`);
+  }
+  return {
+    dir,
+    certPath: path.join(dir, 'cert.pem'),
+    keyPath: path.join(dir, 'key.pem'),
+    cert: fs.readFileSync(path.join(dir, 'cert.pem'), 'utf8'),
+  };
+}
+
+/** A TLS connection to a host's balancer, trusting its `ca`: `{ authorized, authorizationError, subjectaltname }`. */
+function tlsPeer(host) {
+  const done = new Promise((resolve, reject) => {
+    const sock = nodeTls.connect({ host: host.ip, port: host.port, ca: host.ca }, () => {
+      const cert = sock.getPeerCertificate();
+      resolve({ authorized: sock.authorized, authorizationError: sock.authorizationError, subjectaltname: cert.subjectaltname });
+      sock.end();
+    });
+    sock.once('error', reject);
+  });
+  return withTimeout(done, WAIT_MS, `a TLS connection to ${host.name}`);
+}
+
+/** Whether host:port accepts a TCP connection (one attempt). */
+function tcpOpen(host, port) {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host, port });
+    sock.once('connect', () => {
+      sock.destroy();
+      resolve(true);
+    });
+    sock.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * One host: `socketcluster run` on its own loopback address, in the deployment, with Redis as its
+ * store and no auth key. A RunProcess (its line waiters, /health, stop() and cleanup() apply),
+ * with its own command line and start: RunProcess's assume 127.0.0.1.
+ */
+class HostProcess extends RunProcess {
+  /** `tls`: `{ certPath, keyPath, cert }`, the balancers terminating TLS with them. */
+  constructor({ name, ip, workers, deployment, tls = null }) {
+    super({ workers, store: REDIS_URL, balancers: 1, drainTimeoutMs: DRAIN_TIMEOUT_MS });
+    this.name = name;
+    this.ip = ip;
+    this.deployment = deployment;
+    this.tls = tls;
+    /** Every stderr line (the log lines of the master and its children). */
+    this.errLines = [];
+    this.startedAt = null;
+    this.listeningAt = null;
+  }
+
+  /** Read by harness.js createClient: wss, trusting `ca`. */
+  get secure() {
+    return !!this.tls;
+  }
+
+  get ca() {
+    return this.tls ? this.tls.cert : undefined;
+  }
+
+  get url() {
+    return `${this.tls ? 'wss' : 'ws'}://${this.ip}:${this.port}/socketcluster/`;
+  }
+
+  get httpUrl() {
+    return `${this.tls ? 'https' : 'http'}://${this.ip}:${this.port}`;
+  }
+
+  get managementUrl() {
+    return `http://${this.ip}:${this.managementPort}`;
+  }
+
+  args() {
+    return [
+      'run',
+      '--host', this.ip,
+      '--port', '0',
+      '--worker-host', this.ip,
+      '--management-host', this.ip,
+      '--management-port', '0',
+      '--workers', String(this.workerCount),
+      '--balancers', String(this.balancerCount),
+      '--store', REDIS_URL,
+      '--deployment', this.deployment,
+      '--drain-timeout-ms', String(this.drainTimeoutMs),
+      ...(this.tls ? ['--tls-cert', this.tls.certPath, '--tls-key', this.tls.keyPath] : []),
+    ];
+  }
+
+  /**
+   * A new session cookie, as a browser gets it: from the response to `GET /stats` through this
+   * host's balancer (over TLS when it terminates TLS).
+   */
+  async newSessionCookie() {
+    const res = await request(`${this.httpUrl}/stats`, { ca: this.ca });
+    const pair = (res.headers['set-cookie'] || []).map((c) => c.split(';')[0].trim()).find((p) => /^n\/[^/=]+\/ssid=./.test(p));
+    assert.ok(pair, `a session cookie in the response to GET /stats through ${this.name}: ${res.status} ${JSON.stringify(res.headers)}`);
+    return pair;
+  }
+
+  async start() {
+    const env = { ...process.env, NO_COLOR: '1', RUST_LOG: 'info' };
+    // No auth key from the environment either: the masters must share one through Redis.
+    delete env.SC_AUTH_KEY;
+    delete env.SC_CLUSTER_ROLE;
+    delete env.SC_TLS_KEY_PASSPHRASE;
+    this.startedAt = now();
+    const child = spawn(this.bin, this.args(), { stdio: ['ignore', 'pipe', 'pipe'], env, detached: true });
+    this.child = child;
+    child.once('exit', (code, signal) => {
+      this.exitStatus = { code, signal };
+    });
+    this.closed = new Promise((resolve) => {
+      child.once('close', (code, signal) => {
+        this.exitStatus = { code, signal };
+        resolve(this.exitStatus);
+      });
+    });
+    const spawnError = new Promise((_, reject) => {
+      child.once('error', (err) => reject(new Error(`cannot start ${this.bin}: ${err.message}`)));
+    });
+    spawnError.catch(() => {});
+    const read = (stream, onLine) => {
+      let buf = '';
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        buf += chunk;
+        let idx;
+        while ((idx = buf.indexOf('\n')) !== -1) {
+          const line = buf.slice(0, idx).replace(/\r$/, '');
+          buf = buf.slice(idx + 1);
+          this.output.push(line);
+          if (this.output.length > 500) this.output.shift();
+          onLine(line);
+        }
+      });
+    };
+    read(child.stdout, (line) => this._onStdoutLine(line));
+    read(child.stderr, (line) => this.errLines.push(line));
+    try {
+      const m = await Promise.race([this.waitForLine(LISTENING_RE, 30000, 0), spawnError]);
+      this.listeningAt = m.at;
+      const [, scheme, host, port, mhost, mport] = m;
+      if (host !== this.ip || mhost !== this.ip) throw new Error(`listening line names ${host} / ${mhost}, expected ${this.ip}: ${m.input}`);
+      if (scheme !== (this.tls ? 'https' : 'http')) throw new Error(`listening line names ${scheme}: ${m.input}`);
+      this.port = Number(port);
+      this.managementPort = Number(mport);
+      for (const p of [this.port, this.managementPort]) {
+        if (!(await tcpOpen(this.ip, p))) throw new Error(`the listening line was printed but ${this.ip}:${p} refuses connections`);
+      }
+    } catch (err) {
+      const tail = this.tail();
+      await this.cleanup();
+      err.message += `\n--- host ${this.name}: socketcluster ${this.args().join(' ')}\n${tail}`;
+      throw err;
+    }
+    return this;
+  }
+
+  /** The remote workers this host's balancers logged they route to. */
+  balancerRoutes() {
+    const routes = new Set();
+    for (const line of this.errLines) {
+      const m = ROUTING_RE.exec(line);
+      if (m) routes.add(m[2]);
+    }
+    return routes;
+  }
+
+  /**
+   * SIGKILL, synchronously (the exit handler), to the master's group while the master runs, and
+   * to every child it named that /proc shows still running our binary (not a reused pid).
+   */
+  killNow() {
+    if (!this.child) return;
+    const targets = [...this.knownPids].filter((pid) => runsBinary(pid, this.bin));
+    if (this.exitStatus === null) targets.unshift(-this.child.pid);
+    for (const pid of targets) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
+}
+
+/**
+ * The hosts of the suite that runs (the two suites, plain and TLS, run one after the other), made
+ * in its `before` (SC_BIN is needed only when a suite runs); `allHosts` every host ever made.
+ */
+let hosts = [];
+let A;
+let B;
+let C;
+/** The deployment of the suite that runs: its name and its keys on Redis. */
+let deployment = null;
+const allHosts = [];
+
+// Whatever ends this process (a failure, the runner's timeout signal): no host left running, no
+// key left on Redis. `after` does the same in order; this is the last resort.
+process.on('exit', () => {
+  for (const h of allHosts) h.killNow();
+  if (!redisCleaned) {
+    const code = [
+      respEncode, respParse, Resp, redisDeleteMatching,
+    ].map(String).join('\n') +
+      `\nredisDeleteMatching(${JSON.stringify(REDIS_URL)}, ${JSON.stringify(redisPatterns)}).catch(() => {}).finally(() => process.exit(0));`;
+    spawnSync(process.execPath, ['-e', code], { stdio: 'ignore', timeout: 5000 });
+  }
+});
+
+// --- what the hosts say about themselves
+
+/** /health of every host (the host's children, its remote_workers). */
+function healthAll() {
+  return Promise.all(hosts.filter((h) => h.isRunning()).map(async (h) => ({ host: h, health: await h.health() })));
+}
+
+/** Every worker of the deployment: `{ host, addr, id, pid }`, from the hosts' /health. */
+let workers = [];
+
+async function readWorkers() {
+  const all = [];
+  for (const { host, health } of await healthAll()) {
+    for (const c of health.children) {
+      if (c.role === 'worker') all.push({ host, addr: c.addr, id: c.id, pid: c.pid });
+    }
+  }
+  return all;
+}
+
+const workersOf = (host) => workers.filter((w) => w.host === host).map((w) => w.addr);
+const otherWorkers = (host, among = hosts) => among.filter((h) => h !== host).flatMap(workersOf);
+
+/** `GET /stats` of every worker, on its own address: addr -> { clients, pending, engineio_sessions }. */
+async function workerStats() {
+  const entries = await Promise.all(
+    workers.map(async (w) => {
+      const res = await httpRequest(`http://${w.addr}/stats`, { timeoutMs: WAIT_MS });
+      assert.equal(res.status, 200, `GET /stats of worker ${w.addr}: ${res.status} ${res.body}`);
+      return [w.addr, JSON.parse(res.body)];
+    })
+  );
+  return new Map(entries);
+}
+
+/** Polls `probe()` until `pred(result)` holds, for at most `timeoutMs`; a short pause between polls. */
+async function pollUntil(probe, pred, timeoutMs, what) {
+  const deadline = now() + timeoutMs;
+  let last;
+  for (;;) {
+    last = await probe();
+    if (pred(last)) return last;
+    if (now() > deadline) {
+      throw new Error(`${what}: not within ${timeoutMs} ms; last seen: ${JSON.stringify(last, (k, v) => (v instanceof Map ? Object.fromEntries(v) : v instanceof HostProcess ? v.name : v))}`);
+    }
+    await pause(POLL_PAUSE_MS);
+  }
+}
+
+/** Waits until no worker holds a socket or an engine.io session (the previous test's are gone). */
+function quiesce() {
+  return pollUntil(
+    workerStats,
+    (stats) => [...stats.values()].every((s) => s.clients === 0 && s.pending === 0 && s.engineio_sessions === 0),
+    15000,
+    'every worker without clients and engine.io sessions'
+  );
+}
+
+/** The worker whose `field` in /stats grew by one since `before` (polled until one did). */
+async function grownWorker(before, field) {
+  const stats = await pollUntil(
+    workerStats,
+    (s) => [...s].some(([addr, v]) => v[field] > before.get(addr)[field]),
+    WAIT_MS,
+    `a worker's ${field} to grow`
+  );
+  const grown = [...stats].filter(([addr, v]) => v[field] !== before.get(addr)[field]);
+  assert.equal(grown.length, 1, `one new ${field} on one worker, nothing else changed: before ${JSON.stringify(Object.fromEntries(before))}, now ${JSON.stringify(Object.fromEntries(stats))}`);
+  const [addr, v] = grown[0];
+  assert.equal(v[field], before.get(addr)[field] + 1, `worker ${addr}: one more ${field}`);
+  return workers.find((w) => w.addr === addr);
+}
+
+/**
+ * A socketcluster-client connected through `via`'s balancer and served by a worker of `host`
+ * (`via` by default). `prepare(socket)` runs before each connect (say, to store a token). The
+ * connections that landed elsewhere stay open (`extras`; closed with the test's clients) so that
+ * the balancer's least-loaded pick moves on to another worker.
+ */
+async function connectPinned(via, { host = via, prepare, options = {}, extras = [] } = {}) {
+  const tries = workers.length * 2;
+  const seen = [];
+  for (let attempt = 0; attempt < tries; attempt++) {
+    const before = await workerStats();
+    const socket = createClient(via, { hostname: via.ip, ...options });
+    if (prepare) await prepare(socket);
+    const connected = nextEvent(socket, 'connect', WAIT_MS);
+    socket.connect();
+    const status = await connected;
+    const worker = await grownWorker(before, 'clients');
+    if (worker.host === host) return { socket, status, worker, attempts: attempt + 1 };
+    seen.push(`${worker.host.name}/${worker.addr}`);
+    extras.push(socket);
+  }
+  throw new Error(`no connection through ${via.name}'s balancer reached a worker of ${host.name} in ${tries} tries: ${seen.join(', ')}`);
+}
+
+// --- engine.io long-polling whose requests after the open go to another host
+
+/**
+ * engine.io-client's long-polling transport in Node (XMLHttpRequest, the one it picks for
+ * `polling`) with every request after the open (the ones with a `sid`) sent to the base
+ * `opts.thenTo` instead of the one the socket was made with; `opts.log` gets `{ method, url }`
+ * of every request.
+ */
+class SwitchingXHR extends NodeXHR {
+  uri() {
+    const uri = super.uri();
+    if (!this.query.sid || !this.opts.thenTo) return uri;
+    const u = new URL(uri);
+    const to = new URL(this.opts.thenTo);
+    u.hostname = to.hostname;
+    u.port = to.port;
+    return u.toString();
+  }
+
+  request(opts = {}) {
+    this.opts.log.push({ method: opts.method || 'GET', url: this.uri() });
+    return super.request(opts);
+  }
+}
+
+/** SocketCluster over one engine.io-client socket (frames as engine.io messages, see engineio.test.js). */
+class EioSession {
+  constructor(openVia, thenVia) {
+    this.cid = 0;
+    this.pending = new Map();
+    this.frames = [];
+    this.waiters = [];
+    this.problems = [];
+    this.requests = [];
+    this.closing = false;
+    this.socket = new EioSocket(openVia.httpUrl, {
+      path: '/engine.io/',
+      transports: [SwitchingXHR],
+      upgrade: false,
+      thenTo: thenVia.httpUrl,
+      log: this.requests,
+      ...(openVia.ca ? { ca: openVia.ca } : {}),
+    });
+    this.opened = new Promise((resolve, reject) => {
+      this.socket.once('open', resolve);
+      this.socket.once('close', (reason) => reject(new Error(`closed before open: ${reason}`)));
+    });
+    this.opened.catch(() => {});
+    this.socket.on('error', (err) => this.problems.push(`error: ${err && err.message} ${err && err.description}`));
+    this.socket.on('close', (reason, description) => {
+      if (!this.closing) this.problems.push(`close: ${reason} ${description && (description.message || description.description || '')}`);
+      for (const { reject } of this.pending.values()) reject(new Error(`engine.io closed: ${reason}`));
+      this.pending.clear();
+    });
+    this.socket.on('message', (data) => {
+      if (data === '' || data === undefined) {
+        this.socket.send('');
+        return;
+      }
+      if (typeof data === 'string' && data.startsWith(CLOSE_PREFIX)) {
+        this.problems.push(`in-band close ${data}`);
+        return;
+      }
+      const frame = JSON.parse(data);
+      const waiter = frame.rid != null && this.pending.get(frame.rid);
+      if (waiter) {
+        this.pending.delete(frame.rid);
+        waiter.resolve(frame);
+        return;
+      }
+      this.frames.push(frame);
+      const waiters = this.waiters;
+      this.waiters = [];
+      for (const w of waiters) w();
+    });
+  }
+
+  invoke(event, data, timeoutMs = WAIT_MS) {
+    const cid = ++this.cid;
+    const reply = new Promise((resolve, reject) => this.pending.set(cid, { resolve, reject }));
+    this.socket.send(JSON.stringify(data === undefined ? { event, cid } : { event, data, cid }));
+    return withTimeout(reply, timeoutMs, `the reply to ${event} (cid ${cid}, sid ${this.socket.id})`);
+  }
+
+  /** The next received frame (not a reply) matching `pred`. */
+  next(pred, what, timeoutMs = WAIT_MS) {
+    const find = async () => {
+      for (;;) {
+        const i = this.frames.findIndex(pred);
+        if (i !== -1) return this.frames.splice(i, 1)[0];
+        await new Promise((r) => this.waiters.push(r));
+      }
+    };
+    return withTimeout(find(), timeoutMs, what);
+  }
+
+  close() {
+    this.closing = true;
+    this.socket.close();
+  }
+}
+
+// --- socketcluster-client helpers
+
+/** Collects a channel's messages until `sentinel` arrives (bounded); the consumer starts now. */
+function collectUntil(channel, sentinel, timeoutMs, what) {
+  const consumer = channel.createConsumer();
+  const out = [];
+  const run = (async () => {
+    for (;;) {
+      const { value, done } = await consumer.next();
+      if (done) throw new Error(`${what}: the channel ended after ${out.length} messages`);
+      if (isDeepStrictEqual(value, sentinel)) return out;
+      out.push(value);
+    }
+  })();
+  return withTimeout(run, timeoutMs, { toString: () => `${what} (got ${out.length})` }).finally(() => consumer.return());
+}
+
+/** The same for a receiver (transmits of `event`). */
+function receiveUntil(socket, event, sentinel, timeoutMs, what) {
+  return collectUntil(socket.receiver(event), sentinel, timeoutMs, what);
+}
+
+
+/** Pids of a host's processes (master and children) and the addresses they listen on (/proc). */
+function listeningAddresses(pids) {
+  const inodes = new Set();
+  for (const pid of pids) {
+    let fds = [];
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        const m = /^socket:\[(\d+)\]$/.exec(fs.readlinkSync(`/proc/${pid}/fd/${fd}`));
+        if (m) inodes.add(m[1]);
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  const out = [];
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    let text = '';
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of text.split('\n').slice(1)) {
+      const f = line.trim().split(/\s+/);
+      if (f.length < 10 || f[3] !== '0A' || !inodes.has(f[9])) continue; // 0A: LISTEN
+      const [hexIp, hexPort] = f[1].split(':');
+      const ip =
+        hexIp.length === 8
+          ? [3, 2, 1, 0].map((k) => parseInt(hexIp.slice(k * 2, k * 2 + 2), 16)).join('.')
+          : `ipv6:${hexIp}`;
+      out.push(`${ip}:${parseInt(hexPort, 16)}`);
+    }
+  }
+  return out.sort();
+}
+
+const MODES = [
+  { key: 'plain', title: '', tls: false, tag: 'deployment' },
+  { key: 'tls', title: ', TLS at the balancers (--tls-cert/--tls-key)', tls: true, tag: 'deployment tls' },
+];
+
+for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--deployment)${mode.title}`, { skip: REFERENCE && 'ours only', timeout: 180000 }, () => {
+  const P = mode.tag;
+  const figures = { converge: null };
+  let tls = null;
+  /** Sockets of the test that runs; closed at its end. */
+  let sockets = [];
+  let eioSessions = [];
+  const sessionIds = new Set();
+  let redis = null;
+
+  const track = (...ss) => {
+    sockets.push(...ss);
+    return ss[0];
+  };
+  const endTest = () => {
+    closeClients(sockets);
+    sockets = [];
+    for (const s of eioSessions) s.close();
+    eioSessions = [];
+  };
+
+  before(async () => {
+    redis = await Resp.open(REDIS_URL);
+    assert.equal(await redis.cmd('PING'), 'PONG', `Redis at ${REDIS_URL}`);
+    const name = `${RUN_ID}-${mode.key}`;
+    deployment = {
+      name,
+      pattern: `sc:cluster:{${name}}:*`,
+      registryKey: `sc:cluster:{${name}}:workers`,
+      authKeyKey: `sc:cluster:{${name}}:auth-key`,
+    };
+    redisPatterns.push(deployment.pattern);
+    redisCleaned = false;
+    if (mode.tls) tls = makeTls();
+    hosts = HOSTS.map((h) => new HostProcess({ ...h, deployment: name, tls }));
+    allHosts.push(...hosts);
+    [A, B, C] = hosts;
+    // All three at once: the masters race for the first auth key on Redis.
+    await Promise.all(hosts.map((h) => h.start()));
+    const allStarted = Math.max(...hosts.map((h) => h.listeningAt));
+    workers = await readWorkers();
+    // Every host lists every other host's workers, and its balancer said it routes to them.
+    const perHost = new Map();
+    await pollUntil(
+      healthAll,
+      (all) => {
+        let done = all.length === hosts.length; // every master still running
+        for (const { host, health } of all) {
+          const want = otherWorkers(host).sort();
+          const got = [...(health.remote_workers || [])].sort();
+          const routed = host.balancerRoutes();
+          if (isDeepStrictEqual(got, want) && want.every((w) => routed.has(w))) {
+            if (!perHost.has(host)) perHost.set(host, now());
+          } else {
+            done = false;
+          }
+        }
+        return done;
+      },
+      CONVERGE_TIMEOUT_MS,
+      'every host listing the other hosts\' workers in remote_workers, its balancer routing to them'
+    );
+    figures.converge = {
+      spread: allStarted - Math.min(...hosts.map((h) => h.startedAt)),
+      perHost: hosts.map((h) => `${h.name} ${ms(perHost.get(h) - allStarted)}`),
+      all: Math.max(...perHost.values()) - allStarted,
+    };
+  });
+
+  after(async () => {
+    endTest();
+    await Promise.all(hosts.map((h) => h.cleanup()));
+    if (tls) fs.rmSync(tls.dir, { recursive: true, force: true });
+    try {
+      if (deployment) {
+        const deleted = await redisDeleteMatching(REDIS_URL, [deployment.pattern, ...[...sessionIds].map((id) => `sc:session:{${id}}*`)]);
+        redisPatterns.splice(redisPatterns.indexOf(deployment.pattern), 1);
+        redisCleaned = redisPatterns.length === 0;
+        console.log(`${P}: deleted from Redis: ${deleted.join(', ') || '(nothing)'}`);
+      }
+    } finally {
+      if (redis) redis.close();
+    }
+  });
+
+  it('each host listens on its own address only, and lists the other hosts\' workers', async () => {
+    for (const { host, health } of await healthAll()) {
+      assert.equal(health.status, 'ok', `${host.name} /health: ${JSON.stringify(health)}`);
+      for (const c of health.children) {
+        assert.equal(c.addr.split(':')[0], host.ip, `${host.name}'s ${c.role} ${c.id} on ${host.ip}: ${JSON.stringify(c)}`);
+      }
+      assert.deepEqual([...health.remote_workers].sort(), otherWorkers(host).sort(), `${host.name} remote_workers`);
+      if (mode.tls) {
+        // The balancer's port speaks TLS with the given certificate (verified against it).
+        const peer = await tlsPeer(host);
+        assert.equal(peer.authorized, true, `${host.name}: ${peer.authorizationError}`);
+        assert.match(peer.subjectaltname, new RegExp(`IP Address:${host.ip.replace(/\./g, '\\.')}(,|$)`), `${host.name}'s certificate`);
+      }
+      const pids = [host.pid, ...health.children.map((c) => c.pid)];
+      const listening = listeningAddresses(pids);
+      assert.ok(listening.length >= 1 + host.workerCount + 1, `${host.name} listens: ${listening}`);
+      for (const addr of listening) assert.equal(addr.split(':')[0], host.ip, `${host.name} (pids ${pids}) listens on ${addr}: ${listening}`);
+      // /metrics: this host's children only (a child's series appear with its first report).
+      const m = await pollUntil(
+        () => host.metrics(),
+        (mm) => mm.find('sc_connections', { role: 'worker' }).length === host.workerCount && mm.find('sc_balancer_upgrades_total', { role: 'balancer' }).length === 1,
+        WAIT_MS,
+        `${host.name}'s /metrics with a sc_connections series per worker and the balancer's upgrades`
+      );
+      assert.equal(m.sum('sc_restarts_total', { role: 'worker' }), 0, `${host.name}: no worker restarted`);
+      console.log(`${P}: host ${host.name} ${host.ip}: balancer :${host.port}, management :${host.managementPort}, workers ${workersOf(host).join(' ')}; listening ${listening.join(' ')}; remote_workers ${health.remote_workers.join(' ')}`);
+    }
+    const registry = await redis.cmd('HGETALL', deployment.registryKey);
+    const fields = registry.filter((_, i) => i % 2 === 0).sort();
+    assert.deepEqual(fields, workers.map((w) => w.addr).sort(), `the registry ${deployment.registryKey} on Redis`);
+    const authKeys = await redis.cmd('LLEN', deployment.authKeyKey);
+    assert.ok(authKeys >= 1, `${deployment.authKeyKey} holds the shared key`);
+    const f = figures.converge;
+    console.log(
+      `${P}: ${hosts.length} hosts (${hosts.map((h) => `${h.name}:${h.workerCount}w`).join(' ')}) started at once (listening within ${ms(f.spread)}); ` +
+        `all saw each other ${ms(f.all)} after the last was listening (${f.perHost.join(', ')}); ` +
+        `registry on Redis: ${fields.length} workers; auth keys pushed: ${authKeys}`
+    );
+  });
+
+  it(`a. ${MESSAGES} messages published through A reach subscribers through B and C, in order, exactly once`, async () => {
+    await quiesce();
+    const extras = [];
+    try {
+      const channel = uniqueChannel('deploy-a');
+      const pub = await connectPinned(A, { extras });
+      const subB = await connectPinned(B, { extras });
+      const subC = await connectPinned(C, { extras });
+      track(pub.socket, subB.socket, subC.socket);
+      const chB = await subscribe(subB.socket, channel);
+      const chC = await subscribe(subC.socket, channel);
+      const expected = Array.from({ length: MESSAGES }, (_, i) => ({ i }));
+      const END = { end: true };
+      const t0 = now();
+      const done = {};
+      const gotB = collectUntil(chB, END, 30000, 'the messages on B').then((m) => ((done.B = now()), m));
+      const gotC = collectUntil(chC, END, 30000, 'the messages on C').then((m) => ((done.C = now()), m));
+      await withTimeout(Promise.all(expected.map((m) => pub.socket.invokePublish(channel, m))), 30000, `${MESSAGES} publishes acknowledged`);
+      const published = now();
+      await pub.socket.invokePublish(channel, END);
+      const [b, c] = await Promise.all([gotB, gotC]);
+      assert.equal(b.length, MESSAGES, `B received ${b.length} before the end marker`);
+      assert.deepEqual(b, expected, 'B: every message once, in order');
+      assert.equal(c.length, MESSAGES, `C received ${c.length} before the end marker`);
+      assert.deepEqual(c, expected, 'C: every message once, in order');
+      console.log(
+        `${P} a: publisher on ${pub.worker.host.name}/${pub.worker.addr}, subscribers on ${subB.worker.host.name}/${subB.worker.addr} and ${subC.worker.host.name}/${subC.worker.addr} ` +
+          `(connections to pin them: ${pub.attempts}, ${subB.attempts}, ${subC.attempts}); ${MESSAGES} publishes acknowledged in ${ms(published - t0)}; ` +
+          `received ${b.length} on B (all within ${ms(done.B - t0)}) and ${c.length} on C (${ms(done.C - t0)}), in order, none twice`
+      );
+    } finally {
+      closeClients(extras);
+      endTest();
+    }
+  });
+
+  it('b. a session with tab 1 through A and tab 2 through B: sessionEmit and sessionSet/sessionGet cross hosts', async () => {
+    await quiesce();
+    const extras = [];
+    try {
+      // The cookie as a browser gets it: from a response through A's balancer; both tabs present it.
+      const cookie = await A.newSessionCookie();
+      const options = { wsOptions: { headers: { Cookie: cookie } } };
+      const tab1 = await connectPinned(A, { options, extras });
+      const tab2 = await connectPinned(B, { options, extras });
+      track(tab1.socket, tab2.socket);
+      const [id1, id2] = await Promise.all([tab1.socket.invoke('sessionId'), tab2.socket.invoke('sessionId')]);
+      sessionIds.add(id1);
+      sessionIds.add(id2);
+      assert.equal(typeof id1, 'string');
+      assert.equal(id2, id1, "tab 2 (host B) is in tab 1's session (host A): the cookie is accepted on both");
+
+      // sessionEmit from tab 1 reaches tab 2 (and tab 1), once: an end marker emitted after it.
+      const note = { from: 'tab1', n: crypto.randomBytes(4).toString('hex') };
+      const END = { end: 'tab1' };
+      const t0 = now();
+      let at2 = null;
+      const on2 = receiveUntil(tab2.socket, 'note', END, WAIT_MS, "tab 2's notes").then((n) => ((at2 = now()), n));
+      const on1 = receiveUntil(tab1.socket, 'note', END, WAIT_MS, "tab 1's notes");
+      await tab1.socket.invoke('sessionEmit', { event: 'note', data: note });
+      await tab1.socket.invoke('sessionEmit', { event: 'note', data: END });
+      assert.deepEqual(await on2, [note], 'tab 2 got the note once');
+      assert.deepEqual(await on1, [note], 'tab 1 got its own note once');
+      const emitMs = at2 - t0;
+
+      // And back: from tab 2 to tab 1.
+      const back = { from: 'tab2' };
+      const END2 = { end: 'tab2' };
+      const backOn1 = receiveUntil(tab1.socket, 'note', END2, WAIT_MS, "tab 1's notes from tab 2");
+      await tab2.socket.invoke('sessionEmit', { event: 'note', data: back });
+      await tab2.socket.invoke('sessionEmit', { event: 'note', data: END2 });
+      assert.deepEqual(await backOn1, [back], 'tab 1 got the note of tab 2 once');
+
+      // Session data: set through A, read through B; and the other way.
+      const cart = { items: [1, 2, 3], who: 'tab1 on A' };
+      await tab1.socket.invoke('sessionSet', { key: 'cart', value: cart });
+      assert.deepEqual(await tab2.socket.invoke('sessionGet', { key: 'cart' }), cart, 'sessionGet on B reads what sessionSet on A stored');
+      await tab2.socket.invoke('sessionSet', { key: 'color', value: 'blue' });
+      assert.equal(await tab1.socket.invoke('sessionGet', { key: 'color' }), 'blue', 'sessionGet on A reads what sessionSet on B stored');
+      console.log(
+        `${P} b: session ${id1.slice(0, 8)}… tab 1 on ${tab1.worker.host.name}/${tab1.worker.addr}, tab 2 on ${tab2.worker.host.name}/${tab2.worker.addr}; ` +
+          `sessionEmit A→B delivered in ${ms(emitMs)}, B→A too; sessionSet/sessionGet across A and B both ways`
+      );
+    } finally {
+      closeClients(extras);
+      endTest();
+    }
+  });
+
+  it("c. an engine.io long-polling session opened through A's balancer goes on through B's", async () => {
+    await quiesce();
+    try {
+      const publisher = track((await connectPinned(C)).socket);
+      // Pin the session to a worker of A (opens that landed elsewhere stay open until the end):
+      // B's balancer then reaches it only through the deployment.
+      let session = null;
+      let worker = null;
+      let attempts = 0;
+      for (; attempts < workers.length * 2 && !session; attempts++) {
+        const before = await workerStats();
+        const s = new EioSession(A, B);
+        eioSessions.push(s);
+        await withTimeout(s.opened, WAIT_MS, 'engine.io open through A');
+        const w = await grownWorker(before, 'engineio_sessions');
+        if (w.host === A) {
+          session = s;
+          worker = w;
+        }
+      }
+      assert.ok(session, `no engine.io session opened through A landed on a worker of A in ${attempts} tries`);
+      const sid = session.socket.id;
+      assert.match(sid, /\.[0-9a-f]+$/, `the sid carries its worker's tag: ${sid}`);
+
+      const hs = await session.invoke('#handshake', { authToken: null });
+      assert.equal(hs.error, undefined, JSON.stringify(hs));
+      assert.equal(typeof hs.data.id, 'string');
+      const greet = await session.next((f) => f.event === 'greet', 'the greet event');
+      assert.equal(greet.data, 'hello world');
+      const payload = { over: 'B', text: 'é🦀', list: [1, 2, 3] };
+      const echo = await session.invoke('echo', payload);
+      assert.deepEqual(echo.data, payload, 'echo through B');
+      const channel = uniqueChannel('deploy-c');
+      const sub = await session.invoke('#subscribe', { channel });
+      assert.equal(sub.error, undefined, JSON.stringify(sub));
+      const message = { from: 'C', n: 42 };
+      const received = session.next((f) => f.event === '#publish' && f.data && f.data.channel === channel, 'the publish');
+      await publisher.invokePublish(channel, message);
+      assert.deepEqual((await received).data.data, message, 'the publish (from a client through C) received by the session through B');
+      assert.deepEqual(session.problems, [], 'no engine.io error or close');
+
+      const log = session.requests;
+      assert.ok(log.length >= 4, `requests: ${JSON.stringify(log)}`);
+      const [open, ...rest] = log;
+      const hostOf = (u) => new URL(u).host;
+      assert.equal(open.method, 'GET');
+      assert.equal(hostOf(open.url), `${A.ip}:${A.port}`, `the open went to A: ${open.url}`);
+      assert.ok(!/[?&]sid=/.test(open.url), 'the open has no sid');
+      for (const r of log) assert.equal(new URL(r.url).protocol, mode.tls ? 'https:' : 'http:', `${r.method} ${r.url}`);
+      for (const r of rest) {
+        assert.equal(hostOf(r.url), `${B.ip}:${B.port}`, `after the open, every request goes to B: ${r.method} ${r.url}`);
+        assert.ok(r.url.includes(`sid=${encodeURIComponent(sid)}`) || r.url.includes(`sid=${sid}`), `with the sid: ${r.url}`);
+      }
+      const posts = rest.filter((r) => r.method === 'POST').length;
+      console.log(
+        `${P} c: engine.io session ${sid} on ${worker.host.name}/${worker.addr} (opens to pin it: ${attempts}); ` +
+          `open GET through A, then ${rest.length} requests through B (${rest.length - posts} GET, ${posts} POST): handshake, echo, subscribe, a publish from C received`
+      );
+    } finally {
+      endTest();
+    }
+  });
+
+  it('d. a token issued through A authenticates a new connection through C (the auth key is shared)', async () => {
+    await quiesce();
+    const extras = [];
+    try {
+      const owner = await connectPinned(A, { extras });
+      track(owner.socket);
+      const authenticated = nextEvent(owner.socket, 'authenticate', WAIT_MS);
+      const username = `deploy-${crypto.randomBytes(3).toString('hex')}`;
+      await owner.socket.invoke('login', { username });
+      const { signedAuthToken } = await authenticated;
+      assert.equal(signedAuthToken.split('.').length, 3);
+
+      const user = await connectPinned(C, {
+        extras,
+        prepare: (socket) => socket.auth.saveToken(socket.authTokenName, signedAuthToken, {}),
+      });
+      track(user.socket);
+      assert.equal(user.status.isAuthenticated, true, `the handshake through C accepted the token: ${JSON.stringify(user.status)}`);
+      assert.ok(!user.status.authError, JSON.stringify(user.status.authError));
+      assert.equal(user.socket.authState, user.socket.AUTHENTICATED);
+      assert.equal((await user.socket.invoke('whoami')).username, username);
+      await subscribe(user.socket, uniqueChannel('private/deploy-d'));
+
+      // The check is real: a token signed with another key is refused through C.
+      const forged = signToken({ username, iat: Math.floor(Date.now() / 1000) }, 'not-the-deployment-key');
+      const other = await connectPinned(C, {
+        extras,
+        prepare: (socket) => socket.auth.saveToken(socket.authTokenName, forged, {}),
+      });
+      track(other.socket);
+      assert.equal(other.status.isAuthenticated, false, 'a token of another key is refused');
+      assert.equal(other.status.authError && other.status.authError.name, 'AuthTokenInvalidError', JSON.stringify(other.status));
+      console.log(
+        `${P} d: token issued on ${owner.worker.host.name}/${owner.worker.addr} accepted at the handshake on ${user.worker.host.name}/${user.worker.addr} ` +
+          `(whoami ${username}, private/ subscribe allowed); a token of another key refused there (AuthTokenInvalidError)`
+      );
+    } finally {
+      closeClients(extras);
+      endTest();
+    }
+  });
+
+  it("e. SIGTERM of C: C's workers leave the registry and A and B stop listing them", async () => {
+    await quiesce();
+    const gone = workersOf(C);
+    const t0 = now();
+    const stopped = await C.stop();
+    const exitedAt = now();
+    assert.ok(stopped.stoppedLine, `C printed 'cluster stopped': ${stopped.lines.join('\n')}`);
+    assert.deepEqual(stopped.leftovers, [], 'no child of C left');
+    const registry = await redis.cmd('HGETALL', deployment.registryKey);
+    const fields = registry.filter((_, i) => i % 2 === 0);
+    for (const w of gone) assert.ok(!fields.includes(w), `C's worker ${w} withdrawn from ${deployment.registryKey} when C exited: ${fields}`);
+    const remaining = [A, B];
+    await pollUntil(
+      healthAll,
+      (all) => all.every(({ host, health }) => isDeepStrictEqual([...health.remote_workers].sort(), otherWorkers(host, remaining).sort())),
+      CONVERGE_TIMEOUT_MS,
+      "A and B no longer listing C's workers"
+    );
+    const droppedAt = now();
+    console.log(
+      `${P} e: C stopped (SIGTERM, exit 0) in ${ms(exitedAt - t0)}, its workers ${gone.join(' ')} already off Redis; ` +
+        `A and B dropped them from remote_workers ${ms(droppedAt - exitedAt)} later`
+    );
+  });
+});
