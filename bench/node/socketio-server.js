@@ -5,18 +5,28 @@
 //   subscribe (channel name; joins the room; ack), unsubscribe (leaves the room),
 //   publish ({channel, data}: every socket in the room gets `publish` {channel, data}).
 //
-// Usage: node socketio-server.js [--port 8000]
-// Prints `listening on ws://127.0.0.1:PORT/socket.io/` once it accepts connections.
+// With --redis redis://HOST:PORT, rooms are shared with every other node on that Redis through
+// @socket.io/redis-adapter's sharded adapter (createShardedAdapter: SPUBLISH/SSUBSCRIBE, Redis 7,
+// the `redis` v4 client; the default subscription mode "dynamic", one Redis channel per room):
+// a publish on one node reaches the room's sockets on every node (scripts/bench-redis).
+//
+// Usage: node socketio-server.js [--port 8000] [--redis redis://127.0.0.1:6379]
+// Prints `listening on ws://127.0.0.1:PORT/socket.io/` once it accepts connections (and, with
+// --redis, once both Redis clients are connected).
 'use strict';
 
 const http = require('node:http');
 const { Server } = require('socket.io');
 
 const argv = process.argv.slice(2);
-const at = argv.indexOf('--port');
-const port = at === -1 ? 8000 : Number(argv[at + 1]);
-if (!Number.isInteger(port) || port < 0 || port > 65535) {
-  process.stderr.write('usage: node socketio-server.js [--port PORT]\n');
+const arg = (name) => {
+  const at = argv.indexOf(name);
+  return at === -1 ? undefined : argv[at + 1];
+};
+const port = arg('--port') === undefined ? 8000 : Number(arg('--port'));
+const redisUrl = arg('--redis');
+if (!Number.isInteger(port) || port < 0 || port > 65535 || (argv.includes('--redis') && !redisUrl)) {
+  process.stderr.write('usage: node socketio-server.js [--port PORT] [--redis redis://HOST:PORT]\n');
   process.exit(2);
 }
 
@@ -47,8 +57,28 @@ io.on('connection', (socket) => {
   });
 });
 
-httpServer.listen(port, '127.0.0.1', () => {
-  process.stdout.write(`listening on ws://127.0.0.1:${httpServer.address().port}/socket.io/\n`);
-});
+async function useRedis(url) {
+  const { createClient } = require('redis');
+  const { createShardedAdapter } = require('@socket.io/redis-adapter');
+  const pubClient = createClient({ url });
+  const subClient = pubClient.duplicate();
+  for (const c of [pubClient, subClient]) {
+    c.on('error', (e) => process.stderr.write(`redis: ${e.message}\n`));
+  }
+  await Promise.all([pubClient.connect(), subClient.connect()]);
+  io.adapter(createShardedAdapter(pubClient, subClient));
+}
+
+(redisUrl ? useRedis(redisUrl) : Promise.resolve()).then(
+  () => {
+    httpServer.listen(port, '127.0.0.1', () => {
+      process.stdout.write(`listening on ws://127.0.0.1:${httpServer.address().port}/socket.io/\n`);
+    });
+  },
+  (e) => {
+    process.stderr.write(`cannot connect to Redis at ${redisUrl}: ${e.message}\n`);
+    process.exit(1);
+  },
+);
 
 for (const signal of ['SIGINT', 'SIGTERM']) process.on(signal, () => process.exit(0));

@@ -37,6 +37,11 @@ impl Drop for Serve {
 }
 
 fn serve() -> Serve {
+    serve_with(&[])
+}
+
+/// `serve` with `extra` arguments.
+fn serve_with(extra: &[&str]) -> Serve {
     let mut child = Command::new(BIN)
         .args([
             "serve",
@@ -47,6 +52,7 @@ fn serve() -> Serve {
             "--auth-key",
             "smoke",
         ])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -206,4 +212,68 @@ fn ws_echo_protocol_measures_a_bare_echo_server() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bare echo server"), "{err}");
+}
+
+/// `fanout --url2`: the subscribers split over two servers sharing channels through a store
+/// process (every other one on --url2, the publisher on --url), nothing lost; the store's CPU is
+/// reported with --store-pid. With -s 1 the only subscriber is on --url2 (the cross-node echo).
+#[test]
+fn fanout_across_two_servers() {
+    let mut store = Command::new(BIN)
+        .args(["store", "--host", "127.0.0.1", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(store.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("store listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
+        .to_owned();
+    let store = Serve {
+        child: store,
+        url: addr,
+    };
+    let url = format!("sc://{}", store.url);
+    let (a, b) = (
+        serve_with(&["--store", &url]),
+        serve_with(&["--store", &url]),
+    );
+    let store_pid = store.child.id().to_string();
+    for (subs, on_url2) in [("6", 3), ("1", 1)] {
+        let out = Command::new(BIN)
+            .args([
+                "bench",
+                "fanout",
+                "--duration",
+                "1s",
+                "--warmup",
+                "200ms",
+                "-s",
+                subs,
+                "-p",
+                "50",
+            ])
+            .args(["--url", &a.url, "--url2", &b.url, "--store-pid", &store_pid])
+            .args(["--json", "--quiet"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+        assert_eq!(r["subscribers_on_url2"], on_url2, "{r}");
+        assert!(r["published"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["received"], r["expected_deliveries"], "{r}");
+        assert_eq!(r["lost"], 0, "{r}");
+        assert_eq!(r["duplicated"], 0, "{r}");
+        assert!(r["store_cpu_us_per_delivery"].is_number(), "{r}");
+    }
 }

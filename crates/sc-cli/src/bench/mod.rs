@@ -43,6 +43,8 @@ servers; scripts/bench does it for the project's peers.
 Examples:
   socketcluster bench echo -c 100 -k 8 --duration 10s --server-pid $(pgrep -n socketcluster)
   socketcluster bench fanout -s 1000 -p 1000 --json
+  socketcluster bench fanout -s 1000 -p 1000 --url ws://127.0.0.1:8000/socketcluster/ \
+      --url2 ws://127.0.0.1:8001/socketcluster/ --store-pid $(pgrep -n redis-server)
   socketcluster bench conns -n max --server-pid 1234";
 
 /// The scenarios.
@@ -59,7 +61,10 @@ enum Scenario {
     /// R/s; at the end every socket's `count` is read and checked against what it sent
     Ping(PingArgs),
     /// S subscribers on one channel, P publishes/s from another connection; reports
-    /// deliveries/s, publish-to-delivery latency, lost and duplicated messages and order violations
+    /// deliveries/s, publish-to-delivery latency, lost and duplicated messages and order
+    /// violations. With --url2 the subscribers are split over two servers sharing channels (a
+    /// store such as Redis) and the publisher stays on --url: fan-out across nodes, or with -s 1
+    /// a cross-node echo
     Fanout(FanoutArgs),
     /// Opens N connections (handshake done), holds them, and reports the server's memory per
     /// connection (`--server-pid`); source addresses are spread over 127.0.0.0/8
@@ -175,6 +180,19 @@ pub(crate) struct FanoutArgs {
     /// After the last publish, how long to wait for every subscriber to receive it
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     drain: Duration,
+    /// A second server sharing channels with --url (e.g. another `serve --store redis://…`):
+    /// the subscribers alternate between the two, the first on --url2, so it gets half of them
+    /// (rounded up; with -s 1 the only subscriber is there: a cross-node echo); the publisher
+    /// stays on --url
+    #[arg(long)]
+    url2: Option<String>,
+    /// Pid of the --url2 server, to report its CPU time (server2_cpu_*)
+    #[arg(long)]
+    server2_pid: Option<u32>,
+    /// Pid of the store both servers share (e.g. redis-server), to report its CPU time per
+    /// delivery and per publish (store_cpu_*; from /proc/PID/task/*/schedstat, in ns)
+    #[arg(long)]
+    store_pid: Option<u32>,
     #[command(flatten)]
     common: Common,
 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::proto::{Incoming, Protocol, field_u64, json_string, parse_u64};
-use super::stats::{CpuWindow, Report, SharedLatency, round1, rss_kib};
+use super::stats::{CpuWindow, Report, SharedLatency, cpu_time_fine, round1, round2, rss_kib};
 use super::ws::{Conn, Target};
 use super::{Common, ConnsArgs, EchoArgs, FanoutArgs, PingArgs, RateArgs};
 
@@ -688,6 +688,15 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
         return Err("--subscribers and --publish-rate must be at least 1".to_owned());
     }
     let proto = c.protocol;
+    // With --url2, subscribers 0, 2, 4, … go there: half of them (rounded up), all of one.
+    let target2 = match &a.url2 {
+        Some(url2) => {
+            r.set("url2", Value::from(url2.clone()));
+            r.num("subscribers_on_url2", a.subscribers.div_ceil(2));
+            Some(Target::resolve(url2, proto.extra_query()).await?)
+        }
+        None => None,
+    };
     let progress = Arc::new(Progress::default());
     let stop_progress = Arc::new(AtomicBool::new(false));
     let pr = spawn_progress(
@@ -700,13 +709,13 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     // Subscribers: connect and subscribe, 200 at a time.
     let sem = Arc::new(Semaphore::new(200));
     let mut opening = Vec::new();
-    for _ in 0..a.subscribers {
-        let (sem, target, progress, channel) = (
-            sem.clone(),
-            target.clone(),
-            progress.clone(),
-            a.channel.clone(),
-        );
+    for i in 0..a.subscribers {
+        let on = match &target2 {
+            Some(t2) if i % 2 == 0 => t2,
+            _ => &target,
+        };
+        let (sem, target, progress, channel) =
+            (sem.clone(), on.clone(), progress.clone(), a.channel.clone());
         opening.push(tokio::spawn(async move {
             let _permit = sem.acquire_owned().await.map_err(|e| e.to_string())?;
             let mut conn = open(&target, proto, None).await?;
@@ -746,6 +755,7 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     let mut seq: u64 = 0;
     let mut next = t0;
     let mut cpu = None;
+    let (mut cpu2, mut cpu_store) = (None, None);
     let tick = tokio::time::sleep_until(next);
     tokio::pin!(tick);
     let win_start = tokio::time::sleep_until(w.from);
@@ -754,7 +764,11 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     while next < w.to {
         tokio::select! {
             biased;
-            () = &mut win_start, if cpu.is_none() => cpu = Some(CpuWindow::start(c.server_pid)),
+            () = &mut win_start, if cpu.is_none() => {
+                cpu = Some(CpuWindow::start(c.server_pid));
+                cpu2 = Some(CpuWindow::start(a.server2_pid));
+                cpu_store = a.store_pid.and_then(cpu_time_fine);
+            }
             r = publisher.read_more() => {
                 r.map_err(|e| e.to_string())?;
                 publisher.drain_frames(|m, out| { proto.classify(m, out); })
@@ -784,6 +798,10 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
         publisher.flush().await.map_err(|e| e.to_string())?;
     }
     let used = cpu.unwrap_or_else(|| CpuWindow::start(c.server_pid)).end();
+    let used2 = cpu2.map(|w| w.end());
+    let used_store = cpu_store
+        .zip(a.store_pid.and_then(cpu_time_fine))
+        .map(|(from, to)| to.saturating_sub(from));
     let total = seq;
     // Drain: wait until every subscriber has seen the last publish, or --drain passes.
     let drain_end = Instant::now() + a.drain;
@@ -851,6 +869,24 @@ pub(super) async fn fanout(a: FanoutArgs) -> Result<Report, String> {
     r.set("drained", Value::from(drained));
     r.num("latency_samples", lat.len());
     used.report(&mut r, c.duration, in_window, "delivery");
+    let per =
+        |d: Duration| (d.as_secs_f64() * 1e6 / in_window.max(1) as f64 * 100.0).round() / 100.0;
+    if let Some(d) = used2.and_then(|u| u.server()) {
+        r.num("server2_cpu_pct", round1(d.as_secs_f64() / secs * 100.0));
+        r.num("server2_cpu_us_per_delivery", per(d));
+    }
+    if let Some(d) = used_store {
+        // From schedstat (ns), not 10 ms ticks: the store works a few ms a second here.
+        r.num("store_cpu_pct", round2(d.as_secs_f64() / secs * 100.0));
+        r.num(
+            "store_cpu_us_per_delivery",
+            (d.as_secs_f64() * 1e6 / in_window.max(1) as f64 * 1000.0).round() / 1000.0,
+        );
+        r.num(
+            "store_cpu_us_per_publish",
+            round2(d.as_secs_f64() * 1e6 / published_in_window.max(1) as f64),
+        );
+    }
     if let Some(p) = pr {
         let _ = p.await;
     }

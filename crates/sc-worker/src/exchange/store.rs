@@ -236,7 +236,10 @@ async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Queued>, counte
                     send_plain(&*store, &mut plain, &counters).await;
                     let mut tries = 0;
                     let result = loop {
-                        match store.publish_recorded(&channel, message.clone(), limits).await {
+                        match store
+                            .publish_recorded(&channel, message.clone(), limits)
+                            .await
+                        {
                             Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
                                 tries += 1;
                                 tokio::time::sleep(RETRY_MIN * tries).await;
