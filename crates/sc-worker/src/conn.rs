@@ -1316,7 +1316,13 @@ impl<T: Transport> Conn<T> {
             self.push_result(cid, &Ok(None));
             return;
         };
-        let rec = Recovery::new(self.socket.clone(), self.server.cfg.outbound_queue / 2);
+        // Through a store, what the socket has may still arrive after its catch-up.
+        let filter = self.server.store.is_some();
+        let rec = Recovery::new(
+            self.socket.clone(),
+            self.server.cfg.outbound_queue / 2,
+            filter,
+        );
         self.server
             .broker
             .subscribe(channel, Subscriber(Sub::Recovering(rec.clone())));

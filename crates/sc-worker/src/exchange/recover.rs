@@ -4,6 +4,7 @@
 //! duplicate and no reordering.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
 use sc_store::Position;
@@ -16,6 +17,13 @@ pub(crate) struct Recovery {
     socket: ScSocket,
     /// Live messages held while catching up before the socket counts as a slow consumer.
     cap: usize,
+    /// Whether messages the socket already has may still arrive once it caught up (through a
+    /// store: ones in flight when the history was read, and what a gap fill replays). The
+    /// in-process broker records and delivers under one lock, so after the catch-up everything
+    /// is news, and a delivery skips the state's lock.
+    filter: bool,
+    /// Caught up, and `filter` is off: deliver straight away.
+    direct: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -27,10 +35,12 @@ enum State {
 }
 
 impl Recovery {
-    pub(crate) fn new(socket: ScSocket, cap: usize) -> Arc<Self> {
+    pub(crate) fn new(socket: ScSocket, cap: usize, filter: bool) -> Arc<Self> {
         Arc::new(Recovery {
             socket,
             cap: cap.max(1),
+            filter,
+            direct: AtomicBool::new(false),
             state: Mutex::new(State::Holding(Vec::new())),
         })
     }
@@ -43,6 +53,9 @@ impl Recovery {
     /// catch-up that falls more than `cap` messages behind closes the socket as a slow consumer
     /// (it resumes from its position when it reconnects).
     pub(crate) fn deliver(&self, msg: &Arc<Published>) -> bool {
+        if self.direct.load(Ordering::Acquire) {
+            return self.socket.deliver(Out::Publish(msg.clone()));
+        }
         let mut state = self.state.lock();
         match &mut *state {
             State::Holding(held) => {
@@ -75,6 +88,9 @@ impl Recovery {
             }
         }
         *state = State::Live(position);
+        if !self.filter {
+            self.direct.store(true, Ordering::Release);
+        }
     }
 }
 
