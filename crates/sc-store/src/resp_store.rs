@@ -508,6 +508,35 @@ if from <= latest and (ARGV[1] == '-' or from + 1 >= first) then out[3] = 1 end
 return out
 ";
 
+/// `SC.HISTPUB` for the store server and the equivalent script for Redis.
+fn histpub_cmds(
+    channel: &str,
+    message: &[u8],
+    limits: HistoryLimits,
+) -> Result<(redis::Cmd, redis::Cmd)> {
+    let max_age = millis(limits.max_age)?;
+    let max_len = limits.max_len.max(1);
+    let native = redis::cmd("SC.HISTPUB")
+        .arg(channel)
+        .arg(max_len)
+        .arg(max_age)
+        .arg(message)
+        .clone();
+    let (hash, stream) = history_keys(channel);
+    let script = redis::cmd("EVAL")
+        .arg(HISTPUB_SCRIPT)
+        .arg(2)
+        .arg(hash)
+        .arg(stream)
+        .arg(channel)
+        .arg(max_len)
+        .arg(max_age)
+        .arg(message)
+        .arg(crate::history::new_epoch())
+        .clone();
+    Ok((native, script))
+}
+
 /// The keys of a channel's history on Redis: its hash and its stream (one hash tag, so a Redis
 /// Cluster keeps both in one slot).
 fn history_keys(channel: &str) -> (String, String) {
@@ -768,29 +797,52 @@ impl Store for RespStore {
         limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
-            let max_age = millis(limits.max_age)?;
-            let max_len = limits.max_len.max(1);
-            let native = redis::cmd("SC.HISTPUB")
-                .arg(channel)
-                .arg(max_len)
-                .arg(max_age)
-                .arg(message.as_ref())
-                .clone();
-            let (hash, stream) = history_keys(channel);
-            let script = redis::cmd("EVAL")
-                .arg(HISTPUB_SCRIPT)
-                .arg(2)
-                .arg(hash)
-                .arg(stream)
-                .arg(channel)
-                .arg(max_len)
-                .arg(max_age)
-                .arg(message.as_ref())
-                .arg(crate::history::new_epoch())
-                .clone();
+            let (native, script) = histpub_cmds(channel, &message, limits)?;
             let (offset, epoch): (u64, String) =
                 self.history_query(channel, &native, &script).await?;
             Ok(Position { offset, epoch })
+        })
+    }
+
+    fn publish_recorded_many<'a>(
+        &'a self,
+        messages: &'a [(Arc<str>, Bytes, HistoryLimits)],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            use std::sync::atomic::Ordering;
+            let mode = &self.inner.history_mode;
+            let mut rest = messages;
+            // Until the store's kind is known, one at a time: the first answer tells.
+            while mode.load(Ordering::Relaxed) == HISTORY_UNKNOWN {
+                let Some(((channel, message, limits), tail)) = rest.split_first() else {
+                    return Ok(());
+                };
+                self.publish_recorded(channel, message.clone(), *limits)
+                    .await?;
+                rest = tail;
+            }
+            let script = mode.load(Ordering::Relaxed) == HISTORY_SCRIPT;
+            // One pipeline per node, in the messages' order; the nodes concurrently.
+            let nodes = &self.inner.nodes;
+            let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
+            for (channel, message, limits) in rest {
+                let (native, scripted) = histpub_cmds(channel, message, *limits)?;
+                let i = hash::owner(&self.inner.seeds, channel.as_bytes()).min(nodes.len() - 1);
+                if let Some(slot) = pipes.get_mut(i) {
+                    slot.get_or_insert_with(redis::pipe)
+                        .add_command(if script { scripted } else { native })
+                        .ignore();
+                }
+            }
+            let sends = pipes
+                .into_iter()
+                .zip(nodes.iter())
+                .filter_map(|(pipe, node)| pipe.map(|p| (p, node.conn.clone())))
+                .map(|(pipe, mut conn)| async move { pipe.query_async::<()>(&mut conn).await });
+            for r in futures_util::future::join_all(sends).await {
+                r?;
+            }
+            Ok(())
         })
     }
 

@@ -146,6 +146,23 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
         no_history()
     }
 
+    /// Records and publishes `messages` (channel, message, limits) in their order, as
+    /// [`publish_recorded`](Self::publish_recorded) does each: a store over the network sends
+    /// them together (one pipeline per node). This default records them one after the other.
+    /// On an error, some may have been recorded and the rest not.
+    fn publish_recorded_many<'a>(
+        &'a self,
+        messages: &'a [(std::sync::Arc<str>, Bytes, HistoryLimits)],
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            for (channel, message, limits) in messages {
+                self.publish_recorded(channel, message.clone(), *limits)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
+
     /// The recorded messages of `channel` after offset `after` (every one kept with `None`), at
     /// most `limit`, with the history's epoch and latest offset. A channel without a history
     /// starts one here (a new epoch, nothing recorded, kept as `limits` keep a publish), so the

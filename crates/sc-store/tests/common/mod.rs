@@ -613,4 +613,32 @@ pub async fn history(s: &dyn Store, other: &dyn Store, p: &str) {
             "in offset order"
         );
     }
+
+    // Many at once (one pipeline per node over the network), two channels interleaved: each
+    // channel's offsets continue in order, and subscribers see them so.
+    let ch2 = format!("{p}hist2");
+    let mut sub2 = other.subscribe(&ch2).await.unwrap();
+    let batch: Vec<(std::sync::Arc<str>, bytes::Bytes, HistoryLimits)> = (0..20)
+        .map(|i| {
+            let c = if i % 2 == 0 { &ch } else { &ch2 };
+            (std::sync::Arc::from(c.as_str()), b(&format!("m{i}")), wide)
+        })
+        .collect();
+    s.publish_recorded_many(&batch).await.unwrap();
+    for (want, i) in (106..=115u64).zip((0..20).step_by(2)) {
+        let StoreEvent::Message(m) = next(&mut sub).await else {
+            panic!("expected a message")
+        };
+        let (pos, msg) = decode_envelope(&m).unwrap();
+        assert_eq!((pos.offset, msg), (want, b(&format!("m{i}"))));
+    }
+    for (want, i) in (1..=10u64).zip((1..20).step_by(2)) {
+        let StoreEvent::Message(m) = next(&mut sub2).await else {
+            panic!("expected a message")
+        };
+        let (pos, msg) = decode_envelope(&m).unwrap();
+        assert_eq!((pos.offset, msg), (want, b(&format!("m{i}"))));
+    }
+    let h = other.history(&ch2, None, 100, wide).await.unwrap();
+    assert_eq!(h.latest, 10);
 }

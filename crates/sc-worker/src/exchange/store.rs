@@ -219,53 +219,77 @@ impl Published {
 }
 
 /// Sends one lane's queued publishes to the store: what is queued goes as one batch
-/// ([`Store::publish_many`]: one round trip per node, in order), and the next batch once the
-/// store has acknowledged it, so the store sees a lane's publishes in publication order. A
-/// publish on a channel with a history is recorded ([`Store::publish_recorded`]) in its turn.
+/// ([`Store::publish_many`], or [`Store::publish_recorded_many`] for a run of publishes on
+/// channels with a history: one round trip per node, in order), and the next batch once the
+/// store has acknowledged it, so the store sees a lane's publishes in publication order.
 async fn publisher(store: Arc<dyn Store>, mut rx: mpsc::Receiver<Queued>, counters: Arc<Counters>) {
     let mut batch = Vec::with_capacity(BATCH);
     let mut plain = Vec::with_capacity(BATCH);
+    let mut recorded = Vec::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
         // Counted when sent (a subscriber may see the message before the store answers), and
         // as failed once the store said so.
         counters.store(batch.len() as u64, 0);
         for (channel, message, limits) in batch.drain(..) {
             match limits {
-                None => plain.push((channel, message)),
+                None => {
+                    send(&*store, &mut recorded, &counters).await;
+                    plain.push((channel, message));
+                }
                 Some(limits) => {
-                    send_plain(&*store, &mut plain, &counters).await;
-                    let mut tries = 0;
-                    let result = loop {
-                        match store
-                            .publish_recorded(&channel, message.clone(), limits)
-                            .await
-                        {
-                            Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
-                                tries += 1;
-                                tokio::time::sleep(RETRY_MIN * tries).await;
-                            }
-                            r => break r,
-                        }
-                    };
-                    if let Err(e) = result {
-                        counters.store(0, 1);
-                        tracing::warn!(channel = %channel, error = %e, "recorded publish to the store failed: message lost");
-                    }
+                    send(&*store, &mut plain, &counters).await;
+                    recorded.push((channel, message, limits));
                 }
             }
         }
-        send_plain(&*store, &mut plain, &counters).await;
+        send(&*store, &mut plain, &counters).await;
+        send(&*store, &mut recorded, &counters).await;
     }
 }
 
-/// Publishes `plain` (channels without history) as one batch, and empties it.
-async fn send_plain(store: &dyn Store, plain: &mut Vec<(Arc<str>, Bytes)>, counters: &Counters) {
-    if plain.is_empty() {
+/// A batch of publishes a lane sends in one go.
+trait Outgoing: Sized + Send + Sync {
+    /// Sends `batch` to `store` in its order.
+    fn send<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> sc_store::BoxFuture<'a, sc_store::Result<()>>;
+    /// The channel, for the log.
+    fn channel(&self) -> &Arc<str>;
+}
+
+impl Outgoing for (Arc<str>, Bytes) {
+    fn send<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> sc_store::BoxFuture<'a, sc_store::Result<()>> {
+        store.publish_many(batch)
+    }
+    fn channel(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+impl Outgoing for (Arc<str>, Bytes, HistoryLimits) {
+    fn send<'a>(
+        store: &'a dyn Store,
+        batch: &'a [Self],
+    ) -> sc_store::BoxFuture<'a, sc_store::Result<()>> {
+        store.publish_recorded_many(batch)
+    }
+    fn channel(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+/// Sends `batch` as one (tried again when the store connection failed), and empties it.
+async fn send<T: Outgoing>(store: &dyn Store, batch: &mut Vec<T>, counters: &Counters) {
+    if batch.is_empty() {
         return;
     }
     let mut tries = 0;
     let result = loop {
-        match store.publish_many(plain).await {
+        match T::send(store, batch).await {
             Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
                 tries += 1;
                 tokio::time::sleep(RETRY_MIN * tries).await;
@@ -274,12 +298,12 @@ async fn send_plain(store: &dyn Store, plain: &mut Vec<(Arc<str>, Bytes)>, count
         }
     };
     if let Err(e) = result {
-        let n = plain.len() as u64;
+        let n = batch.len() as u64;
         counters.store(0, n);
-        let first = plain.first().map(|(c, _)| c.clone());
+        let first = batch.first().map(|m| m.channel().clone());
         tracing::warn!(messages = n, first_channel = ?first, error = %e, "publish to the store failed: messages of this batch may be lost");
     }
-    plain.clear();
+    batch.clear();
 }
 
 /// What the task following a channel's store subscription uses.
