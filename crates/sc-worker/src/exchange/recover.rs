@@ -17,10 +17,12 @@ pub(crate) struct Recovery {
     socket: ScSocket,
     /// Live messages held while catching up before the socket counts as a slow consumer.
     cap: usize,
-    /// Whether messages the socket already has may still arrive once it caught up (through a
-    /// store: ones in flight when the history was read, and what a gap fill replays). The
-    /// in-process broker records and delivers under one lock, so after the catch-up everything
-    /// is news, and a delivery skips the state's lock.
+    /// Whether messages the socket already has may still arrive once it caught up: through a
+    /// store, ones that were in flight when the history was read (the channel's task delivers
+    /// in the store's order, so once one newer than the socket's position came, everything
+    /// after it is news too). The in-process broker records and delivers under one lock, so
+    /// after the catch-up everything is news at once. From then on a delivery skips the
+    /// state's lock.
     filter: bool,
     /// Caught up, and `filter` is off: deliver straight away.
     direct: AtomicBool,
@@ -69,7 +71,16 @@ impl Recovery {
                 held.push(msg.clone());
                 true
             }
-            State::Live(at) => !follows(at, msg) || self.socket.deliver(Out::Publish(msg.clone())),
+            State::Live(at) => {
+                if !follows(at, msg) {
+                    return true;
+                }
+                if !msg.gap {
+                    // A live message past the position: nothing older can come after it.
+                    self.direct.store(true, Ordering::Release);
+                }
+                self.socket.deliver(Out::Publish(msg.clone()))
+            }
         }
     }
 
@@ -82,13 +93,19 @@ impl Recovery {
             State::Holding(held) => std::mem::take(held),
             State::Live(_) => Vec::new(),
         };
-        for msg in first.into_iter().chain(held) {
-            if follows(&mut position, &msg) && !self.socket.deliver(Out::Publish(msg)) {
+        let mut live_news = false;
+        let first = first.into_iter().map(|m| (m, false));
+        for (msg, live) in first.chain(held.into_iter().map(|m| (m, true))) {
+            if !follows(&mut position, &msg) {
+                continue;
+            }
+            live_news |= live && !msg.gap;
+            if !self.socket.deliver(Out::Publish(msg)) {
                 break;
             }
         }
         *state = State::Live(position);
-        if !self.filter {
+        if !self.filter || live_news {
             self.direct.store(true, Ordering::Release);
         }
     }
