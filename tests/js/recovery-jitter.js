@@ -192,6 +192,7 @@ function serveJitterThread() {
               const target = Atomics.load(published, 0);
               c.catchUpTarget = c.expected >= target ? null : target;
               if (c.catchUpTarget == null) c.catchUps.push(0);
+              changed();
             }
           })();
           const ch = c.recovery.subscribe(channel);
@@ -215,11 +216,24 @@ function serveJitterThread() {
         if (c.offline) back(c);
       }
       try {
-        await until(() => clients.every((c) => c.expected >= totalPublished), ms, `every client to have ${totalPublished} messages`);
+        // A client force-closed just after the last message already has them all: wait for its
+        // reconnect too, so that every force-close is matched by one.
+        await until(
+          () => clients.every((c) => c.expected >= totalPublished && c.reconnects === c.closes && !c.offline),
+          ms,
+          `every client connected again with ${totalPublished} messages`
+        );
       } catch (err) {
-        const behind = clients.filter((c) => c.expected < totalPublished);
+        const behind = clients.filter((c) => c.expected < totalPublished || c.reconnects !== c.closes);
         err.message += `: ${behind.length} behind, e.g. ${JSON.stringify(
-          behind.slice(0, 3).map((c) => ({ index: c.index, expected: c.expected, state: c.socket.state, gaps: c.gaps }))
+          behind.slice(0, 3).map((c) => ({
+            index: c.index,
+            expected: c.expected,
+            closes: c.closes,
+            reconnects: c.reconnects,
+            state: c.socket.state,
+            gaps: c.gaps,
+          }))
         )}`;
         throw err;
       }
