@@ -6,8 +6,10 @@ mod error;
 mod hash;
 pub mod history;
 mod memory;
+mod pubsub;
 mod resp_store;
 pub mod server;
+mod slot;
 mod store;
 
 #[doc(inline)]

@@ -14,9 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink, PubSubStream};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{IntoConnectionInfo, Value};
 use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
@@ -24,6 +23,8 @@ use tokio::task::JoinHandle;
 use crate::db::Hasher;
 use crate::hash;
 use crate::history::{History, HistoryLimits, Position};
+use crate::pubsub::{self, Kind, PubSubSink, PubSubStream};
+use crate::slot;
 use crate::store::{BoxFuture, Release};
 use crate::{Error, KeyTtl, Result, Store, StoreEvent, Subscription};
 
@@ -105,8 +106,33 @@ struct Inner {
     history_mode: std::sync::atomic::AtomicU8,
     response_timeout: Duration,
     nodes: Vec<Node>,
-    seeds: Vec<u64>,
+    routing: Routing,
     tasks: Vec<JoinHandle<()>>,
+}
+
+/// Which node owns a name.
+enum Routing {
+    /// Store processes, or Redis servers each on its own: rendezvous hashing over the nodes'
+    /// seeds.
+    Rendezvous(Vec<u64>),
+    /// A Redis Cluster: the node serving each hash slot (indexes into `nodes`), as the cluster
+    /// said at connect.
+    Slots(Box<[u16]>),
+}
+
+impl Routing {
+    fn owner(&self, name: &[u8]) -> usize {
+        match self {
+            Routing::Rendezvous(seeds) => hash::owner(seeds, name),
+            Routing::Slots(table) => table
+                .get(usize::from(slot::slot(name)))
+                .map_or(0, |&i| usize::from(i)),
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Routing::Slots(_))
+    }
 }
 
 impl Drop for Inner {
@@ -170,7 +196,7 @@ impl Release for PubSubNode {
                 st.channels.remove(&channel);
                 st.sink.clone()
             };
-            if let Some(mut sink) = sink
+            if let Some(sink) = sink
                 && let Err(e) = sink.unsubscribe(&channel).await
             {
                 tracing::debug!(error = %e, channel, "unsubscribe failed");
@@ -200,11 +226,29 @@ fn backoff(delay: Duration, config: &RespConfig) -> Duration {
         .max(config.reconnect_min_delay)
 }
 
+/// Where the pub/sub connection of node `client` goes.
+fn pubsub_target(client: &redis::Client, kind: Kind) -> Result<pubsub::Target> {
+    let info = client.get_connection_info();
+    let redis::ConnectionAddr::Tcp(host, port) = info.addr() else {
+        return Err(Error::InvalidArgument(
+            "only redis:// (TCP) store addresses are supported",
+        ));
+    };
+    let settings = info.redis_settings();
+    Ok(pubsub::Target {
+        host: host.clone(),
+        port: *port,
+        username: settings.username().map(str::to_owned),
+        password: settings.password().map(str::to_owned),
+        kind,
+    })
+}
+
 /// Owns a node's pub/sub connection: delivers messages, and after a lost connection reconnects,
 /// re-subscribes every channel, then tells every subscriber of the node about the gap.
 async fn pubsub_task(
     node: Arc<PubSubNode>,
-    client: redis::Client,
+    target: pubsub::Target,
     mut stream: PubSubStream,
     config: RespConfig,
     id: String,
@@ -218,16 +262,14 @@ async fn pubsub_task(
                 msg = stream.next() => {
                     let Some(msg) = msg else { break };
                     let st = node.state.lock();
-                    if let Some(tx) = st.channels.get(msg.get_channel_name()) {
-                        let _ = tx.send(StoreEvent::Message(Bytes::copy_from_slice(
-                            msg.get_payload_bytes(),
-                        )));
+                    if let Some(tx) = st.channels.get(msg.channel()) {
+                        let _ = tx.send(StoreEvent::Message(msg.payload));
                     }
                 }
                 _ = ping.tick() => {
                     let sink = node.state.lock().sink.clone();
-                    let Some(mut sink) = sink else { break };
-                    let pong = tokio::time::timeout(config.response_timeout, sink.ping::<Value>());
+                    let Some(sink) = sink else { break };
+                    let pong = tokio::time::timeout(config.response_timeout, sink.ping());
                     if !matches!(pong.await, Ok(Ok(_))) {
                         break;
                     }
@@ -240,17 +282,13 @@ async fn pubsub_task(
         loop {
             tokio::time::sleep(delay).await;
             delay = backoff(delay, &config);
-            let ps = match tokio::time::timeout(config.connect_timeout, client.get_async_pubsub())
-                .await
-            {
-                Ok(Ok(ps)) => ps,
-                Ok(Err(e)) => {
+            let (sink, new_stream) = match pubsub::connect(&target, config.connect_timeout).await {
+                Ok(ps) => ps,
+                Err(e) => {
                     tracing::debug!(node = %id, error = %e, "pub/sub reconnect failed");
                     continue;
                 }
-                Err(_) => continue,
             };
-            let (mut sink, new_stream) = ps.split();
             let _ops = node.ops.lock().await;
             let channels: Vec<String> = node.state.lock().channels.keys().cloned().collect();
             if !channels.is_empty() {
@@ -275,7 +313,7 @@ async fn pubsub_task(
 
 /// What [`connect_node`] sets up for one node.
 struct NodeParts {
-    client: redis::Client,
+    target: pubsub::Target,
     conn: ConnectionManager,
     sink: PubSubSink,
     stream: PubSubStream,
@@ -315,8 +353,9 @@ async fn check_node(client: &redis::Client, config: &RespConfig) -> Result<()> {
 
 /// Sets up node `id`: checks it takes our credentials ([`check_node`]), then opens the command
 /// connection and the pub/sub connection and runs an authenticated `PING` on each.
-async fn connect_node(id: &str, config: &RespConfig) -> Result<NodeParts> {
+async fn connect_node(id: &str, config: &RespConfig, kind: Kind) -> Result<NodeParts> {
     let client = client_for(id, config)?;
+    let target = pubsub_target(&client, kind)?;
     check_node(&client, config).await?;
     let manager_config = ConnectionManagerConfig::new()
         .set_min_delay(config.reconnect_min_delay)
@@ -326,10 +365,10 @@ async fn connect_node(id: &str, config: &RespConfig) -> Result<NodeParts> {
         .set_response_timeout(Some(config.response_timeout));
     let mut conn = ConnectionManager::new_with_config(client.clone(), manager_config).await?;
     let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
-    let (mut sink, stream) = client.get_async_pubsub().await?.split();
-    let _: Value = sink.ping().await?;
+    let (sink, stream) = pubsub::connect(&target, config.connect_timeout).await?;
+    sink.ping().await?;
     Ok(NodeParts {
-        client,
+        target,
         conn,
         sink,
         stream,
@@ -371,24 +410,45 @@ impl RespStore {
         }
         let runtime = tokio::runtime::Handle::current();
         let limit = config.connect_timeout;
-        let results = futures_util::future::join_all(config.nodes.iter().map(|id| {
+        let timed_out = || {
+            Error::Connection(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {limit:?}"),
+            )))
+        };
+        // A node of a Redis Cluster names the cluster's masters: they are the nodes.
+        let seed = &config.nodes[0];
+        let cluster = match tokio::time::timeout(limit, discover(seed, &config)).await {
+            Ok(found) => found.map_err(|e| e.at_node(seed))?,
+            Err(_) => return Err(timed_out().at_node(seed)),
+        };
+        let (ids, kind, routing) = match cluster {
+            Some((masters, table)) => (masters, Kind::Sharded, Routing::Slots(table)),
+            None => {
+                let seeds = config.nodes.iter().map(|id| hash::node_seed(id)).collect();
+                (
+                    config.nodes.clone(),
+                    Kind::Plain,
+                    Routing::Rendezvous(seeds),
+                )
+            }
+        };
+        let results = futures_util::future::join_all(ids.iter().map(|id| {
             let config = &config;
             async move {
-                let parts = match tokio::time::timeout(limit, connect_node(id, config)).await {
+                let parts = match tokio::time::timeout(limit, connect_node(id, config, kind)).await
+                {
                     Ok(parts) => parts,
-                    Err(_) => Err(Error::Connection(Box::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        format!("no answer within {limit:?}"),
-                    )))),
+                    Err(_) => Err(timed_out()),
                 };
                 parts.map_err(|e| e.at_node(id))
             }
         }))
         .await;
-        let mut nodes = Vec::with_capacity(config.nodes.len());
-        let mut tasks = Vec::with_capacity(config.nodes.len());
+        let mut nodes = Vec::with_capacity(ids.len());
+        let mut tasks = Vec::with_capacity(ids.len());
         let parts = results.into_iter().collect::<Result<Vec<_>>>()?;
-        for (id, part) in config.nodes.iter().zip(parts) {
+        for (id, part) in ids.iter().zip(parts) {
             let pubsub = Arc::new_cyclic(|me| PubSubNode {
                 ops: tokio::sync::Mutex::new(()),
                 state: Mutex::new(PubSubState {
@@ -401,7 +461,7 @@ impl RespStore {
             });
             tasks.push(runtime.spawn(pubsub_task(
                 pubsub.clone(),
-                part.client,
+                part.target,
                 part.stream,
                 config.clone(),
                 id.clone(),
@@ -412,33 +472,170 @@ impl RespStore {
                 pubsub,
             });
         }
-        let seeds = nodes.iter().map(|n| hash::node_seed(&n.id)).collect();
+        if let Routing::Slots(_) = routing {
+            tracing::info!(masters = ?ids, "store: a Redis Cluster; sharded pub/sub on its masters");
+        }
         Ok(RespStore {
             inner: Arc::new(Inner {
                 history_mode: std::sync::atomic::AtomicU8::new(HISTORY_UNKNOWN),
                 response_timeout: config.response_timeout,
                 nodes,
-                seeds,
+                routing,
                 tasks,
             }),
         })
     }
 
-    /// The address (as configured) of the node that owns `name`, a key or a channel.
+    /// The address of the node that owns `name`, a key or a channel: as configured, or on a
+    /// Redis Cluster the master serving its slot.
     pub fn node_of(&self, name: &str) -> &str {
         &self.node(name).id
     }
 
-    fn node(&self, name: &str) -> &Node {
-        let i = hash::owner(&self.inner.seeds, name.as_bytes());
+    /// Whether the store is a Redis Cluster (found at connect: its masters are the nodes, and
+    /// channels use sharded pub/sub).
+    pub fn is_redis_cluster(&self) -> bool {
+        self.inner.routing.is_cluster()
+    }
+
+    fn node_index(&self, name: &[u8]) -> usize {
         // `owner` returns an index below the number of nodes, and there is at least one node.
-        &self.inner.nodes[i.min(self.inner.nodes.len() - 1)]
+        self.inner
+            .routing
+            .owner(name)
+            .min(self.inner.nodes.len() - 1)
+    }
+
+    fn node(&self, name: &str) -> &Node {
+        &self.inner.nodes[self.node_index(name.as_bytes())]
     }
 
     async fn query<T: redis::FromRedisValue>(&self, key: &str, cmd: &redis::Cmd) -> Result<T> {
         let mut conn = self.node(key).conn.clone();
-        Ok(cmd.query_async(&mut conn).await?)
+        cmd.query_async(&mut conn).await.map_err(|e| {
+            let e = Error::from(e);
+            match e {
+                Error::Reply(r) if r.starts_with("MOVED") || r.starts_with("ASK") => {
+                    Error::Reply(format!(
+                        "{r} (the Redis Cluster's slots moved since this process connected; \
+                         it reads them again when it connects)"
+                    ))
+                }
+                e => e,
+            }
+        })
     }
+
+    /// `PUBLISH`, or on a Redis Cluster `SPUBLISH` (a channel's messages stay on its shard).
+    fn publish_command(&self) -> &'static str {
+        if self.inner.routing.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        }
+    }
+}
+
+/// Asks node `seed` whether it belongs to a Redis Cluster (after checking it takes our
+/// credentials): if so, the cluster's masters (as `host:port`, or as URLs like the seed's when
+/// it is one) and the index of the master serving each slot; `None` for a Redis without
+/// cluster support or a store process.
+async fn discover(seed: &str, config: &RespConfig) -> Result<Option<(Vec<String>, Box<[u16]>)>> {
+    let client = client_for(seed, config)?;
+    check_node(&client, config).await?;
+    let connection = redis::AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(config.connect_timeout))
+        .set_response_timeout(Some(config.response_timeout));
+    let mut conn = client
+        .get_multiplexed_async_connection_with_config(&connection)
+        .await?;
+    let slots: Value = match redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await
+    {
+        Ok(v) => v,
+        // "cluster support disabled" (Redis), "unknown command" (a store process).
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ResponseError) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let redis::ConnectionAddr::Tcp(seed_host, _) = client.get_connection_info().addr() else {
+        return Ok(None);
+    };
+    parse_cluster_slots(slots, seed, seed_host).map(Some)
+}
+
+/// A `CLUSTER SLOTS` answer as the masters and the slot table of [`discover`].
+fn parse_cluster_slots(
+    slots: Value,
+    seed: &str,
+    seed_host: &str,
+) -> Result<(Vec<String>, Box<[u16]>)> {
+    let bad = || Error::Reply("malformed CLUSTER SLOTS reply".to_owned());
+    let Value::Array(ranges) = slots else {
+        return Err(bad());
+    };
+    let mut masters: Vec<String> = Vec::new();
+    let mut table = vec![u16::MAX; slot::SLOTS].into_boxed_slice();
+    for range in ranges {
+        let Value::Array(fields) = range else {
+            return Err(bad());
+        };
+        let mut it = fields.into_iter();
+        let start: usize =
+            redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let end: usize = redis::from_redis_value(it.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let Some(Value::Array(master)) = it.next() else {
+            return Err(bad());
+        };
+        let mut m = master.into_iter();
+        let host: String = redis::from_redis_value(m.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        let port: u16 = redis::from_redis_value(m.next().ok_or_else(bad)?).map_err(|_| bad())?;
+        // An empty host (or `?`) means the node's own address is unknown to it: the seed's.
+        let host = if host.is_empty() || host == "?" {
+            seed_host.to_owned()
+        } else {
+            host
+        };
+        let id = like_seed(seed, &host, port);
+        let index = match masters.iter().position(|m| *m == id) {
+            Some(i) => i,
+            None => {
+                masters.push(id);
+                masters.len() - 1
+            }
+        };
+        let index = u16::try_from(index).map_err(|_| bad())?;
+        if start > end || end >= slot::SLOTS {
+            return Err(bad());
+        }
+        table[start..=end].fill(index);
+    }
+    if let Some(free) = table.iter().position(|&i| i == u16::MAX) {
+        return Err(Error::Reply(format!(
+            "the Redis Cluster serves no master for slot {free} (is it still being set up?)"
+        )));
+    }
+    Ok((masters, table))
+}
+
+/// `host:port` written as the seed is: a bare address, or the seed's URL (scheme, credentials,
+/// database) with this address.
+fn like_seed(seed: &str, host: &str, port: u16) -> String {
+    let addr = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let Some((scheme, rest)) = seed.split_once("://") else {
+        return addr;
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(authority_end);
+    let credentials = authority.rfind('@').map_or("", |at| &authority[..=at]);
+    format!("{scheme}://{credentials}{addr}{path}")
 }
 
 const HISTORY_UNKNOWN: u8 = 0;
@@ -448,7 +645,8 @@ const HISTORY_SCRIPT: u8 = 2;
 /// Redis: records a message and publishes its envelope, in one step. KEYS: the channel's
 /// history hash (`e` epoch, `n` latest offset, `a` max age in ms) and its stream (entries with
 /// the id `0-<offset>`, fields `d` data and `t` time in ms). ARGV: channel, max length, max age
-/// in ms, message, an epoch to start with when the channel has no history.
+/// in ms, message, an epoch to start with when the channel has no history, the publish command
+/// (`PUBLISH`, or `SPUBLISH` on a Redis Cluster: the keys are in the channel's slot).
 const HISTPUB_SCRIPT: &str = r"
 local e = redis.call('HGET', KEYS[1], 'e')
 if not e then
@@ -463,7 +661,7 @@ local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. n, 'd', ARGV[4], 't', ms)
 redis.call('PEXPIRE', KEYS[1], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[3])
-redis.call('PUBLISH', ARGV[1], '#' .. n .. ':' .. e .. ':' .. ARGV[4])
+redis.call(ARGV[6], ARGV[1], '#' .. n .. ':' .. e .. ':' .. ARGV[4])
 return {n, e}
 ";
 
@@ -513,6 +711,7 @@ fn histpub_cmds(
     channel: &str,
     message: &[u8],
     limits: HistoryLimits,
+    publish: &str,
 ) -> Result<(redis::Cmd, redis::Cmd)> {
     let max_age = millis(limits.max_age)?;
     let max_len = limits.max_len.max(1);
@@ -522,7 +721,7 @@ fn histpub_cmds(
         .arg(max_age)
         .arg(message)
         .clone();
-    let (hash, stream) = history_keys(channel);
+    let (hash, stream) = history_keys(channel, publish == "SPUBLISH")?;
     let script = redis::cmd("EVAL")
         .arg(HISTPUB_SCRIPT)
         .arg(2)
@@ -533,17 +732,36 @@ fn histpub_cmds(
         .arg(max_age)
         .arg(message)
         .arg(crate::history::new_epoch())
+        .arg(publish)
         .clone();
     Ok((native, script))
 }
 
-/// The keys of a channel's history on Redis: its hash and its stream (one hash tag, so a Redis
-/// Cluster keeps both in one slot).
-fn history_keys(channel: &str) -> (String, String) {
-    (
+/// The keys of a channel's history on Redis: its hash and its stream, both with the hash tag
+/// that puts them in the channel's own slot (the channel's hash tag when it has one, else its
+/// name), so that on a Redis Cluster the script that records a publish runs where the channel
+/// is published. A name with a `}` outside a hash tag cannot be written as such a tag: on a
+/// Redis Cluster (`cluster`) its history is refused.
+fn history_keys(channel: &str, cluster: bool) -> Result<(String, String)> {
+    let part = slot::hashed_part(channel.as_bytes());
+    if part.len() < channel.len() {
+        // A hash tag: ASCII braces around it, so its bounds are character boundaries.
+        let tag = String::from_utf8_lossy(part);
+        return Ok((
+            format!("sc:hist:{{{tag}}}:{channel}"),
+            format!("sc:hist-s:{{{tag}}}:{channel}"),
+        ));
+    }
+    if cluster && channel.contains('}') {
+        return Err(Error::InvalidArgument(
+            "on a Redis Cluster, a channel with history cannot have `}` in its name outside a \
+             `{hash tag}`",
+        ));
+    }
+    Ok((
         format!("sc:hist:{{{channel}}}"),
         format!("sc:hist-s:{{{channel}}}"),
-    )
+    ))
 }
 
 /// Whether `e` says the server does not know the command (Redis, for `SC.HISTPUB`).
@@ -781,7 +999,7 @@ impl Store for RespStore {
 
     fn publish<'a>(&'a self, channel: &'a str, message: Bytes) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            let cmd = redis::cmd("PUBLISH")
+            let cmd = redis::cmd(self.publish_command())
                 .arg(channel)
                 .arg(message.as_ref())
                 .clone();
@@ -797,7 +1015,7 @@ impl Store for RespStore {
         limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
-            let (native, script) = histpub_cmds(channel, &message, limits)?;
+            let (native, script) = histpub_cmds(channel, &message, limits, self.publish_command())?;
             let (offset, epoch): (u64, String) =
                 self.history_query(channel, &native, &script).await?;
             Ok(Position { offset, epoch })
@@ -826,8 +1044,9 @@ impl Store for RespStore {
             let nodes = &self.inner.nodes;
             let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
             for (channel, message, limits) in rest {
-                let (native, scripted) = histpub_cmds(channel, message, *limits)?;
-                let i = hash::owner(&self.inner.seeds, channel.as_bytes()).min(nodes.len() - 1);
+                let (native, scripted) =
+                    histpub_cmds(channel, message, *limits, self.publish_command())?;
+                let i = self.node_index(channel.as_bytes());
                 if let Some(slot) = pipes.get_mut(i) {
                     slot.get_or_insert_with(redis::pipe)
                         .add_command(if script { scripted } else { native })
@@ -863,7 +1082,7 @@ impl Store for RespStore {
                 .arg(limits.max_len.max(1))
                 .arg(max_age)
                 .clone();
-            let (hash, stream) = history_keys(channel);
+            let (hash, stream) = history_keys(channel, self.inner.routing.is_cluster())?;
             let script = redis::cmd("EVAL")
                 .arg(HISTREAD_SCRIPT)
                 .arg(2)
@@ -884,10 +1103,10 @@ impl Store for RespStore {
             let nodes = &self.inner.nodes;
             let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
             for (channel, message) in messages {
-                let i = hash::owner(&self.inner.seeds, channel.as_bytes()).min(nodes.len() - 1);
+                let i = self.node_index(channel.as_bytes());
                 if let Some(slot) = pipes.get_mut(i) {
                     slot.get_or_insert_with(redis::pipe)
-                        .cmd("PUBLISH")
+                        .cmd(self.publish_command())
                         .arg(&**channel)
                         .arg(message.as_ref())
                         .ignore();
@@ -921,16 +1140,16 @@ impl Store for RespStore {
             };
             // When the connection is being replaced, the re-subscription covers this channel
             // and the subscriber then gets a Gap.
-            if let Some(mut sink) = sink {
+            if let Some(sink) = sink {
                 let failed = match tokio::time::timeout(
                     self.inner.response_timeout,
-                    sink.subscribe(channel),
+                    sink.subscribe(&[channel]),
                 )
                 .await
                 {
                     Ok(Ok(())) => None,
-                    Ok(Err(e)) if e.is_connection_dropped() || e.is_io_error() => None,
-                    Ok(Err(e)) => Some(Error::from(e)),
+                    Ok(Err(e)) if e.is_connection() => None,
+                    Ok(Err(e)) => Some(e),
                     Err(elapsed) => Some(Error::Connection(Box::new(elapsed))),
                 };
                 if let Some(e) = failed {
@@ -962,7 +1181,7 @@ impl Store for RespStore {
                 }
                 st.sink.clone()
             };
-            if let Some(mut sink) = sink {
+            if let Some(sink) = sink {
                 sink.unsubscribe(channel).await?;
             }
             Ok(())

@@ -1,12 +1,13 @@
 //! The shared behavioural suite, run against every backend: `MemoryStore`, the store server
-//! cluster (three real `sc-store-server` processes), and the real Redis at 127.0.0.1:6379.
+//! cluster (three real `sc-store-server` processes), the real Redis at 127.0.0.1:6379, and a
+//! Redis Cluster of three masters started by the test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use common::*;
-use sc_store::{MemoryConfig, MemoryStore, RespConfig, RespStore, Store};
+use sc_store::{MemoryConfig, MemoryStore, RespConfig, RespStore, Store, StoreEvent};
 
 macro_rules! suite {
     ($($name:ident($($arg:ident),*);)*) => {
@@ -43,6 +44,20 @@ macro_rules! suite {
                 async fn $name() {
                     let s = as_dyn(common::redis().await);
                     let other = as_dyn(common::redis().await);
+                    let p = prefix(stringify!($name));
+                    let _ = (&s, &other);
+                    common::$name($(suite!(@arg $arg, s, other)),*, &p).await;
+                }
+            )*
+        }
+        mod redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test]
+                async fn $name() {
+                    let c = RedisCluster::start();
+                    let s = as_dyn(c.client().await);
+                    let other = as_dyn(c.client().await);
                     let p = prefix(stringify!($name));
                     let _ = (&s, &other);
                     common::$name($(suite!(@arg $arg, s, other)),*, &p).await;
@@ -207,4 +222,122 @@ async fn cluster_history_epoch_changes_after_store_process_restart() {
     assert_eq!(h.epoch, after.epoch);
     let h = store.history(&ch, None, 10, limits).await.unwrap();
     assert_eq!(h.records, vec![(1, "c".into())]);
+}
+
+/// On a Redis Cluster the masters are found from one node; keys and channels spread over them
+/// by hash slot; a channel is subscribed with `SSUBSCRIBE` on its own master only, and a publish
+/// reaches that master only (`SPUBLISH`), so the other shards never see its traffic.
+#[tokio::test]
+async fn redis_cluster_spreads_keys_and_keeps_a_channel_on_its_shard() {
+    let c = RedisCluster::start();
+    let store = c.client().await;
+    let publisher = c.client().await;
+    assert!(store.is_redis_cluster());
+    let mut per_node = std::collections::HashMap::new();
+    for i in 0..300 {
+        *per_node
+            .entry(store.node_of(&format!("key{i}")).to_owned())
+            .or_insert(0) += 1;
+    }
+    assert_eq!(per_node.len(), 3, "{per_node:?}");
+    assert!(per_node.values().all(|&n| n > 50), "{per_node:?}");
+    for i in 0..30 {
+        let k = format!("key{i}");
+        store.set(&k, k.clone().into(), None).await.unwrap();
+        assert_eq!(publisher.get(&k).await.unwrap(), Some(k.into()));
+    }
+
+    let ch = format!("{}chan", prefix("shard"));
+    let owner = c.index_of(store.node_of(&ch));
+    let mut sub = store.subscribe(&ch).await.unwrap();
+    let spublish_calls = |port: u16| -> u64 {
+        RedisCluster::cli(port, &["INFO", "commandstats"])
+            .lines()
+            .find_map(|l| l.strip_prefix("cmdstat_spublish:calls="))
+            .and_then(|rest| rest.split(',').next())
+            .map_or(0, |n| n.parse().unwrap())
+    };
+    let before: Vec<u64> = c.ports.iter().map(|&p| spublish_calls(p)).collect();
+    for n in 0..10 {
+        publisher
+            .publish(&ch, format!("m{n}").into())
+            .await
+            .unwrap();
+    }
+    for n in 0..10 {
+        assert_eq!(
+            next(&mut sub).await,
+            StoreEvent::Message(format!("m{n}").into())
+        );
+    }
+    for (i, &port) in c.ports.iter().enumerate() {
+        let shard_subs = RedisCluster::cli(port, &["PUBSUB", "SHARDNUMSUB", &ch]);
+        let plain_subs = RedisCluster::cli(port, &["PUBSUB", "NUMSUB", &ch]);
+        let published = spublish_calls(port) - before[i];
+        if i == owner {
+            assert!(shard_subs.ends_with("1\n"), "owner: {shard_subs:?}");
+            assert_eq!(published, 10, "owner");
+        } else {
+            assert!(shard_subs.ends_with("0\n"), "master {i}: {shard_subs:?}");
+            assert_eq!(published, 0, "master {i} saw the channel's publishes");
+        }
+        assert!(
+            plain_subs.ends_with("0\n"),
+            "plain SUBSCRIBE used: {plain_subs:?}"
+        );
+    }
+}
+
+/// A restart of one shard of a Redis Cluster: the subscribers of its channels get a Gap and
+/// then its messages again; a channel of another shard goes on without one.
+#[tokio::test]
+async fn redis_cluster_gap_after_a_shard_restart() {
+    let mut c = RedisCluster::start();
+    let store = c.client().await;
+    let publisher = c.client().await;
+    let ch = format!("{}chan", prefix("restart"));
+    let owner = store.node_of(&ch).to_owned();
+    let i = c.index_of(&owner);
+    let other_ch = (0..)
+        .map(|n| format!("{ch}-{n}"))
+        .find(|name| store.node_of(name) != owner)
+        .unwrap();
+    let mut other = store.subscribe(&other_ch).await.unwrap();
+    gap_after_restart(&store, &publisher, &ch, || c.restart(i)).await;
+    publisher.publish(&other_ch, "x".into()).await.unwrap();
+    assert_eq!(
+        next(&mut other).await,
+        StoreEvent::Message("x".into()),
+        "no gap on a shard that did not restart"
+    );
+}
+
+/// Channel history on a Redis Cluster: a channel with a hash tag keeps its history with it;
+/// a name that cannot be written as a hash tag is refused with a clear error.
+#[tokio::test]
+async fn redis_cluster_history_of_tagged_channels() {
+    use std::time::Duration;
+    let c = RedisCluster::start();
+    let store = c.client().await;
+    let limits = sc_store::HistoryLimits {
+        max_len: 10,
+        max_age: Duration::from_secs(60),
+    };
+    let p = prefix("tag");
+    for ch in [format!("{p}{{room}}a"), format!("{p}{{room}}b")] {
+        let mut sub = store.subscribe(&ch).await.unwrap();
+        let pos = store
+            .publish_recorded(&ch, "m".into(), limits)
+            .await
+            .unwrap();
+        assert_eq!(pos.offset, 1, "{ch}: each channel its own offsets");
+        assert!(matches!(next(&mut sub).await, StoreEvent::Message(_)));
+        let h = store.history(&ch, Some(0), 10, limits).await.unwrap();
+        assert_eq!(h.records, vec![(1, "m".into())], "{ch}");
+    }
+    let err = store
+        .publish_recorded(&format!("{p}a}}b"), "m".into(), limits)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("hash tag"), "{err}");
 }
