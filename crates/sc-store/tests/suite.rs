@@ -56,8 +56,8 @@ macro_rules! suite {
                 #[tokio::test]
                 async fn $name() {
                     let c = RedisCluster::start();
-                    let s = as_dyn(c.client().await);
-                    let other = as_dyn(c.client().await);
+                    let s = as_dyn(cluster_client(&c).await);
+                    let other = as_dyn(cluster_client(&c).await);
                     let p = prefix(stringify!($name));
                     let _ = (&s, &other);
                     common::$name($(suite!(@arg $arg, s, other)),*, &p).await;
@@ -230,8 +230,8 @@ async fn cluster_history_epoch_changes_after_store_process_restart() {
 #[tokio::test]
 async fn redis_cluster_spreads_keys_and_keeps_a_channel_on_its_shard() {
     let c = RedisCluster::start();
-    let store = c.client().await;
-    let publisher = c.client().await;
+    let store = cluster_client(&c).await;
+    let publisher = cluster_client(&c).await;
     assert!(store.is_redis_cluster());
     let mut per_node = std::collections::HashMap::new();
     for i in 0..300 {
@@ -293,8 +293,8 @@ async fn redis_cluster_spreads_keys_and_keeps_a_channel_on_its_shard() {
 #[tokio::test]
 async fn redis_cluster_gap_after_a_shard_restart() {
     let mut c = RedisCluster::start();
-    let store = c.client().await;
-    let publisher = c.client().await;
+    let store = cluster_client(&c).await;
+    let publisher = cluster_client(&c).await;
     let ch = format!("{}chan", prefix("restart"));
     let owner = store.node_of(&ch).to_owned();
     let i = c.index_of(&owner);
@@ -318,7 +318,7 @@ async fn redis_cluster_gap_after_a_shard_restart() {
 async fn redis_cluster_history_of_tagged_channels() {
     use std::time::Duration;
     let c = RedisCluster::start();
-    let store = c.client().await;
+    let store = cluster_client(&c).await;
     let limits = sc_store::HistoryLimits {
         max_len: 10,
         max_age: Duration::from_secs(60),

@@ -2,6 +2,7 @@
 
 #![allow(
     dead_code,
+    unused_imports,
     unreachable_pub,
     missing_docs,
     clippy::unwrap_used,
@@ -109,199 +110,13 @@ impl Drop for StoreProcess {
     }
 }
 
-/// A real redis-server process on a free port, for tests that kill it.
-pub struct RedisProcess {
-    child: Option<Child>,
-    pub port: u16,
-}
+pub use sc_tests::{RedisCluster, RedisProcess};
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
+/// A client of `cluster`, given one master.
+pub async fn cluster_client(cluster: &RedisCluster) -> RespStore {
+    RespStore::connect(RespConfig::new([cluster.seed()]))
+        .await
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl RedisProcess {
-    pub fn start(port: u16) -> Self {
-        let port = if port == 0 { free_port() } else { port };
-        let child = Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
-        // Wait (bounded) until it accepts connections.
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        RedisProcess {
-            child: Some(child),
-            port,
-        }
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            c.kill().unwrap();
-            c.wait().unwrap();
-        }
-    }
-
-    pub fn restart(&mut self) {
-        let port = self.port;
-        self.kill();
-        *self = RedisProcess::start(port);
-    }
-}
-
-impl Drop for RedisProcess {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A Redis Cluster of three masters (no replicas), each a real redis-server on a free port,
-/// set up with `redis-cli --cluster create`; `cluster-require-full-coverage no`, so that the
-/// other shards keep serving while one is down. The processes are killed on drop and their
-/// directory removed.
-pub struct RedisCluster {
-    pub nodes: Vec<Child>,
-    pub ports: Vec<u16>,
-    dir: std::path::PathBuf,
-}
-
-impl RedisCluster {
-    pub fn start() -> Self {
-        static STARTED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir =
-            std::env::temp_dir().join(format!("sc-store-redis-cluster-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
-        let mut c = RedisCluster {
-            nodes: Vec::new(),
-            ports: ports.clone(),
-            dir,
-        };
-        for &port in &ports {
-            let node = c.spawn(port);
-            c.nodes.push(node);
-        }
-        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let status = Command::new("redis-cli")
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("redis-cli must be installed (scripts/test installs it)");
-        assert!(status.success(), "redis-cli --cluster create failed");
-        for &port in &ports {
-            RedisCluster::wait_ok(port);
-        }
-        c
-    }
-
-    fn spawn(&self, port: u16) -> Child {
-        let conf = self.dir.join(format!("nodes-{port}.conf"));
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
-            .arg(&conf)
-            .args(["--cluster-require-full-coverage", "no"])
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/test installs it)");
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child
-    }
-
-    /// Waits (bounded) until the node on `port` says the cluster is ok.
-    fn wait_ok(port: u16) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if Self::cli(port, &["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the Redis Cluster did not become ok"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// A command's answer from the node on `port`, as `redis-cli` prints it.
-    pub fn cli(port: u16, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .output()
-            .expect("redis-cli");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// The address a client is given: one node; the client finds the others.
-    pub fn seed(&self) -> String {
-        format!("127.0.0.1:{}", self.ports[0])
-    }
-
-    pub async fn client(&self) -> RespStore {
-        RespStore::connect(RespConfig::new([self.seed()]))
-            .await
-            .unwrap()
-    }
-
-    /// Kills master `i` (SIGKILL) and starts it again on the same port with the same cluster
-    /// configuration; returns once the cluster is ok again.
-    pub fn restart(&mut self, i: usize) {
-        self.nodes[i].kill().unwrap();
-        self.nodes[i].wait().unwrap();
-        self.nodes[i] = self.spawn(self.ports[i]);
-        for &port in &self.ports {
-            Self::wait_ok(port);
-        }
-    }
-
-    /// The index of the master whose address is `addr` (as [`RespStore::node_of`] gives it).
-    pub fn index_of(&self, addr: &str) -> usize {
-        self.ports
-            .iter()
-            .position(|p| addr.ends_with(&format!(":{p}")))
-            .unwrap_or_else(|| panic!("{addr} is not a master of this cluster"))
-    }
-}
-
-impl Drop for RedisCluster {
-    fn drop(&mut self) {
-        for n in &mut self.nodes {
-            let _ = n.kill();
-            let _ = n.wait();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A cluster of three real store processes and a client sharding over them.
