@@ -6,9 +6,14 @@
 // (`--deployment js-deploy-PID-TIME-MODE`: concurrent or stale runs never mix), without --auth-key
 // (the masters share the first one's key through Redis), all three started at once. Before the
 // tests: every host's /health lists the other hosts' workers in `remote_workers`, and every
-// balancer logged that it routes to them. The whole suite runs twice: plain, then with every
+// balancer logged that it routes to them. The whole suite runs three times: plain; with every
 // host's balancer terminating TLS (--tls-cert/--tls-key; a self-signed certificate for the three
-// addresses made here with the openssl CLI; clients use wss and https, trusting it).
+// addresses made here with the openssl CLI; clients use wss and https, trusting it); and plain on
+// a Redis Cluster of three masters instead of SC_REDIS_URL (redis-server processes on free ports
+// joined by `redis-cli --cluster create`, started in that suite's `before`, killed in its
+// `after`), every host given only the first master's address as --store (it finds the others,
+// routes keys by hash slot and channels through sharded pub/sub: that suite's check a also shows
+// in the masters' INFO commandstats that its messages went by SPUBLISH and none by PUBLISH).
 //
 // 0. Each host listens only on its own address (/health, and the listening sockets of its
 //    processes in /proc; with TLS its balancer presents the certificate); the registry on Redis
@@ -33,8 +38,11 @@
 // host's balancer again (the misplaced connections kept open, so the balancer's least-loaded pick
 // moves on) until a worker of that host serves it, which each worker's own `GET /stats` tells.
 // Every wait is bounded (polls of /health and /stats, awaited events with timeouts). Every
-// process started here is killed in `after`, and at exit if the file is stopped; the
-// deployment's keys (and the sessions' data) are deleted from Redis then.
+// process started here (the Redis Cluster's too) is killed in `after`, and at exit if the file is
+// stopped; the deployment's keys (and the sessions' data) are deleted from Redis then (on the
+// Redis Cluster from every master in `after`; the cluster, without persistence, and its
+// directory go at its end either way). The file reads and deletes keys with a RESP client of its
+// own that follows a Redis Cluster's `-MOVED` replies to the master serving a key.
 //
 // Ours only: with SC_SERVER=reference the file is skipped.
 'use strict';

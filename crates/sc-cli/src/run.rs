@@ -38,7 +38,8 @@ pub(crate) struct RunArgs {
     /// Balancer processes sharing the port [default: 1]
     #[arg(long, value_name = "N")]
     balancers: Option<usize>,
-    /// `embedded` (the store processes) or `redis://HOST:PORT[,HOST:PORT...]` [default: embedded]
+    /// `embedded` (the store processes) or `redis://HOST:PORT[,HOST:PORT...]` (a Redis, or any
+    /// master of a Redis Cluster) [default: embedded]
     #[arg(long, value_name = "URL")]
     store: Option<String>,
     /// Secret of the store (AUTH); a random one for embedded stores when unset

@@ -30,7 +30,8 @@ pub(crate) struct ServeArgs {
     /// Where channels are shared with other processes: `local` (in-process only),
     /// `sc://HOST:PORT[,HOST:PORT...]` (store processes run by `socketcluster store`) or
     /// `redis://HOST:PORT[/DB]` (one Redis; several comma-separated are sharded like store
-    /// processes). Every process must list the same nodes in the same spelling [default: local]
+    /// processes; any master of a Redis Cluster, whose other masters are then found). Every
+    /// process must list the same nodes in the same spelling [default: local]
     #[arg(long, value_name = "URL")]
     pub(crate) store: Option<String>,
     /// Secret sent with AUTH to the store nodes (`socketcluster store --secret`, or Redis's

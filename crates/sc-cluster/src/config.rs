@@ -27,7 +27,8 @@ pub struct ClusterConfig {
     pub stores: usize,
     /// Balancer processes, all on `port`.
     pub balancers: usize,
-    /// `embedded` (the store processes above) or `redis://HOST:PORT[,HOST:PORT...]`.
+    /// `embedded` (the store processes above) or `redis://HOST:PORT[,HOST:PORT...]` (a Redis, or
+    /// any master of a Redis Cluster: the client finds the others).
     pub store: String,
     /// Secret of the store nodes (AUTH). For embedded stores a random one is made when unset.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -29,7 +29,7 @@ const TOP: &[(&str, &str, Option<&str>)] = &[
     ("balancers", "Balancer processes, all on `port`.", None),
     (
         "store",
-        "embedded (the store processes above) or redis://HOST:PORT[,HOST:PORT...].",
+        "embedded (the store processes above) or redis://HOST:PORT[,HOST:PORT...] (a Redis, or any master of a Redis Cluster: the others are found).",
         None,
     ),
     (
