@@ -684,22 +684,29 @@ local latest = tonumber(h[2])
 local age = tonumber(h[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- Entries are in time order: drop the expired ones from the front, a batch at a time, up to
+-- the first that is still young.
 local first = latest + 1
+while true do
+  local batch = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 100)
+  local young = nil
+  for _, r in ipairs(batch) do
+    if now - tonumber(r[2][4]) >= age then
+      redis.call('XDEL', KEYS[2], r[1])
+    else
+      young = tonumber(string.sub(r[1], 3))
+      break
+    end
+  end
+  if young then first = young break end
+  if #batch < 100 then break end
+end
 local out = {h[1], latest, 0}
 local limit = tonumber(ARGV[2])
-local taken = 0
-for _, r in ipairs(redis.call('XRANGE', KEYS[2], '-', '+')) do
-  local id = tonumber(string.sub(r[1], 3))
-  local f = r[2]
-  if now - tonumber(f[4]) >= age then
-    redis.call('XDEL', KEYS[2], r[1])
-  else
-    if first > latest then first = id end
-    if id > from and taken < limit then
-      out[#out + 1] = id
-      out[#out + 1] = f[2]
-      taken = taken + 1
-    end
+if limit > 0 and from < latest then
+  for _, r in ipairs(redis.call('XRANGE', KEYS[2], '0-' .. (from + 1), '+', 'COUNT', limit)) do
+    out[#out + 1] = tonumber(string.sub(r[1], 3))
+    out[#out + 1] = r[2][2]
   end
 end
 if from <= latest and (ARGV[1] == '-' or from + 1 >= first) then out[3] = 1 end

@@ -77,6 +77,7 @@ suite! {
     pubsub_order(one, two);
     thousand_subscribers(one, two);
     history(one, two);
+    history_age(one);
 }
 
 #[tokio::test]

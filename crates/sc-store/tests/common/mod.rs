@@ -585,3 +585,32 @@ pub async fn history(s: &dyn Store, other: &dyn Store, p: &str) {
     let h = other.history(&ch2, None, 100, wide).await.unwrap();
     assert_eq!(h.latest, 10);
 }
+
+/// Channel history bounded by age: a message older than `max_age` is no longer kept (a read
+/// from before it says the history is not complete), a younger one is.
+pub async fn history_age(s: &dyn Store, p: &str) {
+    use sc_store::HistoryLimits;
+    let limits = HistoryLimits {
+        max_len: 100,
+        max_age: Duration::from_millis(1000),
+    };
+    let ch = format!("{p}aged");
+    let start = Instant::now();
+    let a = s.publish_recorded(&ch, b("a"), limits).await.unwrap();
+    // What is tested is the passing of time itself: `a` must grow older than max_age while `b`
+    // stays younger (and the history, renewed by `b`, stays).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let b_pos = s.publish_recorded(&ch, b("b"), limits).await.unwrap();
+    assert_eq!((b_pos.offset, &b_pos.epoch), (a.offset + 1, &a.epoch));
+    tokio::time::sleep(Duration::from_millis(1200).saturating_sub(start.elapsed())).await;
+    let h = s.history(&ch, Some(0), 10, limits).await.unwrap();
+    assert_eq!(h.epoch, a.epoch, "the history itself is still kept");
+    assert_eq!(
+        h.records,
+        vec![(b_pos.offset, b("b"))],
+        "only the young message"
+    );
+    assert!(!h.complete, "the message after 0 is no longer kept");
+    let h = s.history(&ch, Some(a.offset), 10, limits).await.unwrap();
+    assert!(h.complete, "everything after `a` is kept");
+}
