@@ -47,7 +47,7 @@
 // Ours only: with SC_SERVER=reference the file is skipped.
 'use strict';
 
-const { spawn, spawnSync, execFileSync } = require('node:child_process');
+const { spawn, spawnSync, execFile, execFileSync } = require('node:child_process');
 const crypto = require('node:crypto');
 const fs = require('node:fs');
 const http = require('node:http');
@@ -56,7 +56,7 @@ const net = require('node:net');
 const nodeTls = require('node:tls');
 const os = require('node:os');
 const path = require('node:path');
-const { isDeepStrictEqual } = require('node:util');
+const { isDeepStrictEqual, promisify } = require('node:util');
 const { describe, it, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { NodeXHR, Socket: EioSocket } = require('engine.io-client');
@@ -153,7 +153,10 @@ class Resp {
         else q.resolve(r.value);
       }
     });
+    /** Why the connection is unusable (commands sent after it fails reject with it). */
+    this.failed = null;
     const fail = (err) => {
+      this.failed = this.failed || err;
       for (const q of this.queue) q.reject(err);
       this.queue = [];
     };
@@ -168,6 +171,7 @@ class Resp {
   }
 
   cmd(...args) {
+    if (this.failed) return Promise.reject(this.failed);
     return new Promise((resolve, reject) => {
       this.queue.push({ resolve, reject });
       this.sock.write(respEncode(args));
@@ -179,21 +183,99 @@ class Resp {
   }
 }
 
-/** Deletes every key matching one of `patterns` (SCAN, then DEL); resolves with their names. */
+/**
+ * Redis at `url`: one server, or a Redis Cluster (`url` any one of its masters). `cmd(...args)`
+ * sends a command to that node and follows `-MOVED <slot> <host:port>` replies to the master
+ * serving the key (one connection per address, opened on first use and kept), counting them in
+ * `moved`; `cmdAt(addr, ...args)` starts at `addr`. `masters()`: every master's `host:port`
+ * (CLUSTER SLOTS), or the node itself when it has no cluster support.
+ */
+class Redis {
+  constructor(url) {
+    this.base = new URL(url);
+    this.seed = `${this.base.hostname}:${this.base.port || 6379}`;
+    /** `host:port` -> Promise<Resp>. */
+    this.conns = new Map();
+    this.moved = 0;
+  }
+
+  static async open(url) {
+    const r = new Redis(url);
+    await r.conn(r.seed);
+    return r;
+  }
+
+  /** The connection to `addr` (`host:port`), with the credentials of the URL given. */
+  conn(addr) {
+    if (!this.conns.has(addr)) {
+      const u = new URL(this.base.href);
+      const colon = addr.lastIndexOf(':');
+      const host = addr.slice(0, colon);
+      u.hostname = host.includes(':') ? `[${host}]` : host;
+      u.port = addr.slice(colon + 1);
+      const opened = Resp.open(u.href);
+      opened.catch(() => {});
+      this.conns.set(addr, opened);
+    }
+    return this.conns.get(addr);
+  }
+
+  cmd(...args) {
+    return this.cmdAt(this.seed, ...args);
+  }
+
+  async cmdAt(addr, ...args) {
+    for (let hops = 0; ; hops++) {
+      try {
+        return await (await this.conn(addr)).cmd(...args);
+      } catch (err) {
+        const m = /^MOVED \d+ (\S+)$/.exec(err.message);
+        if (!m || hops >= 5) throw new Error(`${args[0]} at ${addr}: ${err.message}`);
+        this.moved++;
+        addr = m[1];
+      }
+    }
+  }
+
+  async masters() {
+    let slots;
+    try {
+      slots = await (await this.conn(this.seed)).cmd('CLUSTER', 'SLOTS');
+    } catch (err) {
+      if (/cluster support disabled|unknown command/i.test(err.message)) return [this.seed];
+      throw err;
+    }
+    // Each range: start, end, then the master as [ip, port, id, ...] (an empty ip: the seed's).
+    const addrs = slots.map(([, , [ip, port]]) => `${ip || this.base.hostname}:${port}`);
+    return [...new Set(addrs)].sort();
+  }
+
+  close() {
+    for (const opened of this.conns.values()) opened.then((c) => c.close(), () => {});
+  }
+}
+
+/**
+ * Deletes every key matching one of `patterns` (SCAN on every master, then DEL of each key found:
+ * on a Redis Cluster a key lives on one master, and keys of different slots cannot go in one
+ * DEL); resolves with their names.
+ */
 async function redisDeleteMatching(url, patterns) {
-  const r = await Resp.open(url);
+  const r = await Redis.open(url);
   const deleted = [];
   try {
-    for (const pattern of patterns) {
-      let cursor = '0';
-      do {
-        const [next, keys] = await r.cmd('SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000');
-        cursor = next;
-        if (keys.length) {
-          await r.cmd('DEL', ...keys);
-          deleted.push(...keys);
-        }
-      } while (cursor !== '0');
+    for (const addr of await r.masters()) {
+      for (const pattern of patterns) {
+        let cursor = '0';
+        do {
+          const [next, keys] = await r.cmdAt(addr, 'SCAN', cursor, 'MATCH', pattern, 'COUNT', '1000');
+          cursor = next;
+          for (const key of keys) {
+            await r.cmdAt(addr, 'DEL', key);
+            deleted.push(key);
+          }
+        } while (cursor !== '0');
+      }
     }
   } finally {
     r.close();
@@ -201,7 +283,10 @@ async function redisDeleteMatching(url, patterns) {
   return deleted;
 }
 
-/** The keys of every deployment started here (deleted at the end, or at exit). */
+/**
+ * The keys of every deployment started here on the Redis at REDIS_URL (deleted at the end, or at
+ * exit; a Redis Cluster started here is killed instead, its keys with it).
+ */
 const redisPatterns = [];
 let redisCleaned = true;
 
@@ -296,15 +381,179 @@ function tcpOpen(host, port) {
   });
 }
 
+// --- a Redis Cluster of three masters, started here for the cluster suite (as tests/src/redis.rs)
+
+const CLUSTER_WAIT_MS = 15000;
+
+/** `n` distinct ports of 127.0.0.1 free a moment ago (listeners held together, then closed). */
+async function freePorts(n) {
+  const servers = [];
+  try {
+    for (let i = 0; i < n; i++) {
+      const srv = net.createServer();
+      await new Promise((resolve, reject) => {
+        srv.once('error', reject);
+        srv.listen(0, '127.0.0.1', resolve);
+      });
+      servers.push(srv);
+    }
+    return servers.map((srv) => srv.address().port);
+  } finally {
+    await Promise.all(servers.map((srv) => new Promise((r) => srv.close(r))));
+  }
+}
+
+/**
+ * Three `redis-server` masters without replicas on free ports of 127.0.0.1, without persistence,
+ * `cluster-require-full-coverage no`, their nodes-PORT.conf in a temporary directory, each with
+ * its cluster bus on a free port of its own (the default, port + 10000, is past 65535 for the
+ * higher ephemeral ports); joined and given the slots by `redis-cli --cluster create`, then
+ * waited for (bounded) until every master says `cluster_state:ok`. `url`: the first master's,
+ * the seed the hosts are given. Every cluster made is in `allRedisClusters` (killed at exit).
+ */
+class RedisCluster {
+  constructor() {
+    this.dir = fs.mkdtempSync(path.join(os.tmpdir(), 'sc-deploy-redis-cluster-'));
+    /** `{ port, child, exitStatus, closed, error, output }` per master. */
+    this.nodes = [];
+    this.startMs = null;
+  }
+
+  get ports() {
+    return this.nodes.map((n) => n.port);
+  }
+
+  get addrs() {
+    return this.ports.map((p) => `127.0.0.1:${p}`);
+  }
+
+  get url() {
+    return `redis://${this.addrs[0]}`;
+  }
+
+  static async start() {
+    const c = new RedisCluster();
+    allRedisClusters.push(c);
+    const t0 = now();
+    try {
+      await c.boot();
+    } catch (err) {
+      err.message += `\n--- the Redis Cluster (${c.addrs.join(' ')}):\n${c.tail()}`;
+      await c.stop();
+      throw err;
+    }
+    c.startMs = now() - t0;
+    return c;
+  }
+
+  async boot() {
+    const ports = await freePorts(6);
+    for (let i = 0; i < 3; i++) this.spawnNode(ports[i], ports[3 + i]);
+    await Promise.all(this.nodes.map((n) => this.waitListening(n)));
+    try {
+      await promisify(execFile)(
+        'redis-cli',
+        ['--cluster', 'create', ...this.addrs, '--cluster-replicas', '0', '--cluster-yes'],
+        { timeout: CLUSTER_WAIT_MS, env: { ...process.env, NO_COLOR: '1' } }
+      );
+    } catch (err) {
+      throw new Error(`redis-cli --cluster create ${this.addrs.join(' ')} failed (${err.code === 'ENOENT' ? 'redis-cli not installed' : err.signal || `exit ${err.code}`}): ${err.stdout || ''}${err.stderr || ''}`);
+    }
+    const redis = new Redis(this.url);
+    try {
+      for (const addr of this.addrs) {
+        const deadline = now() + CLUSTER_WAIT_MS;
+        let info = '';
+        for (;;) {
+          info = await withTimeout(redis.cmdAt(addr, 'CLUSTER', 'INFO'), WAIT_MS, `CLUSTER INFO of ${addr}`);
+          if (/^cluster_state:ok\r?$/m.test(info)) break;
+          if (now() > deadline) throw new Error(`the Redis Cluster master ${addr} did not say cluster_state:ok within ${CLUSTER_WAIT_MS} ms: ${info}`);
+          await pause(50);
+        }
+      }
+    } finally {
+      redis.close();
+    }
+  }
+
+  spawnNode(port, busPort) {
+    const node = { port, child: null, exitStatus: null, error: null, output: [] };
+    this.nodes.push(node);
+    const child = spawn('redis-server', [
+      '--bind', '127.0.0.1', '--port', String(port), '--cluster-port', String(busPort),
+      '--save', '', '--appendonly', 'no',
+      '--cluster-enabled', 'yes', '--cluster-config-file', path.join(this.dir, `nodes-${port}.conf`),
+      '--cluster-require-full-coverage', 'no', '--dir', this.dir,
+    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    node.child = child;
+    child.once('error', (err) => {
+      node.error = err.code === 'ENOENT' ? new Error('redis-server is not installed (apt-get install redis-server)') : err;
+    });
+    child.once('exit', (code, signal) => {
+      node.exitStatus = { code, signal };
+    });
+    node.closed = new Promise((resolve) => child.once('close', resolve));
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.setEncoding('utf8');
+      stream.on('data', (d) => {
+        node.output.push(...d.split('\n').filter((l) => l.trim()));
+        node.output.splice(0, Math.max(0, node.output.length - 20));
+      });
+    }
+  }
+
+  /** Resolves once the node accepts connections (bounded); rejects when it exited or cannot start. */
+  async waitListening(node) {
+    const deadline = now() + CLUSTER_WAIT_MS;
+    for (;;) {
+      if (node.error) throw node.error;
+      if (node.exitStatus) throw new Error(`redis-server on port ${node.port} exited (${JSON.stringify(node.exitStatus)})`);
+      if (await tcpOpen('127.0.0.1', node.port)) return;
+      if (now() > deadline) throw new Error(`redis-server on port ${node.port} did not accept connections within ${CLUSTER_WAIT_MS} ms`);
+      await pause(POLL_PAUSE_MS);
+    }
+  }
+
+  /** The last lines each master printed, for failure messages. */
+  tail() {
+    return this.nodes.map((n) => `[redis-server :${n.port}]\n${n.output.join('\n')}`).join('\n');
+  }
+
+  /** SIGKILL to every master still running, synchronously (the exit handler too); the directory removed. */
+  killNow() {
+    for (const n of this.nodes) {
+      if (n.child && n.child.pid && n.exitStatus === null) {
+        try {
+          process.kill(n.child.pid, 'SIGKILL');
+        } catch {
+          // gone
+        }
+      }
+    }
+    fs.rmSync(this.dir, { recursive: true, force: true });
+  }
+
+  /** killNow(), then waits (bounded) until every master is reaped. Never throws. */
+  async stop() {
+    this.killNow();
+    const running = this.nodes.filter((n) => n.child && n.child.pid);
+    await Promise.all(running.map((n) => withTimeout(n.closed, 10000, `redis-server on port ${n.port} to exit`).catch(() => {})));
+  }
+}
+
+/** Every Redis Cluster started here (killed at exit, whatever stops the file). */
+const allRedisClusters = [];
+
 /**
  * One host: `socketcluster run` on its own loopback address, in the deployment, with Redis as its
- * store and no auth key. A RunProcess (its line waiters, /health, stop() and cleanup() apply),
- * with its own command line and start: RunProcess's assume 127.0.0.1.
+ * store (`store`: REDIS_URL, or a Redis Cluster's seed) and no auth key. A RunProcess (its line
+ * waiters, /health, stop() and cleanup() apply), with its own command line and start:
+ * RunProcess's assume 127.0.0.1.
  */
 class HostProcess extends RunProcess {
   /** `tls`: `{ certPath, keyPath, cert }`, the balancers terminating TLS with them. */
-  constructor({ name, ip, workers, deployment, tls = null }) {
-    super({ workers, store: REDIS_URL, balancers: 1, drainTimeoutMs: DRAIN_TIMEOUT_MS });
+  constructor({ name, ip, workers, deployment, store, tls = null }) {
+    super({ workers, store, balancers: 1, drainTimeoutMs: DRAIN_TIMEOUT_MS });
     this.name = name;
     this.ip = ip;
     this.deployment = deployment;
@@ -346,7 +595,7 @@ class HostProcess extends RunProcess {
       '--management-port', '0',
       '--workers', String(this.workerCount),
       '--balancers', String(this.balancerCount),
-      '--store', REDIS_URL,
+      '--store', this.store,
       '--deployment', this.deployment,
       '--drain-timeout-ms', String(this.drainTimeoutMs),
       ...(this.tls ? ['--tls-cert', this.tls.certPath, '--tls-key', this.tls.keyPath] : []),
@@ -467,9 +716,10 @@ const allHosts = [];
 // key left on Redis. `after` does the same in order; this is the last resort.
 process.on('exit', () => {
   for (const h of allHosts) h.killNow();
+  for (const c of allRedisClusters) c.killNow();
   if (!redisCleaned) {
     const code = [
-      respEncode, respParse, Resp, redisDeleteMatching,
+      respEncode, respParse, Resp, Redis, redisDeleteMatching,
     ].map(String).join('\n') +
       `\nredisDeleteMatching(${JSON.stringify(REDIS_URL)}, ${JSON.stringify(redisPatterns)}).catch(() => {}).finally(() => process.exit(0));`;
     spawnSync(process.execPath, ['-e', code], { stdio: 'ignore', timeout: 5000 });
@@ -741,8 +991,9 @@ function listeningAddresses(pids) {
 }
 
 const MODES = [
-  { key: 'plain', title: '', tls: false, tag: 'deployment' },
-  { key: 'tls', title: ', TLS at the balancers (--tls-cert/--tls-key)', tls: true, tag: 'deployment tls' },
+  { key: 'plain', title: '', tls: false, cluster: false, tag: 'deployment' },
+  { key: 'tls', title: ', TLS at the balancers (--tls-cert/--tls-key)', tls: true, cluster: false, tag: 'deployment tls' },
+  { key: 'cluster', title: ' on a Redis Cluster (3 masters)', tls: false, cluster: true, tag: 'deployment cluster' },
 ];
 
 for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--deployment)${mode.title}`, { skip: REFERENCE && 'ours only', timeout: 180000 }, () => {
@@ -753,11 +1004,29 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
   let sockets = [];
   let eioSessions = [];
   const sessionIds = new Set();
+  /** The Redis Cluster of the cluster suite (started in `before`), or null. */
+  let cluster = null;
+  /** The hosts' --store: REDIS_URL, or the Redis Cluster's first master. */
+  let storeUrl = REDIS_URL;
+  /** This file's client of that Redis (a Redis). */
   let redis = null;
 
   const track = (...ss) => {
     sockets.push(...ss);
     return ss[0];
+  };
+  /** Per master of the Redis Cluster: the calls of SPUBLISH and PUBLISH so far (INFO commandstats). */
+  const publishCalls = async () => {
+    const out = new Map();
+    for (const addr of await redis.masters()) {
+      const info = await redis.cmdAt(addr, 'INFO', 'commandstats');
+      const calls = (name) => {
+        const m = new RegExp(`^cmdstat_${name}:calls=(\\d+)`, 'm').exec(info);
+        return m ? Number(m[1]) : 0;
+      };
+      out.set(addr, { spublish: calls('spublish'), publish: calls('publish') });
+    }
+    return out;
   };
   const endTest = () => {
     closeClients(sockets);
@@ -767,8 +1036,14 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
   };
 
   before(async () => {
-    redis = await Resp.open(REDIS_URL);
-    assert.equal(await redis.cmd('PING'), 'PONG', `Redis at ${REDIS_URL}`);
+    // Nothing of the previous suite's is this one's to clean up if this `before` fails early.
+    deployment = null;
+    hosts = [];
+    if (mode.cluster) cluster = await RedisCluster.start();
+    storeUrl = cluster ? cluster.url : REDIS_URL;
+    redis = await Redis.open(storeUrl);
+    assert.equal(await redis.cmd('PING'), 'PONG', `Redis at ${storeUrl}`);
+    if (cluster) assert.deepEqual(await redis.masters(), [...cluster.addrs].sort(), 'CLUSTER SLOTS names the three masters');
     const name = `${RUN_ID}-${mode.key}`;
     deployment = {
       name,
@@ -776,10 +1051,12 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
       registryKey: `sc:cluster:{${name}}:workers`,
       authKeyKey: `sc:cluster:{${name}}:auth-key`,
     };
-    redisPatterns.push(deployment.pattern);
-    redisCleaned = false;
+    if (!cluster) {
+      redisPatterns.push(deployment.pattern);
+      redisCleaned = false;
+    }
     if (mode.tls) tls = makeTls();
-    hosts = HOSTS.map((h) => new HostProcess({ ...h, deployment: name, tls }));
+    hosts = HOSTS.map((h) => new HostProcess({ ...h, deployment: name, store: storeUrl, tls }));
     allHosts.push(...hosts);
     [A, B, C] = hosts;
     // All three at once: the masters race for the first auth key on Redis.
@@ -820,13 +1097,20 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
     if (tls) fs.rmSync(tls.dir, { recursive: true, force: true });
     try {
       if (deployment) {
-        const deleted = await redisDeleteMatching(REDIS_URL, [deployment.pattern, ...[...sessionIds].map((id) => `sc:session:{${id}}*`)]);
-        redisPatterns.splice(redisPatterns.indexOf(deployment.pattern), 1);
-        redisCleaned = redisPatterns.length === 0;
-        console.log(`${P}: deleted from Redis: ${deleted.join(', ') || '(nothing)'}`);
+        const deleted = await redisDeleteMatching(storeUrl, [deployment.pattern, ...[...sessionIds].map((id) => `sc:session:{${id}}*`)]);
+        if (!cluster) {
+          redisPatterns.splice(redisPatterns.indexOf(deployment.pattern), 1);
+          redisCleaned = redisPatterns.length === 0;
+        }
+        const moved = cluster ? ` (this file's client followed ${redis.moved} MOVED in the suite)` : '';
+        console.log(`${P}: deleted from ${cluster ? 'the Redis Cluster (every master)' : 'Redis'}: ${deleted.join(', ') || '(nothing)'}${moved}`);
       }
     } finally {
       if (redis) redis.close();
+      if (cluster) {
+        await cluster.stop();
+        console.log(`${P}: the Redis Cluster's masters (${cluster.addrs.join(' ')}) killed, ${cluster.dir} removed`);
+      }
     }
   });
 
@@ -868,6 +1152,22 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
         `all saw each other ${ms(f.all)} after the last was listening (${f.perHost.join(', ')}); ` +
         `registry on Redis: ${fields.length} workers; auth keys pushed: ${authKeys}`
     );
+    if (cluster) {
+      const ranges = new Map();
+      for (const [start, end, [ip, port]] of await redis.cmd('CLUSTER', 'SLOTS')) {
+        const addr = `${ip}:${port}`;
+        ranges.set(addr, [...(ranges.get(addr) || []), `${start}-${end}`]);
+      }
+      const slot = await redis.cmd('CLUSTER', 'KEYSLOT', deployment.registryKey);
+      const owner = [...ranges].find(([, rs]) => rs.some((r) => {
+        const [lo, hi] = r.split('-').map(Number);
+        return slot >= lo && slot <= hi;
+      }));
+      console.log(
+        `${P}: Redis Cluster of ${cluster.addrs.length} masters started in ${ms(cluster.startMs)} (${[...ranges].map(([a, rs]) => `${a} slots ${rs.join(',')}`).join('; ')}); ` +
+          `every host's --store ${storeUrl}; the deployment's keys in slot ${slot} on ${owner ? owner[0] : '?'} (this file's client followed ${redis.moved} MOVED so far)`
+      );
+    }
   });
 
   it(`a. ${MESSAGES} messages published through A reach subscribers through B and C, in order, exactly once`, async () => {
@@ -883,6 +1183,7 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
       const chC = await subscribe(subC.socket, channel);
       const expected = Array.from({ length: MESSAGES }, (_, i) => ({ i }));
       const END = { end: true };
+      const callsBefore = cluster ? await publishCalls() : null;
       const t0 = now();
       const done = {};
       const gotB = collectUntil(chB, END, 30000, 'the messages on B').then((m) => ((done.B = now()), m));
@@ -900,6 +1201,19 @@ for (const mode of MODES) describe(`a deployment of three hosts on one Redis (--
           `(connections to pin them: ${pub.attempts}, ${subB.attempts}, ${subC.attempts}); ${MESSAGES} publishes acknowledged in ${ms(published - t0)}; ` +
           `received ${b.length} on B (all within ${ms(done.B - t0)}) and ${c.length} on C (${ms(done.C - t0)}), in order, none twice`
       );
+      if (cluster) {
+        // The channel's traffic went through sharded pub/sub: SPUBLISH on the masters, no PUBLISH.
+        const callsAfter = await publishCalls();
+        const per = [...callsAfter].map(([addr, v]) => ({ addr, spublish: v.spublish - callsBefore.get(addr).spublish, publish: v.publish }));
+        const spublished = per.reduce((sum, v) => sum + v.spublish, 0);
+        assert.ok(spublished > 0, `SPUBLISH calls on the masters during check a: ${JSON.stringify(per)}`);
+        for (const v of per) assert.equal(v.publish, 0, `PUBLISH calls on ${v.addr} (since it started)`);
+        const slot = await redis.cmd('CLUSTER', 'KEYSLOT', channel);
+        console.log(
+          `${P} a: sharded pub/sub: ${spublished} SPUBLISH calls on the masters during the ${MESSAGES + 1} publishes (${per.map((v) => `${v.addr} ${v.spublish}`).join(', ')}; ` +
+            `the channel's slot ${slot}); PUBLISH calls since the masters started: ${per.map((v) => v.publish).join(', ')} (INFO commandstats)`
+        );
+      }
     } finally {
       closeClients(extras);
       endTest();

@@ -99,6 +99,9 @@ pub struct RedisCluster {
     nodes: Vec<Option<Child>>,
     /// The masters' ports on 127.0.0.1.
     pub ports: Vec<u16>,
+    /// Their cluster bus ports (free ports too: the default, port + 10000, is past 65535 for a
+    /// port above 55535).
+    bus_ports: Vec<u16>,
     dir: PathBuf,
 }
 
@@ -112,13 +115,15 @@ impl RedisCluster {
             std::env::temp_dir().join(format!("sc-tests-redis-cluster-{}-{n}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the cluster's directory");
         let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let bus_ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
         let mut c = RedisCluster {
             nodes: Vec::new(),
             ports: ports.clone(),
+            bus_ports,
             dir,
         };
-        for &port in &ports {
-            let node = c.spawn_node(port);
+        for i in 0..ports.len() {
+            let node = c.spawn_node(i);
             c.nodes.push(Some(node));
         }
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
@@ -134,11 +139,14 @@ impl RedisCluster {
         c
     }
 
-    fn spawn_node(&self, port: u16) -> Child {
+    fn spawn_node(&self, i: usize) -> Child {
+        let port = self.ports[i];
         let conf = self.dir.join(format!("nodes-{port}.conf"));
         let extra: Vec<std::ffi::OsString> = vec![
             "--cluster-enabled".into(),
             "yes".into(),
+            "--cluster-port".into(),
+            self.bus_ports[i].to_string().into(),
             "--cluster-config-file".into(),
             conf.into(),
             "--cluster-require-full-coverage".into(),
@@ -190,7 +198,7 @@ impl RedisCluster {
     /// but serves the same slots) and returns once the cluster is ok.
     pub fn revive(&mut self, i: usize) {
         kill(&mut self.nodes[i]);
-        self.nodes[i] = Some(self.spawn_node(self.ports[i]));
+        self.nodes[i] = Some(self.spawn_node(i));
         self.wait_ok();
     }
 
