@@ -526,6 +526,43 @@ impl RespStore {
         })
     }
 
+    /// Sends each node its pipeline (`pipes[i]` to node `i`), the nodes concurrently. A node
+    /// whose connection failed is tried again (at most [`PIPE_RETRIES`] times, after 50, 100,
+    /// 150 ms, and not once [`PIPE_RETRY_FOR`] has passed: a node that stays down fails fast)
+    /// with its own pipeline only: what other nodes took is never sent twice. The first error
+    /// left is returned, once every node is done.
+    async fn send_pipes(&self, pipes: Vec<Option<redis::Pipeline>>) -> Result<()> {
+        let sends = pipes
+            .into_iter()
+            .zip(self.inner.nodes.iter())
+            .filter_map(|(pipe, node)| pipe.map(|p| (p, node)))
+            .map(|(pipe, node)| async move {
+                let mut tries = 0;
+                let started = tokio::time::Instant::now();
+                loop {
+                    let mut conn = node.conn.clone();
+                    match pipe.query_async::<()>(&mut conn).await.map_err(Error::from) {
+                        Err(e)
+                            if e.is_connection()
+                                && tries < PIPE_RETRIES
+                                && started.elapsed() < PIPE_RETRY_FOR =>
+                        {
+                            tries += 1;
+                            tokio::time::sleep(PIPE_RETRY_DELAY * tries).await;
+                        }
+                        r => return r.map_err(|e| e.at_node(&node.id)),
+                    }
+                }
+            });
+        let mut first = None;
+        for r in futures_util::future::join_all(sends).await {
+            if let Err(e) = r {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
     /// `PUBLISH`, or on a Redis Cluster `SPUBLISH` (a channel's messages stay on its shard).
     fn publish_command(&self) -> &'static str {
         if self.inner.routing.is_cluster() {
@@ -637,6 +674,12 @@ fn like_seed(seed: &str, host: &str, port: u16) -> String {
     let credentials = authority.rfind('@').map_or("", |at| &authority[..=at]);
     format!("{scheme}://{credentials}{addr}{path}")
 }
+
+/// Further tries of a node's pipeline of publishes after its connection failed, and the step
+/// of their backoff.
+const PIPE_RETRIES: u32 = 3;
+const PIPE_RETRY_DELAY: Duration = Duration::from_millis(50);
+const PIPE_RETRY_FOR: Duration = Duration::from_secs(1);
 
 const HISTORY_UNKNOWN: u8 = 0;
 const HISTORY_NATIVE: u8 = 1;
@@ -813,6 +856,14 @@ fn bytes(v: Option<Vec<u8>>) -> Option<Bytes> {
 }
 
 impl Store for RespStore {
+    fn shards(&self) -> usize {
+        self.inner.nodes.len()
+    }
+
+    fn shard_of(&self, name: &str) -> usize {
+        self.node_index(name.as_bytes())
+    }
+
     fn set<'a>(
         &'a self,
         key: &'a str,
@@ -1060,15 +1111,7 @@ impl Store for RespStore {
                         .ignore();
                 }
             }
-            let sends = pipes
-                .into_iter()
-                .zip(nodes.iter())
-                .filter_map(|(pipe, node)| pipe.map(|p| (p, node.conn.clone())))
-                .map(|(pipe, mut conn)| async move { pipe.query_async::<()>(&mut conn).await });
-            for r in futures_util::future::join_all(sends).await {
-                r?;
-            }
-            Ok(())
+            self.send_pipes(pipes).await
         })
     }
 
@@ -1119,15 +1162,7 @@ impl Store for RespStore {
                         .ignore();
                 }
             }
-            let sends = pipes
-                .into_iter()
-                .zip(nodes.iter())
-                .filter_map(|(pipe, node)| pipe.map(|p| (p, node.conn.clone())))
-                .map(|(pipe, mut conn)| async move { pipe.query_async::<()>(&mut conn).await });
-            for r in futures_util::future::join_all(sends).await {
-                r?;
-            }
-            Ok(())
+            self.send_pipes(pipes).await
         })
     }
 

@@ -111,7 +111,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Publishes `messages` in their order: on one node, a later message is published after an
     /// earlier one. A store over the network sends them together (one pipeline per node, one
     /// round trip); this default publishes them one after the other. On an error, some may have
-    /// been published and the rest not.
+    /// been published and the rest not: a caller must not send them all again (`RespStore` tries
+    /// a node whose connection failed again itself, with that node's messages only).
     fn publish_many<'a>(
         &'a self,
         messages: &'a [(std::sync::Arc<str>, Bytes)],
@@ -149,7 +150,8 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     /// Records and publishes `messages` (channel, message, limits) in their order, as
     /// [`publish_recorded`](Self::publish_recorded) does each: a store over the network sends
     /// them together (one pipeline per node). This default records them one after the other.
-    /// On an error, some may have been recorded and the rest not.
+    /// On an error, some may have been recorded and the rest not (as for
+    /// [`publish_many`](Self::publish_many)).
     fn publish_recorded_many<'a>(
         &'a self,
         messages: &'a [(std::sync::Arc<str>, Bytes, HistoryLimits)],
@@ -177,6 +179,20 @@ pub trait Store: Send + Sync + fmt::Debug + 'static {
     ) -> BoxFuture<'a, Result<History>> {
         let _ = (channel, after, limit, limits);
         no_history()
+    }
+
+    /// How many independent parts (nodes) the store has: a node that fails does not hold up
+    /// the others. 1 (the default) for a store in one piece.
+    fn shards(&self) -> usize {
+        1
+    }
+
+    /// The part, below [`shards`](Self::shards), that owns `name` (a key or a channel). Callers
+    /// that send to the store from several queues keep one node's traffic apart from another's
+    /// with it, so that a lost node stalls only its own.
+    fn shard_of(&self, name: &str) -> usize {
+        let _ = name;
+        0
     }
 }
 

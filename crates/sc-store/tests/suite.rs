@@ -342,3 +342,34 @@ async fn redis_cluster_history_of_tagged_channels() {
         .unwrap_err();
     assert!(err.to_string().contains("hash tag"), "{err}");
 }
+
+/// `publish_many` over channels of several masters while one master is down: it fails (after
+/// trying that master again), and what the live masters took is published there once, not
+/// again with each try.
+#[tokio::test]
+async fn redis_cluster_publish_many_with_a_master_down_sends_the_live_part_once() {
+    use std::sync::Arc;
+    let mut c = RedisCluster::start();
+    let store = cluster_client(&c).await;
+    let p = prefix("many");
+    let dead_ch = format!("{p}dead");
+    let dead = c.index_of(store.node_of(&dead_ch));
+    let live_ch = (0..)
+        .map(|n| format!("{p}live{n}"))
+        .find(|name| c.index_of(store.node_of(name)) != dead)
+        .unwrap();
+    let mut sub = store.subscribe(&live_ch).await.unwrap();
+    c.kill(dead);
+    let batch: Vec<(Arc<str>, bytes::Bytes)> = vec![
+        (dead_ch.as_str().into(), "d1".into()),
+        (live_ch.as_str().into(), "l1".into()),
+        (dead_ch.as_str().into(), "d2".into()),
+        (live_ch.as_str().into(), "l2".into()),
+    ];
+    let err = store.publish_many(&batch).await.unwrap_err();
+    assert!(err.is_connection(), "{err}");
+    store.publish(&live_ch, "l3".into()).await.unwrap();
+    for want in ["l1", "l2", "l3"] {
+        assert_eq!(next(&mut sub).await, StoreEvent::Message(want.into()));
+    }
+}

@@ -31,18 +31,16 @@ const FILL_MAX: u64 = 65_536;
 /// Further tries of that read when it fails (with backoff from `RETRY_MIN`: about 3 s in all).
 const FILL_TRIES: usize = 6;
 
-/// Publisher tasks: a channel's publishes all go through the lane its name hashes to, in order;
-/// different lanes wait for the store concurrently.
+/// Publisher tasks: a channel's publishes all go through one lane, in order; different lanes
+/// wait for the store concurrently. The lanes are split between the store's nodes
+/// ([`Store::shards`]), a channel going to one of its node's lanes by the hash of its name, so
+/// that a node that stops answering holds up only the channels it owns.
 const LANES: usize = 16;
 /// Publishes queued per lane before further ones are dropped (with a warning).
 const OUTBOX: usize = 8192;
 /// Publishes a lane takes from its queue at once.
 const BATCH: usize = 256;
 const RETRY_MIN: Duration = Duration::from_millis(50);
-/// Tries again of a publish the store connection failed (it reconnects meanwhile: 50, 100 and
-/// 150 ms later). A publish that did reach the store before its connection failed may then be
-/// published twice: at least once rather than lost.
-const PUBLISH_RETRIES: u32 = 3;
 const RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// The store subscription of one channel: the task that follows it, and whether the store has
@@ -102,6 +100,17 @@ impl StoreBroker {
             runtime,
         })
     }
+
+    /// The lane of `channel`'s publishes: one of those of the store node owning it.
+    fn lane_of(&self, channel: &str) -> usize {
+        let hash = self.lane_hasher.hash_one(channel) as usize;
+        let shards = self.store.shards().max(1);
+        if shards >= LANES {
+            return self.store.shard_of(channel) % LANES;
+        }
+        let per_shard = LANES / shards;
+        (self.store.shard_of(channel) % shards) * per_shard + hash % per_shard
+    }
 }
 
 impl Drop for StoreBroker {
@@ -149,7 +158,7 @@ impl Broker for StoreBroker {
 
     fn publish(&self, msg: Arc<Published>) {
         let payload = msg.payload();
-        let lane = self.lane_hasher.hash_one(&*msg.channel) as usize % LANES;
+        let lane = self.lane_of(&msg.channel);
         let Some(outbox) = self.lanes.get(lane) else {
             return;
         };
@@ -282,22 +291,15 @@ impl Outgoing for (Arc<str>, Bytes, HistoryLimits) {
     }
 }
 
-/// Sends `batch` as one (tried again when the store connection failed), and empties it.
+/// Sends `batch` as one, and empties it. Not tried again here: the batch may span several
+/// store nodes, and what one took must not be sent twice because another failed; a store over
+/// the network tries a node whose connection failed again itself, with that node's part only
+/// (`RespStore`: 3 times, 50 to 150 ms apart).
 async fn send<T: Outgoing>(store: &dyn Store, batch: &mut Vec<T>, counters: &Counters) {
     if batch.is_empty() {
         return;
     }
-    let mut tries = 0;
-    let result = loop {
-        match T::send(store, batch).await {
-            Err(e) if e.is_connection() && tries < PUBLISH_RETRIES => {
-                tries += 1;
-                tokio::time::sleep(RETRY_MIN * tries).await;
-            }
-            r => break r,
-        }
-    };
-    if let Err(e) = result {
+    if let Err(e) = T::send(store, batch).await {
         let n = batch.len() as u64;
         counters.store(0, n);
         let first = batch.first().map(|m| m.channel().clone());
