@@ -168,7 +168,11 @@ const WORKER: &[(&str, &str)] = &[
     ),
     (
         "publish_batch_ms",
-        "a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once",
+        "while the worker is busy (publish_batch_above), a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once",
+    ),
+    (
+        "publish_batch_above",
+        "publishes delivered to sockets per second (the whole worker) from which publish_batch_ms applies; below it every publish is written at once; 0 = at any rate",
     ),
     (
         "handshake_timeout_ms",

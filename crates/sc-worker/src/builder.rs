@@ -112,6 +112,15 @@ impl ScServerBuilder {
         self
     }
 
+    /// Publishes delivered per second (the whole server) from which sockets hold publishes
+    /// ([`publish_batch`](Self::publish_batch)); below it each is written at once; 0 holds at any
+    /// rate (see [`Config::publish_batch_above`](crate::Config::publish_batch_above)). Defaults
+    /// to 50,000.
+    pub fn publish_batch_above(mut self, deliveries_per_second: u64) -> Self {
+        self.cfg.publish_batch_above = deliveries_per_second;
+        self
+    }
+
     /// Time a socket has to send `#handshake` (then 4005). Defaults to 10 seconds.
     pub fn handshake_timeout(mut self, t: Duration) -> Self {
         self.cfg.handshake_timeout_ms = t.as_millis().max(1) as u64;

@@ -648,10 +648,13 @@ impl<T: Transport> Conn<T> {
         let tick = tokio::time::sleep(interval);
         tokio::pin!(tick);
         let mut tick = Timer::new(tick);
-        // Publishes are written at most every `publish_batch` per socket: the first one after a
-        // quiet spell goes at once, those that follow within the interval are held and written
-        // together when it ends (one syscall for many). Replies and other frames are never held.
+        // While the server is busy (it delivers `publish_batch_above` publishes a second or
+        // more), publishes are written at most every `publish_batch` per socket: the first one
+        // after a quiet spell goes at once, those that follow within the interval are held and
+        // written together when it ends (one syscall for many). Otherwise, and always for
+        // replies and other frames, everything is written at once.
         let publish_batch = Duration::from_millis(self.server.cfg.publish_batch_ms);
+        let batch_above = self.server.cfg.publish_batch_above;
         let hold = tokio::time::sleep(Duration::ZERO);
         tokio::pin!(hold);
         let mut holding = false;
@@ -696,6 +699,7 @@ impl<T: Transport> Conn<T> {
                         let now = Instant::now();
                         if let Some(last) = last_publish_write
                             && now < last + publish_batch
+                            && (batch_above == 0 || self.server.counters.busy(now.into_std(), batch_above))
                         {
                             if !holding {
                                 hold.as_mut().reset(last + publish_batch);

@@ -20,7 +20,8 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::Instant;
 
 /// A snapshot of a server's counters, from [`ScHandle::metrics`](crate::ScHandle::metrics).
 ///
@@ -82,12 +83,41 @@ struct Cold {
     queue_drops: AtomicU64,
 }
 
+/// Whether the server delivers publishes fast enough that sockets should hold them
+/// (`Config::publish_batch_above`): the rate of `deliveries` over windows of [`PACE_WINDOW_MS`],
+/// recomputed by whichever socket asks first once a window has passed. On a line of its own:
+/// every socket reads `busy`, one writes the rest every window.
+#[derive(Default)]
+#[repr(align(128))]
+struct Pace {
+    /// Milliseconds from `Counters::start` to the current window's start.
+    window: AtomicU64,
+    /// `deliveries` at the window's start.
+    at_window: AtomicU64,
+    busy: AtomicBool,
+}
+
+/// The window over which the delivery rate is measured.
+const PACE_WINDOW_MS: u64 = 20;
+
 /// The counters of one server, shared (in an `Arc`) by its state, its store broker and its
 /// sessions. Every add is relaxed: nothing is ordered by a counter.
-#[derive(Default)]
 pub(crate) struct Counters {
     hot: Hot,
     cold: Cold,
+    pace: Pace,
+    start: Instant,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            hot: Hot::default(),
+            cold: Cold::default(),
+            pace: Pace::default(),
+            start: Instant::now(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Counters {
@@ -123,6 +153,36 @@ impl Counters {
         if t.deliveries != 0 {
             h.deliveries.fetch_add(u64::from(t.deliveries), Relaxed);
         }
+    }
+
+    /// Whether publishes are delivered at `above` per second or more (and, once they were,
+    /// still at three quarters of it): measured over the last complete window, as of `now`.
+    pub(crate) fn busy(&self, now: Instant, above: u64) -> bool {
+        let p = &self.pace;
+        let ms = u64::try_from(now.saturating_duration_since(self.start).as_millis())
+            .unwrap_or(u64::MAX);
+        let window = p.window.load(Relaxed);
+        let elapsed = ms.saturating_sub(window);
+        if elapsed >= PACE_WINDOW_MS
+            && p.window
+                .compare_exchange(window, ms, Relaxed, Relaxed)
+                .is_ok()
+        {
+            let delivered = self.hot.deliveries.load(Relaxed);
+            let before = p.at_window.swap(delivered, Relaxed);
+            let per_second = delivered.saturating_sub(before).saturating_mul(1000) / elapsed;
+            let was = p.busy.load(Relaxed);
+            let busy = if was {
+                per_second.saturating_mul(4) >= above.saturating_mul(3)
+            } else {
+                per_second >= above
+            };
+            if busy != was {
+                p.busy.store(busy, Relaxed);
+            }
+            return busy;
+        }
+        p.busy.load(Relaxed)
     }
 
     /// A handshake completed.
@@ -177,6 +237,39 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    fn delivered(c: &Counters, n: u32) {
+        c.add(Tally {
+            deliveries: n,
+            ..Tally::default()
+        });
+    }
+
+    #[test]
+    fn busy_from_the_delivery_rate_with_hysteresis() {
+        let c = Counters::default();
+        let t0 = c.start;
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        assert!(!c.busy(at(0), 50_000));
+        // 2,000 in 20 ms: 100,000/s.
+        delivered(&c, 2_000);
+        assert!(c.busy(at(20), 50_000));
+        // Within the window the answer stands.
+        assert!(c.busy(at(30), 50_000));
+        // 800 in 20 ms (40,000/s): below the bar but above three quarters of it: still busy.
+        delivered(&c, 800);
+        assert!(c.busy(at(40), 50_000));
+        // 600 in 20 ms (30,000/s): no longer.
+        delivered(&c, 600);
+        assert!(!c.busy(at(60), 50_000));
+        // 900 in 20 ms (45,000/s) from quiet: not yet.
+        delivered(&c, 900);
+        assert!(!c.busy(at(80), 50_000));
+        // A long quiet spell measures as quiet.
+        delivered(&c, 1_100);
+        assert!(!c.busy(at(10_000), 50_000));
+    }
 
     #[test]
     fn hot_and_cold_counters_do_not_share_a_line() {

@@ -750,7 +750,13 @@ async fn frames_sent_with_the_upgrade_request_are_not_lost() {
 
 #[tokio::test]
 async fn publishes_in_quick_succession_are_held_until_the_interval_ends_or_the_client_speaks() {
-    let server = start(app().publish_batch(Duration::from_secs(2))).await;
+    // Held at any delivery rate (`publish_batch_above(0)`), so that this one socket shows it.
+    let server = start(
+        app()
+            .publish_batch(Duration::from_secs(2))
+            .publish_batch_above(0),
+    )
+    .await;
     let (mut c, _) = Client::connect(&server).await;
     assert_eq!(
         c.invoke("#subscribe", json!({"channel":"news"}), 2).await,
@@ -786,6 +792,29 @@ async fn publishes_in_quick_succession_are_held_until_the_interval_ends_or_the_c
         assert_eq!(c.next().await["data"]["data"], i);
     }
     assert_eq!(c.next().await, json!({"rid":3,"data":"now"}));
+}
+
+#[tokio::test]
+async fn publishes_are_not_held_while_the_server_delivers_few() {
+    // The default `publish_batch_above` (50,000 deliveries/s): one socket getting a burst of 50
+    // is far below it, so nothing waits for the (long) interval.
+    let server = start(app().publish_batch(Duration::from_secs(2))).await;
+    let (mut c, _) = Client::connect(&server).await;
+    assert_eq!(
+        c.invoke("#subscribe", json!({"channel":"news"}), 2).await,
+        json!({"rid":2})
+    );
+    for round in 0..3 {
+        for i in 0..50 {
+            server.handle.publish("news", round * 50 + i).unwrap();
+        }
+        for i in 0..50 {
+            let v = tokio::time::timeout(Duration::from_millis(1000), c.next())
+                .await
+                .unwrap_or_else(|_| panic!("publish {} held", round * 50 + i));
+            assert_eq!(v["data"]["data"], round * 50 + i);
+        }
+    }
 }
 
 #[tokio::test]
