@@ -298,3 +298,44 @@ async fn a_store_restart_is_a_gap_into_the_new_epoch() {
     assert_eq!(frames[0]["event"], "#gap", "{frames:?}");
     assert_eq!(frames[0]["data"]["epoch"], new.as_str());
 }
+
+/// A server-side subscription on a recorded channel, through a store: when the store's delivery
+/// to this server is interrupted before any message of the channel reached it, what is read back
+/// from the history starts where this server's subscription of the channel began, not at the
+/// start of the history (the messages from before would reach the subscriber as new ones).
+#[tokio::test]
+async fn a_refill_before_any_delivery_starts_where_the_subscription_began() {
+    use sc_worker::sc_store::{HistoryLimits, MemoryConfig};
+    let store = MemoryStore::with_config(MemoryConfig {
+        channel_capacity: 4,
+        ..MemoryConfig::default()
+    });
+    let limits = HistoryLimits {
+        max_len: 1000,
+        max_age: std::time::Duration::from_secs(60),
+    };
+    for n in 0..5 {
+        store
+            .publish_recorded("news-r", n.to_string().into(), limits)
+            .await
+            .unwrap();
+    }
+    let server = server(1000, Some(Arc::new(store.clone()))).await;
+    let mut sub = server.handle.subscribe("news-r");
+    server.handle.subscription_ready("news-r").await;
+    // Published straight to the store without yielding: the server's store subscription (4
+    // deep) falls behind, and the server reads what it missed from the history.
+    for n in 5..25 {
+        store
+            .publish_recorded("news-r", n.to_string().into(), limits)
+            .await
+            .unwrap();
+    }
+    for n in 5..25 {
+        let got = tokio::time::timeout(common::WAIT, sub.recv())
+            .await
+            .expect("a message")
+            .expect("the server");
+        assert_eq!(got.map(|d| d.as_str().to_owned()), Some(n.to_string()));
+    }
+}

@@ -342,7 +342,20 @@ impl Follow {
     /// delivered here, or everything kept when none was) is read from the channel's history
     /// and delivered; where the history does not cover it either, a `#gap` notice with the
     /// position where what follows continues goes first. `last` moves to what was delivered.
-    async fn fill(&self, channel: &Arc<str>, limits: HistoryLimits, last: &mut Option<Position>) {
+    ///
+    /// `start`: the channel's position when this process's subscription began, which counts as
+    /// the last delivered while nothing has been (without it, the whole history would be read as
+    /// missed, and reach server-side subscribers as new).
+    async fn fill(
+        &self,
+        channel: &Arc<str>,
+        limits: HistoryLimits,
+        last: &mut Option<Position>,
+        start: Option<&Position>,
+    ) {
+        if last.is_none() {
+            *last = start.cloned();
+        }
         let max = usize::try_from(limits.max_len.min(FILL_MAX)).unwrap_or(usize::MAX);
         let after = last.as_ref().map(|p| p.offset);
         // The store may still be reconnecting the connection that reads (the subscription's
@@ -418,6 +431,8 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
     let mut interrupted = false;
     // The position of the last recorded message delivered here.
     let mut last: Option<Position> = None;
+    // The channel's position when the subscription first held (recorded channels).
+    let mut start: Option<Position> = None;
     loop {
         f.counters.store(1, 0);
         let mut sub = match f.store.subscribe(&channel).await {
@@ -432,10 +447,26 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
             }
         };
         delay = RETRY_MIN;
+        if let Some(limits) = f.limits
+            && last.is_none()
+            && start.is_none()
+        {
+            // Where this process joins the channel: what a gap before the first delivery missed
+            // comes after it. Unknown if the read fails (a gap then reads the whole history).
+            start = f
+                .store
+                .history(&channel, None, 0, limits)
+                .await
+                .ok()
+                .map(|h| Position {
+                    offset: h.latest,
+                    epoch: h.epoch,
+                });
+        }
         ready.send_replace(true);
         if interrupted {
             match f.limits {
-                Some(limits) => f.fill(&channel, limits, &mut last).await,
+                Some(limits) => f.fill(&channel, limits, &mut last, start.as_ref()).await,
                 None => f.gap(&channel, "store subscription restored"),
             }
         }
@@ -450,7 +481,7 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
                             l.epoch == at.epoch && at.offset == l.offset.saturating_add(1)
                         });
                         if !next {
-                            f.fill(&channel, limits, &mut last).await;
+                            f.fill(&channel, limits, &mut last, start.as_ref()).await;
                         }
                         if last
                             .as_ref()
@@ -464,7 +495,7 @@ async fn follow(channel: Arc<str>, f: Follow, ready: watch::Sender<bool>) {
                     f.local.publish(Arc::new(p));
                 }
                 StoreEvent::Gap => match f.limits {
-                    Some(limits) => f.fill(&channel, limits, &mut last).await,
+                    Some(limits) => f.fill(&channel, limits, &mut last, start.as_ref()).await,
                     None => f.gap(&channel, "store subscription interrupted"),
                 },
                 _ => {}
