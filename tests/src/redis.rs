@@ -10,36 +10,66 @@ use std::time::{Duration, Instant};
 /// How long a process may take to accept connections, or a cluster to say it is ok.
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A free TCP port on 127.0.0.1 (free when asked; the OS may hand it out again later).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind a free port on 127.0.0.1")
-}
+/// Times a process may fail to take its port (someone else took it first) before a test gives up.
+const ATTEMPTS: usize = 10;
 
-/// Waits (bounded) until something accepts connections on 127.0.0.1:`port`.
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on port {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+/// A free TCP port on 127.0.0.1: free when asked, and never handed out twice by this process
+/// (the OS may still give it to someone else before it is bound: [`spawn`] then tries again).
+pub fn free_port() -> u16 {
+    static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind a free port on 127.0.0.1");
+        let mut given = GIVEN.lock();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
     }
 }
 
-fn spawn(port: u16, extra: &[std::ffi::OsString]) -> Child {
-    let child = Command::new("redis-server")
+/// Starts a redis-server on `port` and waits (bounded) until it answers as itself (its
+/// `process_id`, so that another test's server that took the port first is not mistaken for
+/// it). `None` when it exited: the port was taken.
+fn try_spawn(port: u16, extra: &[std::ffi::OsString]) -> Option<Child> {
+    let mut child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .args(extra)
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server must be installed (apt-get install redis-server)");
-    wait_listening(port);
-    child
+    let me = format!("process_id:{}", child.id());
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && RedisCluster::cli(port, &["INFO", "server"]).contains(&me)
+        {
+            return Some(child);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("redis-server on port {port} did not start");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A redis-server on `port` (that port, tried again a few times while someone else holds it).
+fn spawn(port: u16, extra: &[std::ffi::OsString]) -> Child {
+    for _ in 0..ATTEMPTS {
+        if let Some(child) = try_spawn(port, extra) {
+            return child;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("redis-server could not take port {port}");
 }
 
 fn kill(child: &mut Option<Child>) {
@@ -58,13 +88,25 @@ pub struct RedisProcess {
 }
 
 impl RedisProcess {
-    /// Starts one on `port` (0: a free port) and returns once it accepts connections.
+    /// Starts one on `port` (0: a free port, another one if it is taken meanwhile) and returns
+    /// once it answers.
     pub fn start(port: u16) -> Self {
-        let port = if port == 0 { free_port() } else { port };
-        RedisProcess {
-            child: Some(spawn(port, &[])),
-            port,
+        if port != 0 {
+            return RedisProcess {
+                child: Some(spawn(port, &[])),
+                port,
+            };
         }
+        for _ in 0..ATTEMPTS {
+            let port = free_port();
+            if let Some(child) = try_spawn(port, &[]) {
+                return RedisProcess {
+                    child: Some(child),
+                    port,
+                };
+            }
+        }
+        panic!("no free port taken by redis-server in {ATTEMPTS} attempts");
     }
 
     /// `127.0.0.1:PORT`.
@@ -123,9 +165,20 @@ impl RedisCluster {
             dir,
         };
         for i in 0..ports.len() {
-            let node = c.spawn_node(i);
+            // A port taken by someone else meanwhile: the node gets other ports.
+            let mut node = None;
+            for _ in 0..ATTEMPTS {
+                node = c.try_spawn_node(i);
+                if node.is_some() {
+                    break;
+                }
+                c.ports[i] = free_port();
+                c.bus_ports[i] = free_port();
+            }
+            let node = node.unwrap_or_else(|| panic!("no free ports for master {i}"));
             c.nodes.push(Some(node));
         }
+        let ports = c.ports.clone();
         let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let status = Command::new("redis-cli")
             .args(["--cluster", "create"])
@@ -139,10 +192,14 @@ impl RedisCluster {
         c
     }
 
-    fn spawn_node(&self, i: usize) -> Child {
+    fn try_spawn_node(&self, i: usize) -> Option<Child> {
+        try_spawn(self.ports[i], &self.node_args(i))
+    }
+
+    fn node_args(&self, i: usize) -> Vec<std::ffi::OsString> {
         let port = self.ports[i];
         let conf = self.dir.join(format!("nodes-{port}.conf"));
-        let extra: Vec<std::ffi::OsString> = vec![
+        vec![
             "--cluster-enabled".into(),
             "yes".into(),
             "--cluster-port".into(),
@@ -153,8 +210,7 @@ impl RedisCluster {
             "no".into(),
             "--dir".into(),
             self.dir.clone().into(),
-        ];
-        spawn(port, &extra)
+        ]
     }
 
     /// Waits (bounded) until every running master says the cluster is ok.
@@ -198,7 +254,7 @@ impl RedisCluster {
     /// but serves the same slots) and returns once the cluster is ok.
     pub fn revive(&mut self, i: usize) {
         kill(&mut self.nodes[i]);
-        self.nodes[i] = Some(self.spawn_node(i));
+        self.nodes[i] = Some(spawn(self.ports[i], &self.node_args(i)));
         self.wait_ok();
     }
 
