@@ -14,7 +14,7 @@ const WAIT: Duration = Duration::from_secs(10);
 const ATTEMPTS: usize = 10;
 
 /// A free TCP port on 127.0.0.1: free when asked, and never handed out twice by this process
-/// (the OS may still give it to someone else before it is bound: [`spawn`] then tries again).
+/// (the OS may still give it to someone else before it is bound: the harness then tries again).
 pub fn free_port() -> u16 {
     static GIVEN: parking_lot::Mutex<Vec<u16>> = parking_lot::Mutex::new(Vec::new());
     loop {
