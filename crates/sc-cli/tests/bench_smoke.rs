@@ -42,17 +42,23 @@ fn serve() -> Serve {
 
 /// `serve` with `extra` arguments.
 fn serve_with(extra: &[&str]) -> Serve {
+    let mut args = vec![
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--auth-key",
+        "smoke",
+    ];
+    args.extend_from_slice(extra);
+    announced(&args, "socketcluster listening on ")
+}
+
+/// The binary run with `args`, and what its first line says after `prefix` (its address).
+fn announced(args: &[&str], prefix: &str) -> Serve {
     let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            "0",
-            "--auth-key",
-            "smoke",
-        ])
-        .args(extra)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -63,7 +69,7 @@ fn serve_with(extra: &[&str]) -> Serve {
         .unwrap();
     let url = line
         .trim()
-        .strip_prefix("socketcluster listening on ")
+        .strip_prefix(prefix)
         .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
         .to_owned();
     Serve { child, url }
@@ -219,25 +225,10 @@ fn ws_echo_protocol_measures_a_bare_echo_server() {
 /// reported with --store-pid. With -s 1 the only subscriber is on --url2 (the cross-node echo).
 #[test]
 fn fanout_across_two_servers() {
-    let mut store = Command::new(BIN)
-        .args(["store", "--host", "127.0.0.1", "--port", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(store.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("store listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line: {line:?}"))
-        .to_owned();
-    let store = Serve {
-        child: store,
-        url: addr,
-    };
+    let store = announced(
+        &["store", "--host", "127.0.0.1", "--port", "0"],
+        "store listening on ",
+    );
     let url = format!("sc://{}", store.url);
     let (a, b) = (
         serve_with(&["--store", &url]),

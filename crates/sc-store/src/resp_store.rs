@@ -322,8 +322,12 @@ struct NodeParts {
 /// Checks that node `client` takes our credentials, on a connection of its own: connects
 /// without credentials, sends `AUTH` by hand when there is a secret (so that a refusal carries
 /// the store's own reply, which the client library replaces by "authentication failed"), then
-/// runs `PING`, which a store requiring a secret we did not give answers with `NOAUTH`.
-async fn check_node(client: &redis::Client, config: &RespConfig) -> Result<()> {
+/// runs `PING`, which a store requiring a secret we did not give answers with `NOAUTH`. Gives
+/// back that connection, authenticated.
+async fn check_node(
+    client: &redis::Client,
+    config: &RespConfig,
+) -> Result<redis::aio::MultiplexedConnection> {
     let info = client.get_connection_info();
     let given = info.redis_settings();
     let (username, password) = (
@@ -348,7 +352,7 @@ async fn check_node(client: &redis::Client, config: &RespConfig) -> Result<()> {
         let _: Value = auth.arg(password).query_async(&mut conn).await?;
     }
     let _: Value = redis::cmd("PING").query_async(&mut conn).await?;
-    Ok(())
+    Ok(conn)
 }
 
 /// Sets up node `id`: checks it takes our credentials ([`check_node`]), then opens the command
@@ -526,12 +530,24 @@ impl RespStore {
         })
     }
 
-    /// Sends each node its pipeline (`pipes[i]` to node `i`), the nodes concurrently. A node
-    /// whose connection failed is tried again (at most [`PIPE_RETRIES`] times, after 50, 100,
-    /// 150 ms, and not once [`PIPE_RETRY_FOR`] has passed: a node that stays down fails fast)
-    /// with its own pipeline only: what other nodes took is never sent twice. The first error
-    /// left is returned, once every node is done.
-    async fn send_pipes(&self, pipes: Vec<Option<redis::Pipeline>>) -> Result<()> {
+    /// Sends `cmds` (each with the channel or key that places it), one pipeline per node in
+    /// their order, the nodes concurrently. A node whose connection failed is tried again (at
+    /// most [`PIPE_RETRIES`] times, after 50, 100, 150 ms, and not once [`PIPE_RETRY_FOR`] has
+    /// passed: a node that stays down fails fast) with its own pipeline only: what other nodes
+    /// took is never sent twice. The first error left is returned, once every node is done.
+    async fn send_by_node<'n>(
+        &self,
+        cmds: impl IntoIterator<Item = (&'n str, redis::Cmd)>,
+    ) -> Result<()> {
+        let mut pipes: Vec<Option<redis::Pipeline>> =
+            (0..self.inner.nodes.len()).map(|_| None).collect();
+        for (name, cmd) in cmds {
+            if let Some(slot) = pipes.get_mut(self.node_index(name.as_bytes())) {
+                slot.get_or_insert_with(redis::pipe)
+                    .add_command(cmd)
+                    .ignore();
+            }
+        }
         let sends = pipes
             .into_iter()
             .zip(self.inner.nodes.iter())
@@ -579,13 +595,7 @@ impl RespStore {
 /// cluster support or a store process.
 async fn discover(seed: &str, config: &RespConfig) -> Result<Option<(Vec<String>, Box<[u16]>)>> {
     let client = client_for(seed, config)?;
-    check_node(&client, config).await?;
-    let connection = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(config.connect_timeout))
-        .set_response_timeout(Some(config.response_timeout));
-    let mut conn = client
-        .get_multiplexed_async_connection_with_config(&connection)
-        .await?;
+    let mut conn = check_node(&client, config).await?;
     let slots: Value = match redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut conn)
@@ -1098,20 +1108,15 @@ impl Store for RespStore {
                 rest = tail;
             }
             let script = mode.load(Ordering::Relaxed) == HISTORY_SCRIPT;
-            // One pipeline per node, in the messages' order; the nodes concurrently.
-            let nodes = &self.inner.nodes;
-            let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
-            for (channel, message, limits) in rest {
-                let (native, scripted) =
-                    histpub_cmds(channel, message, *limits, self.publish_command())?;
-                let i = self.node_index(channel.as_bytes());
-                if let Some(slot) = pipes.get_mut(i) {
-                    slot.get_or_insert_with(redis::pipe)
-                        .add_command(if script { scripted } else { native })
-                        .ignore();
-                }
-            }
-            self.send_pipes(pipes).await
+            let cmds = rest
+                .iter()
+                .map(|(channel, message, limits)| {
+                    let (native, scripted) =
+                        histpub_cmds(channel, message, *limits, self.publish_command())?;
+                    Ok((&**channel, if script { scripted } else { native }))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            self.send_by_node(cmds).await
         })
     }
 
@@ -1149,20 +1154,14 @@ impl Store for RespStore {
 
     fn publish_many<'a>(&'a self, messages: &'a [(Arc<str>, Bytes)]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
-            // One pipeline per node, in the messages' order; the nodes concurrently.
-            let nodes = &self.inner.nodes;
-            let mut pipes: Vec<Option<redis::Pipeline>> = (0..nodes.len()).map(|_| None).collect();
-            for (channel, message) in messages {
-                let i = self.node_index(channel.as_bytes());
-                if let Some(slot) = pipes.get_mut(i) {
-                    slot.get_or_insert_with(redis::pipe)
-                        .cmd(self.publish_command())
-                        .arg(&**channel)
-                        .arg(message.as_ref())
-                        .ignore();
-                }
-            }
-            self.send_pipes(pipes).await
+            let cmds = messages.iter().map(|(channel, message)| {
+                let cmd = redis::cmd(self.publish_command())
+                    .arg(&**channel)
+                    .arg(message.as_ref())
+                    .clone();
+                (&**channel, cmd)
+            });
+            self.send_by_node(cmds).await
         })
     }
 
