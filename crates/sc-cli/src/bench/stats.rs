@@ -81,6 +81,21 @@ impl SharedLatency {
 
 /// CPU time (user + system) of a process, from `/proc/<pid>/stat`.
 pub(crate) fn cpu_time(pid: Option<u32>) -> Option<Duration> {
+    cpu_times(pid).map(|t| t.user + t.system)
+}
+
+/// CPU time of a process, user and system apart.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTimes {
+    /// In the process's own code (`utime`).
+    pub(crate) user: Duration,
+    /// In the kernel on the process's behalf (`stime`): its system calls, and on loopback the
+    /// peer's TCP receive work that a send runs inline.
+    pub(crate) system: Duration,
+}
+
+/// [`CpuTimes`] of a process (`None`: this one), from `/proc/<pid>/stat`.
+pub(crate) fn cpu_times(pid: Option<u32>) -> Option<CpuTimes> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
@@ -93,7 +108,11 @@ pub(crate) fn cpu_time(pid: Option<u32>) -> Option<Duration> {
     let utime: u64 = f.nth(11)?.parse().ok()?;
     let stime: u64 = f.next()?.parse().ok()?;
     let hz = rustix::param::clock_ticks_per_second().max(1);
-    Some(Duration::from_nanos((utime + stime) * 1_000_000_000 / hz))
+    let ticks = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
+    Some(CpuTimes {
+        user: ticks(utime),
+        system: ticks(stime),
+    })
 }
 
 /// Time on a CPU of every thread of a process, from `/proc/<pid>/task/*/schedstat` (in ns, where
@@ -124,7 +143,7 @@ pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuWindow {
     gen_start: Option<Duration>,
-    srv_start: Option<Duration>,
+    srv_start: Option<CpuTimes>,
     pid: Option<u32>,
 }
 
@@ -133,7 +152,7 @@ impl CpuWindow {
     pub(crate) fn start(pid: Option<u32>) -> CpuWindow {
         CpuWindow {
             gen_start: cpu_time(None),
-            srv_start: pid.and_then(|p| cpu_time(Some(p))),
+            srv_start: pid.and_then(|p| cpu_times(Some(p))),
             pid,
         }
     }
@@ -147,8 +166,11 @@ impl CpuWindow {
                 .map(|(a, b)| b.saturating_sub(a)),
             server: self
                 .srv_start
-                .zip(self.pid.and_then(|p| cpu_time(Some(p))))
-                .map(|(a, b)| b.saturating_sub(a)),
+                .zip(self.pid.and_then(|p| cpu_times(Some(p))))
+                .map(|(a, b)| CpuTimes {
+                    user: b.user.saturating_sub(a.user),
+                    system: b.system.saturating_sub(a.system),
+                }),
         }
     }
 }
@@ -157,13 +179,13 @@ impl CpuWindow {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuUse {
     generator: Option<Duration>,
-    server: Option<Duration>,
+    server: Option<CpuTimes>,
 }
 
 impl CpuUse {
     /// The server's CPU time over the window, when its pid was known.
     pub(crate) fn server(&self) -> Option<Duration> {
-        self.server
+        self.server.map(|t| t.user + t.system)
     }
 
     /// Reports CPU share over `wall` and CPU time per `messages` (named `unit`).
@@ -180,9 +202,12 @@ impl CpuUse {
             r.num("gen_cpu_pct", round1(d.as_secs_f64() / wall * 100.0));
             r.num(&format!("gen_cpu_us_per_{unit}"), per(d));
         }
-        if let Some(d) = self.server {
+        if let Some(t) = self.server {
+            let d = t.user + t.system;
             r.num("server_cpu_pct", round1(d.as_secs_f64() / wall * 100.0));
             r.num(&format!("server_cpu_us_per_{unit}"), per(d));
+            // The kernel's part: what no server code can save (system calls, TCP).
+            r.num(&format!("server_sys_us_per_{unit}"), per(t.system));
         }
     }
 }
