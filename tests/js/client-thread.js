@@ -8,8 +8,9 @@
 // clock (`performance.now()` there).
 'use strict';
 
-const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
+const { isMainThread, workerData } = require('node:worker_threads');
 const { createClient, closeClients, nextEvent, subscribe, collect, withTimeout } = require('./harness');
+const { ThreadCaller, serveCalls, waiter } = require('./thread-rpc');
 
 /** The main thread's `performance.timeOrigin`: `now()` counts from it on every thread. */
 const TIME_BASE = isMainThread ? performance.timeOrigin : workerData.timeBase;
@@ -20,37 +21,15 @@ class ClientThread {
   /** `server`: `{ port, secure }` (a plain server); `options`: createClient's. */
   constructor(server, count, options = {}) {
     this.count = count;
-    this.calls = new Map();
-    this.nextId = 1;
-    this.failure = null;
-    this.worker = new Worker(__filename, {
-      workerData: { clientThread: true, timeBase: performance.timeOrigin, port: server.port, count, options },
-    });
-    this.worker.on('message', ({ id, ok, value, error }) => {
-      const call = this.calls.get(id);
-      if (!call) return;
-      this.calls.delete(id);
-      if (ok) return call.resolve(value);
-      const err = new Error(error.message);
-      err.stack = `${error.stack}\n    (on the client thread)`;
-      call.reject(err);
-    });
-    const fail = (err) => {
-      this.failure = this.failure || err;
-      for (const call of this.calls.values()) call.reject(this.failure);
-      this.calls.clear();
-    };
-    this.worker.on('error', fail);
-    this.worker.on('exit', (code) => fail(new Error(`the client thread exited (code ${code})`)));
+    this.thread = new ThreadCaller(
+      __filename,
+      { clientThread: true, timeBase: performance.timeOrigin, port: server.port, count, options },
+      'client thread'
+    );
   }
 
   _call(method, ...args) {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.calls.set(id, { resolve, reject });
-      this.worker.postMessage({ id, method, args });
-    });
+    return this.thread.call(method, ...args);
   }
 
   /** Connects every client (each within `ms`). */
@@ -95,7 +74,7 @@ class ClientThread {
 
   async close() {
     await withTimeout(this._call('close'), 10000, 'the client thread to close its clients').catch(() => {});
-    await this.worker.terminate();
+    await this.thread.terminate();
   }
 }
 
@@ -107,20 +86,7 @@ function serveClientThread() {
   let chans = [];
   let resubscribed = [];
   let collecting = null;
-  let waiters = [];
-  const changed = () => {
-    const w = waiters;
-    waiters = [];
-    for (const f of w) f();
-  };
-  const until = (pred, ms, what) =>
-    withTimeout(
-      (async () => {
-        while (!pred()) await new Promise((r) => waiters.push(r));
-      })(),
-      ms,
-      what
-    );
+  const { changed, until } = waiter(withTimeout);
   const methods = {
     async connect(ms) {
       await Promise.all(
@@ -171,15 +137,7 @@ function serveClientThread() {
       closeClients(clients);
     },
   };
-  parentPort.on('message', async ({ id, method, args }) => {
-    try {
-      const fn = methods[method];
-      if (!fn) throw new Error(`no client thread method ${method}`);
-      parentPort.postMessage({ id, ok: true, value: await fn(...args) });
-    } catch (e) {
-      parentPort.postMessage({ id, ok: false, error: { message: e && e.message, stack: e && e.stack } });
-    }
-  });
+  serveCalls((method) => methods[method]);
 }
 
 if (!isMainThread && workerData && workerData.clientThread) serveClientThread();

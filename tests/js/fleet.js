@@ -14,7 +14,8 @@ const assert = require('node:assert/strict');
 const crypto = require('node:crypto');
 const { isDeepStrictEqual } = require('node:util');
 const { setTimeout: delay } = require('node:timers/promises');
-const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
+const { isMainThread, workerData } = require('node:worker_threads');
+const { ThreadCaller, serveCalls } = require('./thread-rpc');
 const {
   RunProcess,
   createClient,
@@ -496,42 +497,16 @@ const REMOTE_METHODS = [
 class RemoteFleet {
   constructor(run, opts) {
     this.count = opts.count;
-    this.calls = new Map();
-    this.nextId = 1;
-    this.failure = null;
-    this.worker = new Worker(__filename, {
-      workerData: { fleetThread: true, timeBase: TIME_BASE, port: run.port, opts },
-    });
-    this.worker.on('message', ({ id, ok, value, error }) => {
-      const call = this.calls.get(id);
-      if (!call) return;
-      this.calls.delete(id);
-      if (ok) return call.resolve(value);
-      const err = new Error(error.message);
-      err.stack = `${error.stack}\n    (on the fleet thread)`;
-      call.reject(err);
-    });
-    const fail = (err) => {
-      this.failure = this.failure || err;
-      for (const call of this.calls.values()) call.reject(this.failure);
-      this.calls.clear();
-    };
-    this.worker.on('error', fail);
-    this.worker.on('exit', (code) => fail(new Error(`the fleet thread exited (code ${code})`)));
+    this.thread = new ThreadCaller(__filename, { fleetThread: true, timeBase: TIME_BASE, port: run.port, opts }, 'fleet thread');
   }
 
   _call(method, args) {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.calls.set(id, { resolve, reject });
-      this.worker.postMessage({ id, method, args });
-    });
+    return this.thread.call(method, ...args);
   }
 
   async close() {
     await withTimeout(this._call('close', []), 10000, 'the fleet thread to close its clients').catch(() => {});
-    await this.worker.terminate();
+    await this.thread.terminate();
   }
 }
 for (const method of REMOTE_METHODS) {
@@ -546,16 +521,7 @@ function serveFleetThread() {
   const run = Object.assign(Object.create(RunProcess.prototype), { port: workerData.port });
   const fleet = new Fleet(run, workerData.opts);
   const own = { close: () => fleet.close() };
-  parentPort.on('message', async ({ id, method, args }) => {
-    try {
-      const fn = own[method] || (REMOTE_METHODS.includes(method) && fleet[method].bind(fleet));
-      if (!fn) throw new Error(`no fleet method ${method}`);
-      const value = await fn(...args);
-      parentPort.postMessage({ id, ok: true, value });
-    } catch (e) {
-      parentPort.postMessage({ id, ok: false, error: { message: e && e.message, stack: e && e.stack } });
-    }
-  });
+  serveCalls((method) => own[method] || (REMOTE_METHODS.includes(method) && fleet[method].bind(fleet)));
 }
 
 /**

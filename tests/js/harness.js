@@ -1589,7 +1589,46 @@ function uniqueChannel(prefix = 'ch') {
   return `${prefix}-${crypto.randomBytes(6).toString('hex')}`;
 }
 
+/**
+ * Follows the raw frames `socket` receives for channel `channelName`, as the recovery tests read
+ * them: each `#publish` (`{ kind: 'publish', offset, epoch, data, hasData, n, at }`; `n` is the
+ * data's sequence number when it has one), `#gap` notice (`{ kind: 'gap', offset, epoch, at }`)
+ * and reply that names the channel (`{ kind: 'reply', offset, epoch, at }`: a `#subscribe`
+ * reply with its position) is pushed to `frames`; `changed()` is called after each message.
+ */
+function tapChannelFrames(socket, channelName, frames, changed) {
+  const onPacket = (p) => {
+    if (!p || typeof p !== 'object' || !p.data || typeof p.data !== 'object') return;
+    const d = p.data;
+    if (d.channel !== channelName) return;
+    const at = performance.now();
+    if (p.event === '#publish') {
+      const n = d.data && d.data.n;
+      frames.push({ kind: 'publish', offset: d.offset, epoch: d.epoch, data: d.data, hasData: 'data' in d, n, at });
+    } else if (p.event === '#gap') {
+      frames.push({ kind: 'gap', offset: d.offset, epoch: d.epoch, at });
+    } else if (typeof p.rid === 'number' && p.event === undefined) {
+      frames.push({ kind: 'reply', offset: d.offset, epoch: d.epoch, at });
+    }
+  };
+  (async () => {
+    for await (const { message } of socket.listener('message')) {
+      if (typeof message !== 'string' || message === '' || message === '#1') continue;
+      let packet;
+      try {
+        packet = JSON.parse(message);
+      } catch {
+        continue;
+      }
+      if (Array.isArray(packet)) packet.forEach(onPacket);
+      else onPacket(packet);
+      changed();
+    }
+  })();
+}
+
 module.exports = {
+  tapChannelFrames,
   HOST,
   tryConnect,
   CHROMIUM,

@@ -16,7 +16,8 @@
 'use strict';
 
 const path = require('node:path');
-const { Worker, isMainThread, parentPort, workerData } = require('node:worker_threads');
+const { isMainThread, workerData } = require('node:worker_threads');
+const { ThreadCaller, serveCalls, waiter } = require('./thread-rpc');
 
 /** Main-thread handle of a thread of jittering clients; every method returns a promise. */
 class JitterThread {
@@ -26,11 +27,9 @@ class JitterThread {
    * first .. first+count-1 of `total` (for their phases).
    */
   constructor({ server, channel, count, first, total, cycleMs, outageMs, published }) {
-    this.calls = new Map();
-    this.nextId = 1;
-    this.failure = null;
-    this.worker = new Worker(__filename, {
-      workerData: {
+    this.thread = new ThreadCaller(
+      __filename,
+      {
         jitterThread: true,
         port: server.port,
         channel,
@@ -41,32 +40,12 @@ class JitterThread {
         outageMs,
         published: published.buffer,
       },
-    });
-    this.worker.on('message', ({ id, ok, value, error }) => {
-      const call = this.calls.get(id);
-      if (!call) return;
-      this.calls.delete(id);
-      if (ok) return call.resolve(value);
-      const err = new Error(error.message);
-      err.stack = `${error.stack}\n    (on the jitter thread)`;
-      call.reject(err);
-    });
-    const fail = (err) => {
-      this.failure = this.failure || err;
-      for (const call of this.calls.values()) call.reject(this.failure);
-      this.calls.clear();
-    };
-    this.worker.on('error', fail);
-    this.worker.on('exit', (code) => fail(new Error(`the jitter thread exited (code ${code})`)));
+      'jitter thread'
+    );
   }
 
   _call(method, ...args) {
-    if (this.failure) return Promise.reject(this.failure);
-    const id = this.nextId++;
-    return new Promise((resolve, reject) => {
-      this.calls.set(id, { resolve, reject });
-      this.worker.postMessage({ id, method, args });
-    });
+    return this.thread.call(method, ...args);
   }
 
   /** Connects every client and subscribes it (each within `ms`). */
@@ -90,7 +69,7 @@ class JitterThread {
   async close() {
     const { withTimeout } = require('./harness');
     await withTimeout(this._call('close'), 10000, 'the jitter thread to close its clients').catch(() => {});
-    await this.worker.terminate();
+    await this.thread.terminate();
   }
 }
 
@@ -102,20 +81,7 @@ function serveJitterThread() {
   const published = new Int32Array(workerData.published);
   const server = { port, secure: false };
 
-  let waiters = [];
-  const changed = () => {
-    const w = waiters;
-    waiters = [];
-    for (const f of w) f();
-  };
-  const until = (pred, ms, what) =>
-    withTimeout(
-      (async () => {
-        while (!pred()) await new Promise((r) => waiters.push(r));
-      })(),
-      ms,
-      what
-    );
+  const { changed, until } = waiter(withTimeout);
 
   const clients = Array.from({ length: count }, (_, k) => {
     const socket = createClient(server, { connectTimeout: 10000 });
@@ -255,14 +221,7 @@ function serveJitterThread() {
     },
   };
 
-  parentPort.on('message', async ({ id, method, args }) => {
-    try {
-      const value = await methods[method](...args);
-      parentPort.postMessage({ id, ok: true, value });
-    } catch (err) {
-      parentPort.postMessage({ id, ok: false, error: { message: err.message, stack: err.stack } });
-    }
-  });
+  serveCalls((method) => methods[method]);
 }
 
 if (!isMainThread && workerData && workerData.jitterThread) serveJitterThread();

@@ -40,6 +40,7 @@ const {
   RawClient,
   uniqueChannel,
   percentile,
+  tapChannelFrames,
 } = require('./harness');
 const HELPER = path.join(__dirname, '../../crates/sc-worker/src/socketcluster-recovery.js');
 const { attachRecovery } = require(HELPER);
@@ -126,33 +127,7 @@ function watch(socket, channelName, recovery) {
       return w.frames.slice(from).filter((f) => f.kind === 'publish');
     },
   };
-  const onPacket = (p) => {
-    if (!p || typeof p !== 'object' || !p.data || typeof p.data !== 'object') return;
-    const d = p.data;
-    if (d.channel !== channelName) return;
-    const at = performance.now();
-    if (p.event === '#publish') {
-      w.frames.push({ kind: 'publish', offset: d.offset, epoch: d.epoch, data: d.data, hasData: 'data' in d, at });
-    } else if (p.event === '#gap') {
-      w.frames.push({ kind: 'gap', offset: d.offset, epoch: d.epoch, at });
-    } else if (typeof p.rid === 'number' && p.event === undefined) {
-      w.frames.push({ kind: 'reply', offset: d.offset, epoch: d.epoch, at });
-    }
-  };
-  (async () => {
-    for await (const { message } of socket.listener('message')) {
-      if (typeof message !== 'string' || message === '' || message === '#1') continue;
-      let packet;
-      try {
-        packet = JSON.parse(message);
-      } catch {
-        continue;
-      }
-      if (Array.isArray(packet)) packet.forEach(onPacket);
-      else onPacket(packet);
-      w.changed();
-    }
-  })();
+  tapChannelFrames(socket, channelName, w.frames, w.changed);
   if (recovery) {
     recovery.onGap((gap) => {
       if (gap.channel !== channelName) return;

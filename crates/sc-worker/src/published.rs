@@ -243,13 +243,15 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-/// `{"event":"#publish","data":{"channel":C[,"data":D],"offset":N,"epoch":E}}`.
+/// `{"event":"#publish","data":{"channel":C[,"data":D],"offset":N,"epoch":E}}`, encoded once.
 fn recorded_frame(channel: &str, data: Option<&Data>, position: &Position) -> Bytes {
-    let plain = publish_frame(channel, data);
-    // The plain frame ends with the two closing braces of its data and of itself.
-    let body = plain.strip_suffix(b"}}").unwrap_or(&plain);
-    let mut out = Vec::with_capacity(plain.len() + position.epoch.len() + 40);
-    out.extend_from_slice(body);
+    let data = data.map(Data::as_bytes);
+    let mut out =
+        Vec::with_capacity(64 + channel.len() + data.map_or(0, <[u8]>::len) + position.epoch.len());
+    sc_protocol::encode::put_publish(&mut out, channel, data);
+    // The frame ends with the two closing braces of its data and of itself: the position goes
+    // before them.
+    out.truncate(out.len() - 2);
     out.extend_from_slice(b",\"offset\":");
     out.extend_from_slice(position.offset.to_string().as_bytes());
     out.extend_from_slice(b",\"epoch\":");
