@@ -121,6 +121,11 @@ impl AddressLimitLayer {
             limits: AddressLimits::new(limit, rate, burst),
         }
     }
+
+    /// The counts this layer keeps (shared by every service it made).
+    pub fn limits(&self) -> &Arc<AddressLimits> {
+        &self.limits
+    }
 }
 
 impl<S> Layer<S> for AddressLimitLayer {

@@ -95,6 +95,8 @@ pub struct AddressLimits {
     rate: f64,
     burst: f64,
     table: Mutex<Table>,
+    /// Told each time a place is given back.
+    released: tokio::sync::Notify,
 }
 
 const PRUNE_MIN: usize = 1024;
@@ -129,7 +131,14 @@ impl AddressLimits {
                 map: HashMap::default(),
                 prune_at: PRUNE_MIN,
             }),
+            released: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Completes once a place is given back (a connection counted here ended) after this call,
+    /// polled or not: for whoever waits for room, such as a client that was refused.
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
+        self.released.notified()
     }
 
     fn enabled(&self) -> bool {
@@ -196,13 +205,16 @@ impl AddressLimits {
     }
 
     fn release(&self, key: AddrKey) {
-        let mut table = self.table.lock();
-        if let Some(e) = table.map.get_mut(&key) {
-            e.open = e.open.saturating_sub(1);
-            if e.open == 0 && self.rate == 0.0 {
-                table.map.remove(&key);
+        {
+            let mut table = self.table.lock();
+            if let Some(e) = table.map.get_mut(&key) {
+                e.open = e.open.saturating_sub(1);
+                if e.open == 0 && self.rate == 0.0 {
+                    table.map.remove(&key);
+                }
             }
         }
+        self.released.notify_waiters();
     }
 
     /// Connections open from `ip` (for tests and metrics).
