@@ -30,34 +30,44 @@ pub fn free_port() -> u16 {
     }
 }
 
-/// Starts a redis-server on `port` and waits (bounded) until it answers as itself (its
-/// `process_id`, so that another test's server that took the port first is not mistaken for
-/// it). `None` when it exited: the port was taken.
+/// Starts a redis-server on `port` and waits (bounded) until it says it accepts connections:
+/// its own log line on stdout, so another process that took the port first is not mistaken for
+/// it. `None` when it exited instead: the port was taken. Its later log lines are read and
+/// dropped on a thread of their own, so that it never blocks on a full pipe.
 fn try_spawn(port: u16, extra: &[std::ffi::OsString]) -> Option<Child> {
+    use std::io::BufRead;
     let mut child = Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
         .args(["--save", "", "--appendonly", "no"])
         .args(extra)
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("redis-server must be installed (apt-get install redis-server)");
-    let me = format!("process_id:{}", child.id());
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return None;
+    let stdout = child.stdout.take().expect("redis-server's stdout is piped");
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut ready_tx = Some(ready_tx);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if line.contains("Ready to accept connections")
+                && let Some(tx) = ready_tx.take()
+            {
+                let _ = tx.send(());
+            }
         }
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && RedisCluster::cli(port, &["INFO", "server"]).contains(&me)
-        {
-            return Some(child);
+        // The end of its stdout: it exited (ready_tx dropped here tells so if it never was).
+    });
+    match ready.recv_timeout(WAIT) {
+        Ok(()) => Some(child),
+        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+            let _ = child.wait();
+            None
         }
-        if Instant::now() > deadline {
+        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("redis-server on port {port} did not start");
+            panic!("redis-server on port {port} did not start within {WAIT:?}");
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -766,35 +766,35 @@ if from <= latest and (ARGV[1] == '-' or from + 1 >= first) then out[3] = 1 end
 return out
 ";
 
-/// `SC.HISTPUB` for the store server and the equivalent script for Redis.
-fn histpub_cmds(
+/// `SC.HISTPUB` for the store server (`script` false) or the equivalent script for Redis.
+fn histpub_cmd(
     channel: &str,
     message: &[u8],
     limits: HistoryLimits,
     publish: &str,
-) -> Result<(redis::Cmd, redis::Cmd)> {
+    script: bool,
+) -> Result<redis::Cmd> {
     let max_age = millis(limits.max_age)?;
     let max_len = limits.max_len.max(1);
-    let native = redis::cmd("SC.HISTPUB")
-        .arg(channel)
-        .arg(max_len)
-        .arg(max_age)
-        .arg(message)
-        .clone();
-    let (hash, stream) = history_keys(channel, publish == "SPUBLISH")?;
-    let script = redis::cmd("EVAL")
-        .arg(HISTPUB_SCRIPT)
-        .arg(2)
-        .arg(hash)
-        .arg(stream)
-        .arg(channel)
-        .arg(max_len)
-        .arg(max_age)
-        .arg(message)
-        .arg(crate::history::new_epoch())
-        .arg(publish)
-        .clone();
-    Ok((native, script))
+    let mut cmd;
+    if script {
+        let (hash, stream) = history_keys(channel, publish == "SPUBLISH")?;
+        cmd = redis::cmd("EVAL");
+        cmd.arg(HISTPUB_SCRIPT)
+            .arg(2)
+            .arg(hash)
+            .arg(stream)
+            .arg(channel)
+            .arg(max_len)
+            .arg(max_age)
+            .arg(message)
+            .arg(crate::history::new_epoch())
+            .arg(publish);
+    } else {
+        cmd = redis::cmd("SC.HISTPUB");
+        cmd.arg(channel).arg(max_len).arg(max_age).arg(message);
+    }
+    Ok(cmd)
 }
 
 /// The keys of a channel's history on Redis: its hash and its stream, both with the hash tag
@@ -1083,7 +1083,9 @@ impl Store for RespStore {
         limits: HistoryLimits,
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
-            let (native, script) = histpub_cmds(channel, &message, limits, self.publish_command())?;
+            let publish = self.publish_command();
+            let native = histpub_cmd(channel, &message, limits, publish, false)?;
+            let script = histpub_cmd(channel, &message, limits, publish, true)?;
             let (offset, epoch): (u64, String) =
                 self.history_query(channel, &native, &script).await?;
             Ok(Position { offset, epoch })
@@ -1111,9 +1113,9 @@ impl Store for RespStore {
             let cmds = rest
                 .iter()
                 .map(|(channel, message, limits)| {
-                    let (native, scripted) =
-                        histpub_cmds(channel, message, *limits, self.publish_command())?;
-                    Ok((&**channel, if script { scripted } else { native }))
+                    let cmd =
+                        histpub_cmd(channel, message, *limits, self.publish_command(), script)?;
+                    Ok((&**channel, cmd))
                 })
                 .collect::<Result<Vec<_>>>()?;
             self.send_by_node(cmds).await
@@ -1155,10 +1157,8 @@ impl Store for RespStore {
     fn publish_many<'a>(&'a self, messages: &'a [(Arc<str>, Bytes)]) -> BoxFuture<'a, Result<()>> {
         Box::pin(async move {
             let cmds = messages.iter().map(|(channel, message)| {
-                let cmd = redis::cmd(self.publish_command())
-                    .arg(&**channel)
-                    .arg(message.as_ref())
-                    .clone();
+                let mut cmd = redis::cmd(self.publish_command());
+                cmd.arg(&**channel).arg(message.as_ref());
                 (&**channel, cmd)
             });
             self.send_by_node(cmds).await
