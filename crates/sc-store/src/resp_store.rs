@@ -535,17 +535,25 @@ impl RespStore {
     /// most [`PIPE_RETRIES`] times, after 50, 100, 150 ms, and not once [`PIPE_RETRY_FOR`] has
     /// passed: a node that stays down fails fast) with its own pipeline only: what other nodes
     /// took is never sent twice. The first error left is returned, once every node is done.
+    /// `first`, when given, heads each node's pipeline (the script that its commands run).
     async fn send_by_node<'n>(
         &self,
+        first: Option<&redis::Cmd>,
         cmds: impl IntoIterator<Item = (&'n str, redis::Cmd)>,
     ) -> Result<()> {
         let mut pipes: Vec<Option<redis::Pipeline>> =
             (0..self.inner.nodes.len()).map(|_| None).collect();
         for (name, cmd) in cmds {
             if let Some(slot) = pipes.get_mut(self.node_index(name.as_bytes())) {
-                slot.get_or_insert_with(redis::pipe)
-                    .add_command(cmd)
-                    .ignore();
+                slot.get_or_insert_with(|| {
+                    let mut pipe = redis::pipe();
+                    if let Some(first) = first {
+                        pipe.add_command(first.clone()).ignore();
+                    }
+                    pipe
+                })
+                .add_command(cmd)
+                .ignore();
             }
         }
         let sends = pipes
@@ -766,35 +774,65 @@ if from <= latest and (ARGV[1] == '-' or from + 1 >= first) then out[3] = 1 end
 return out
 ";
 
-/// `SC.HISTPUB` for the store server (`script` false) or the equivalent script for Redis.
+/// How a recorded publish is sent: the store server's own `SC.HISTPUB`, or on Redis
+/// [`HISTPUB_SCRIPT`], whole (`EVAL`) or by its hash (`EVALSHA`, in a pipeline that loads the
+/// script first: see [`script_load`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HistPub {
+    Native,
+    Eval,
+    EvalSha,
+}
+
+/// A recorded publish of `message` to `channel`, sent as `how` says.
 fn histpub_cmd(
     channel: &str,
     message: &[u8],
     limits: HistoryLimits,
     publish: &str,
-    script: bool,
+    how: HistPub,
 ) -> Result<redis::Cmd> {
     let max_age = millis(limits.max_age)?;
     let max_len = limits.max_len.max(1);
     let mut cmd;
-    if script {
-        let (hash, stream) = history_keys(channel, publish == "SPUBLISH")?;
-        cmd = redis::cmd("EVAL");
-        cmd.arg(HISTPUB_SCRIPT)
-            .arg(2)
-            .arg(hash)
-            .arg(stream)
-            .arg(channel)
-            .arg(max_len)
-            .arg(max_age)
-            .arg(message)
-            .arg(crate::history::new_epoch())
-            .arg(publish);
-    } else {
+    if how == HistPub::Native {
         cmd = redis::cmd("SC.HISTPUB");
         cmd.arg(channel).arg(max_len).arg(max_age).arg(message);
+        return Ok(cmd);
     }
+    let (hash, stream) = history_keys(channel, publish == "SPUBLISH")?;
+    if how == HistPub::EvalSha {
+        cmd = redis::cmd("EVALSHA");
+        cmd.arg(histpub_sha());
+    } else {
+        cmd = redis::cmd("EVAL");
+        cmd.arg(HISTPUB_SCRIPT);
+    }
+    cmd.arg(2)
+        .arg(hash)
+        .arg(stream)
+        .arg(channel)
+        .arg(max_len)
+        .arg(max_age)
+        .arg(message)
+        .arg(crate::history::new_epoch())
+        .arg(publish);
     Ok(cmd)
+}
+
+/// The SHA1 of [`HISTPUB_SCRIPT`], in hex, as Redis names a loaded script.
+fn histpub_sha() -> &'static str {
+    static SHA: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHA.get_or_init(|| sha1_smol::Sha1::from(HISTPUB_SCRIPT).digest().to_string())
+}
+
+/// `SCRIPT LOAD` of [`HISTPUB_SCRIPT`]: sent first in each node's pipeline of `EVALSHA`s, so
+/// the script is there for them even on a Redis that restarted (and lost its scripts) since the
+/// last batch. The script's text then crosses once per batch, not once per publish.
+fn script_load() -> redis::Cmd {
+    let mut cmd = redis::cmd("SCRIPT");
+    cmd.arg("LOAD").arg(HISTPUB_SCRIPT);
+    cmd
 }
 
 /// The keys of a channel's history on Redis: its hash and its stream, both with the hash tag
@@ -1084,8 +1122,8 @@ impl Store for RespStore {
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
             let publish = self.publish_command();
-            let native = histpub_cmd(channel, &message, limits, publish, false)?;
-            let script = histpub_cmd(channel, &message, limits, publish, true)?;
+            let native = histpub_cmd(channel, &message, limits, publish, HistPub::Native)?;
+            let script = histpub_cmd(channel, &message, limits, publish, HistPub::Eval)?;
             let (offset, epoch): (u64, String) =
                 self.history_query(channel, &native, &script).await?;
             Ok(Position { offset, epoch })
@@ -1109,16 +1147,19 @@ impl Store for RespStore {
                     .await?;
                 rest = tail;
             }
-            let script = mode.load(Ordering::Relaxed) == HISTORY_SCRIPT;
+            let (how, first) = if mode.load(Ordering::Relaxed) == HISTORY_SCRIPT {
+                (HistPub::EvalSha, Some(script_load()))
+            } else {
+                (HistPub::Native, None)
+            };
             let cmds = rest
                 .iter()
                 .map(|(channel, message, limits)| {
-                    let cmd =
-                        histpub_cmd(channel, message, *limits, self.publish_command(), script)?;
+                    let cmd = histpub_cmd(channel, message, *limits, self.publish_command(), how)?;
                     Ok((&**channel, cmd))
                 })
                 .collect::<Result<Vec<_>>>()?;
-            self.send_by_node(cmds).await
+            self.send_by_node(first.as_ref(), cmds).await
         })
     }
 
@@ -1161,7 +1202,7 @@ impl Store for RespStore {
                 cmd.arg(&**channel).arg(message.as_ref());
                 (&**channel, cmd)
             });
-            self.send_by_node(cmds).await
+            self.send_by_node(None, cmds).await
         })
     }
 

@@ -142,6 +142,82 @@ async fn redis_gap_after_redis_restart() {
     gap_after_restart(&s, &publisher, &ch, || r.restart()).await;
 }
 
+/// On Redis a batch of recorded publishes runs the history script by its hash (`EVALSHA`),
+/// after one `SCRIPT LOAD` per batch: its text is not sent with every publish, and a Redis that
+/// restarted (and so forgot its scripts) since the last batch still runs the next one.
+#[tokio::test]
+async fn redis_recorded_batches_run_the_script_by_hash_across_a_restart() {
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let mut r = RedisProcess::start(0);
+    let s = RespStore::connect(RespConfig::new([r.addr()]))
+        .await
+        .unwrap();
+    let limits = sc_store::HistoryLimits {
+        max_len: 100,
+        max_age: Duration::from_secs(60),
+    };
+    let ch = format!("{}rec", prefix("evalsha"));
+    let batch: Vec<(Arc<str>, bytes::Bytes, sc_store::HistoryLimits)> = (0..10)
+        .map(|i| (Arc::from(ch.as_str()), format!("m{i}").into(), limits))
+        .collect();
+    let stats = |port: u16| {
+        let info = RedisCluster::cli(port, &["INFO", "commandstats"]);
+        let calls = |cmd: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+                .and_then(|rest| rest.split(',').next())
+                .map_or(0, |n| n.parse::<u64>().unwrap())
+        };
+        (calls("eval"), calls("evalsha"), calls("script|load"))
+    };
+
+    // The first publish learns that this is Redis (the store server's SC.HISTPUB is unknown).
+    let mut sub = s.subscribe(&ch).await.unwrap();
+    s.publish_recorded(&ch, "first".into(), limits)
+        .await
+        .unwrap();
+    s.publish_recorded_many(&batch).await.unwrap();
+    assert_eq!(
+        stats(r.port),
+        (1, 10, 1),
+        "one EVAL (the single publish), the batch by hash after one SCRIPT LOAD"
+    );
+    let h = s.history(&ch, Some(0), 100, limits).await.unwrap();
+    assert_eq!(h.latest, 11);
+
+    // A restart: every script and key is gone; the next batch still goes through by hash.
+    assert!(matches!(next(&mut sub).await, StoreEvent::Message(_)));
+    r.restart();
+    loop {
+        if next(&mut sub).await == StoreEvent::Gap {
+            break;
+        }
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match s.publish_recorded_many(&batch).await {
+            Ok(()) => break,
+            Err(e) => {
+                assert!(
+                    e.is_connection() && Instant::now() < deadline,
+                    "the batch after the restart failed: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    assert_eq!(stats(r.port), (0, 10, 1), "after the restart: by hash only");
+    let h = s.history(&ch, Some(0), 100, limits).await.unwrap();
+    assert_eq!(
+        h.latest, 10,
+        "a new history of the 10 published after the restart"
+    );
+    let got: Vec<_> = h.records.iter().map(|(_, m)| m.clone()).collect();
+    let want: Vec<bytes::Bytes> = batch.iter().map(|(_, m, _)| m.clone()).collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test]
 async fn cluster_shards_keys_over_every_process() {
     let c = Cluster::start().await;
