@@ -168,11 +168,11 @@ const WORKER: &[(&str, &str)] = &[
     ),
     (
         "publish_batch_ms",
-        "while the worker is busy (publish_batch_above), a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once",
+        "while the worker is behind (publish_batch_above), a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once",
     ),
     (
         "publish_batch_above",
-        "publishes delivered to sockets per second (the whole worker) from which publish_batch_ms applies; below it every publish is written at once; 0 = at any rate",
+        "publishes delivered to sockets per second (the whole worker) from which publish_batch_ms may apply: only while the worker is also out of CPU (90% of its cores) and its sockets find publishes piling up between writes; otherwise every publish is written at once; 0 = always",
     ),
     (
         "handshake_timeout_ms",

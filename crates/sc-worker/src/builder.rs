@@ -112,10 +112,10 @@ impl ScServerBuilder {
         self
     }
 
-    /// Publishes delivered per second (the whole server) from which sockets hold publishes
-    /// ([`publish_batch`](Self::publish_batch)); below it each is written at once; 0 holds at any
-    /// rate (see [`Config::publish_batch_above`](crate::Config::publish_batch_above)). Defaults
-    /// to 50,000.
+    /// Publishes delivered per second (the whole server) from which sockets may hold publishes
+    /// ([`publish_batch`](Self::publish_batch)), while the server is also out of CPU and behind;
+    /// otherwise each is written at once; 0 holds at any rate, always (see
+    /// [`Config::publish_batch_above`](crate::Config::publish_batch_above)). Defaults to 50,000.
     pub fn publish_batch_above(mut self, deliveries_per_second: u64) -> Self {
         self.cfg.publish_batch_above = deliveries_per_second;
         self

@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 /// | `path` | `/socketcluster/` | the exact path of the WebSocket endpoint (query strings allowed) |
 /// | `max_payload` | 2 MiB | largest inbound message; a larger one closes the socket with 1009 |
 /// | `outbound_queue` | 4096 frames | frames queued for a socket before it counts as a slow consumer and is closed with 4100 |
-/// | `publish_batch_ms` | 5 | while the server is busy (`publish_batch_above`), a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once |
-/// | `publish_batch_above` | 50000 | publishes delivered to sockets per second (the whole server) from which `publish_batch_ms` applies; below it every publish is written at once |
+/// | `publish_batch_ms` | 5 | while the server is behind (`publish_batch_above`), a socket receiving publishes faster than this writes them at most once per interval, many per syscall (the first after a quiet spell goes at once); 0 writes each at once |
+/// | `publish_batch_above` | 50000 | publishes delivered to sockets per second (the whole server) from which `publish_batch_ms` may apply: only while the server is also out of CPU and its sockets find publishes piling up between writes; otherwise every publish is written at once; 0 = always |
 /// | `handshake_timeout_ms` | 10000 | no `#handshake` by then closes with 4005 |
 /// | `ping_interval_ms` | 8000 | how often the server pings (`''`, or `#1` in protocol v1) |
 /// | `ping_timeout_ms` | 30000 | sent in the handshake reply; no message from the client for that long closes with 4001 |
@@ -58,15 +58,17 @@ pub struct Config {
     /// many, which is what lets a socket take a high publish rate), while the first publish after
     /// a quiet spell is written at once. Replies and other frames are never held, and held
     /// publishes are written before the socket's next inbound message is handled. 0 writes every
-    /// publish at once. Applies only while the server is busy: see `publish_batch_above`.
+    /// publish at once. Applies only while the server is behind: see `publish_batch_above`.
     /// Defaults to 5.
     pub publish_batch_ms: u64,
-    /// Publishes delivered to sockets per second, by the whole server, from which sockets hold
-    /// publishes (`publish_batch_ms`). Below it every publish is written at once: holding saves
-    /// syscalls only when there are many to save, and costs latency (up to `publish_batch_ms`)
-    /// to a socket that receives publishes a few ms apart. The rate is measured over 20 ms
-    /// windows; holding stops again below three quarters of it. 0 holds at any rate. Defaults
-    /// to 50,000.
+    /// Publishes delivered to sockets per second, by the whole server, from which sockets may
+    /// hold publishes (`publish_batch_ms`). Holding saves syscalls and costs latency (up to
+    /// `publish_batch_ms`), so it begins only when the server is behind, measured over 20 ms
+    /// windows: it delivers this many a second or more, its process uses at least 90% of its
+    /// cores (its runtime's worker threads) and its sockets find publishes piling up between
+    /// their writes (1.5 or more a write). A server with CPU to spare writes every publish at
+    /// once, at any rate. Holding stops when the rate falls a quarter below where it began.
+    /// 0 holds at any rate, always. Defaults to 50,000.
     pub publish_batch_above: u64,
     /// Milliseconds a new socket has to send `#handshake`. Defaults to 10000.
     pub handshake_timeout_ms: u64,

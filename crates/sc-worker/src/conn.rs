@@ -648,8 +648,9 @@ impl<T: Transport> Conn<T> {
         let tick = tokio::time::sleep(interval);
         tokio::pin!(tick);
         let mut tick = Timer::new(tick);
-        // While the server is busy (it delivers `publish_batch_above` publishes a second or
-        // more), publishes are written at most every `publish_batch` per socket: the first one
+        // While the server is behind (it delivers `publish_batch_above` publishes a second or
+        // more, out of CPU, with publishes piling up: `Counters::busy`), publishes are written
+        // at most every `publish_batch` per socket: the first one
         // after a quiet spell goes at once, those that follow within the interval are held and
         // written together when it ends (one syscall for many). Otherwise, and always for
         // replies and other frames, everything is written at once.
@@ -859,6 +860,7 @@ impl<T: Transport> Conn<T> {
         }
         self.tally.messages_out += written + delivered;
         self.tally.deliveries += delivered;
+        self.tally.delivery_writes += u32::from(delivered != 0);
         // The batch counts against the socket's queue bytes until it is written.
         let flushed = self.flush_out().await;
         self.socket.0.queued.fetch_sub(total, Ordering::AcqRel);

@@ -20,7 +20,7 @@
 //! # }
 //! ```
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::Relaxed};
 use std::time::Instant;
 
 /// A snapshot of a server's counters, from [`ScHandle::metrics`](crate::ScHandle::metrics).
@@ -71,6 +71,8 @@ struct Hot {
     messages_out: AtomicU64,
     publishes: AtomicU64,
     deliveries: AtomicU64,
+    /// Writes that carried at least one delivery (not in [`Metrics`]: it paces holding).
+    delivery_writes: AtomicU64,
 }
 
 /// The store's counters and the rare ones, on a line of their own (the store's publisher tasks
@@ -83,10 +85,10 @@ struct Cold {
     queue_drops: AtomicU64,
 }
 
-/// Whether the server delivers publishes fast enough that sockets should hold them
-/// (`Config::publish_batch_above`): the rate of `deliveries` over windows of [`PACE_WINDOW_MS`],
-/// recomputed by whichever socket asks first once a window has passed. On a line of its own:
-/// every socket reads `busy`, one writes the rest every window.
+/// Whether sockets should hold publishes (`Config::publish_batch_ms`), decided once per
+/// window of [`PACE_WINDOW_MS`] by whichever socket asks first once it has passed, from what
+/// the server did in the window (see [`pace`]). On a line of its own: every socket reads
+/// `held_from`, one writes the rest every window.
 #[derive(Default)]
 #[repr(align(128))]
 struct Pace {
@@ -94,11 +96,87 @@ struct Pace {
     window: AtomicU64,
     /// `deliveries` at the window's start.
     at_window: AtomicU64,
-    busy: AtomicBool,
+    /// `delivery_writes` at the window's start.
+    writes_at_window: AtomicU64,
+    /// The process's CPU time at the window's start, in nanoseconds (0: not read yet).
+    cpu_at_window: AtomicU64,
+    /// The server's cores (its runtime's worker threads, at most the CPUs it may run on),
+    /// learnt at the first window (0 until then).
+    cores: AtomicU32,
+    /// The delivery rate at which holding began; 0 while publishes are not held.
+    held_from: AtomicU64,
 }
 
-/// The window over which the delivery rate is measured.
+/// The window over which the server's pace is measured.
 const PACE_WINDOW_MS: u64 = 20;
+
+/// The share of its cores that a server at least uses when it is out of CPU.
+const CPU_SATURATED: f64 = 0.9;
+
+/// Deliveries per write from which sockets find publishes piling up between their writes.
+const PILING_UP: f64 = 1.5;
+
+/// What the server did in one window of [`PACE_WINDOW_MS`].
+#[derive(Debug, Clone, Copy)]
+struct Window {
+    /// Publishes delivered to sockets, per second.
+    per_second: u64,
+    /// Deliveries per write that carried any.
+    per_write: f64,
+    /// The share of the server's cores its process used; `None` where it cannot be read (the
+    /// rate and the writes decide alone).
+    cpu: Option<f64>,
+}
+
+/// Whether publishes are held in the next window: the delivery rate at which holding began
+/// (`held_from`, 0 while not held), given the last window's pace and `above`
+/// (`Config::publish_batch_above`).
+///
+/// Holding trades latency (up to `publish_batch_ms` per publish) for CPU (many publishes per
+/// system call), so it begins only when the server is behind: it delivers `above` a second or
+/// more, it is out of CPU (at least [`CPU_SATURATED`] of its cores) and its sockets find
+/// publishes piled up since their last write ([`PILING_UP`] or more a write). A server with
+/// CPU to spare writes each publish at once, at any rate. Holding lowers the CPU used and ends
+/// the piling up, so once it began only the rate ends it: a quarter below where it began.
+fn pace(held_from: u64, w: Window, above: u64) -> u64 {
+    if held_from != 0 {
+        if w.per_second.saturating_mul(4) >= held_from.saturating_mul(3) {
+            held_from
+        } else {
+            0
+        }
+    } else if w.per_second >= above
+        && w.per_write >= PILING_UP
+        && w.cpu.is_none_or(|c| c >= CPU_SATURATED)
+    {
+        w.per_second.max(1)
+    } else {
+        0
+    }
+}
+
+/// The CPU time this process has used, in nanoseconds (`None` where it cannot be read).
+fn process_cpu_ns() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+        let secs = u64::try_from(t.tv_sec).ok()?;
+        let nanos = u64::try_from(t.tv_nsec).ok()?;
+        Some(secs.saturating_mul(1_000_000_000).saturating_add(nanos))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// The cores the server runs on: its runtime's worker threads, at most the CPUs this process
+/// may use.
+fn server_cores() -> u32 {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
+    let workers = tokio::runtime::Handle::try_current().map_or(cpus, |h| h.metrics().num_workers());
+    u32::try_from(workers.min(cpus).max(1)).unwrap_or(1)
+}
 
 /// The counters of one server, shared (in an `Arc`) by its state, its store broker and its
 /// sessions. Every add is relaxed: nothing is ordered by a counter.
@@ -134,6 +212,8 @@ pub(crate) struct Tally {
     pub(crate) messages_out: u32,
     pub(crate) publishes: u32,
     pub(crate) deliveries: u32,
+    /// Writes that carried at least one delivery.
+    pub(crate) delivery_writes: u32,
 }
 
 impl Counters {
@@ -153,36 +233,66 @@ impl Counters {
         if t.deliveries != 0 {
             h.deliveries.fetch_add(u64::from(t.deliveries), Relaxed);
         }
+        if t.delivery_writes != 0 {
+            h.delivery_writes
+                .fetch_add(u64::from(t.delivery_writes), Relaxed);
+        }
     }
 
-    /// Whether publishes are delivered at `above` per second or more (and, once they were,
-    /// still at three quarters of it): measured over the last complete window, as of `now`.
+    /// Whether sockets hold publishes now (see [`pace`]): decided from the last complete
+    /// window, as of `now`.
     pub(crate) fn busy(&self, now: Instant, above: u64) -> bool {
+        self.busy_with(now, above, process_cpu_ns)
+    }
+
+    /// [`Self::busy`] with the process's CPU time read by `cpu_ns`.
+    fn busy_with(&self, now: Instant, above: u64, cpu_ns: impl FnOnce() -> Option<u64>) -> bool {
         let p = &self.pace;
         let ms = u64::try_from(now.saturating_duration_since(self.start).as_millis())
             .unwrap_or(u64::MAX);
         let window = p.window.load(Relaxed);
         let elapsed = ms.saturating_sub(window);
-        if elapsed >= PACE_WINDOW_MS
-            && p.window
+        if elapsed < PACE_WINDOW_MS
+            || p.window
                 .compare_exchange(window, ms, Relaxed, Relaxed)
-                .is_ok()
+                .is_err()
         {
-            let delivered = self.hot.deliveries.load(Relaxed);
-            let before = p.at_window.swap(delivered, Relaxed);
-            let per_second = delivered.saturating_sub(before).saturating_mul(1000) / elapsed;
-            let was = p.busy.load(Relaxed);
-            let busy = if was {
-                per_second.saturating_mul(4) >= above.saturating_mul(3)
-            } else {
-                per_second >= above
-            };
-            if busy != was {
-                p.busy.store(busy, Relaxed);
-            }
-            return busy;
+            return p.held_from.load(Relaxed) != 0;
         }
-        p.busy.load(Relaxed)
+        let delivered = self.hot.deliveries.load(Relaxed);
+        let delivered = delivered.saturating_sub(p.at_window.swap(delivered, Relaxed));
+        let writes = self.hot.delivery_writes.load(Relaxed);
+        let writes = writes.saturating_sub(p.writes_at_window.swap(writes, Relaxed));
+        let mut cores = p.cores.load(Relaxed);
+        if cores == 0 {
+            cores = server_cores();
+            p.cores.store(cores, Relaxed);
+        }
+        let cpu = cpu_ns().map(|now_ns| match p.cpu_at_window.swap(now_ns, Relaxed) {
+            // The first window: nothing to compare with yet.
+            0 => 0.0,
+            before => {
+                now_ns.saturating_sub(before) as f64 / (elapsed as f64 * 1e6 * f64::from(cores))
+            }
+        });
+        let w = Window {
+            per_second: delivered.saturating_mul(1000) / elapsed,
+            per_write: delivered as f64 / writes.max(1) as f64,
+            cpu,
+        };
+        let was = p.held_from.load(Relaxed);
+        let held = pace(was, w, above);
+        if held != was {
+            p.held_from.store(held, Relaxed);
+            tracing::debug!(
+                deliveries_per_second = w.per_second,
+                per_write = w.per_write,
+                cpu = ?w.cpu,
+                "publishes {}",
+                if held != 0 { "held" } else { "written at once" }
+            );
+        }
+        held != 0
     }
 
     /// A handshake completed.
@@ -239,36 +349,72 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn delivered(c: &Counters, n: u32) {
-        c.add(Tally {
-            deliveries: n,
-            ..Tally::default()
-        });
+    fn window(per_second: u64, per_write: f64, cpu: Option<f64>) -> Window {
+        Window {
+            per_second,
+            per_write,
+            cpu,
+        }
     }
 
     #[test]
-    fn busy_from_the_delivery_rate_with_hysteresis() {
+    fn publishes_are_held_only_by_a_server_that_is_behind() {
+        let above = 50_000;
+        // Each publish in a write of its own: the server keeps up, whatever its CPU.
+        assert_eq!(pace(0, window(300_000, 1.0, Some(0.95)), above), 0);
+        // Publishes piling up, but CPU to spare.
+        assert_eq!(pace(0, window(300_000, 3.0, Some(0.6)), above), 0);
+        // Below the rate.
+        assert_eq!(pace(0, window(40_000, 3.0, Some(1.0)), above), 0);
+        // All three: held, from this rate.
+        assert_eq!(pace(0, window(300_000, 3.0, Some(0.95)), above), 300_000);
+        // Where the CPU cannot be read, the rate and the writes decide.
+        assert_eq!(pace(0, window(300_000, 3.0, None), above), 300_000);
+        assert_eq!(pace(0, window(300_000, 1.0, None), above), 0);
+        // Holding lowers the CPU and ends the piling up: only the rate ends it, a quarter
+        // below where it began.
+        assert_eq!(
+            pace(300_000, window(230_000, 1.0, Some(0.3)), above),
+            300_000
+        );
+        assert_eq!(pace(300_000, window(220_000, 1.0, Some(0.3)), above), 0);
+    }
+
+    #[test]
+    fn busy_from_each_window_with_hysteresis() {
         let c = Counters::default();
+        c.pace.cores.store(1, Relaxed);
         let t0 = c.start;
         let at = |ms: u64| t0 + Duration::from_millis(ms);
-        assert!(!c.busy(at(0), 50_000));
-        // 2,000 in 20 ms: 100,000/s.
-        delivered(&c, 2_000);
-        assert!(c.busy(at(20), 50_000));
-        // Within the window the answer stands.
-        assert!(c.busy(at(30), 50_000));
-        // 800 in 20 ms (40,000/s): below the bar but above three quarters of it: still busy.
-        delivered(&c, 800);
-        assert!(c.busy(at(40), 50_000));
-        // 600 in 20 ms (30,000/s): no longer.
-        delivered(&c, 600);
-        assert!(!c.busy(at(60), 50_000));
-        // 900 in 20 ms (45,000/s) from quiet: not yet.
-        delivered(&c, 900);
-        assert!(!c.busy(at(80), 50_000));
-        // A long quiet spell measures as quiet.
-        delivered(&c, 1_100);
-        assert!(!c.busy(at(10_000), 50_000));
+        let tally = |deliveries: u32, writes: u32| {
+            c.add(Tally {
+                deliveries,
+                delivery_writes: writes,
+                ..Tally::default()
+            });
+        };
+        let ms = |n: u64| Some(1_000_000_000 + n * 1_000_000);
+        assert!(!c.busy_with(at(0), 50_000, || ms(0)));
+        // The first window only starts the CPU reading.
+        tally(2_000, 500);
+        assert!(!c.busy_with(at(20), 50_000, || ms(0)));
+        // 2,000 in 20 ms (100,000/s), 4 a write, 19 ms of CPU in 20 ms on one core: behind.
+        tally(2_000, 500);
+        assert!(c.busy_with(at(40), 50_000, || ms(19)));
+        // Within the window the answer stands (and the clock is not read).
+        assert!(c.busy_with(at(50), 50_000, || panic!("read within a window")));
+        // 1,600 in 20 ms (80,000/s), one a write and little CPU: still held.
+        tally(1_600, 1_600);
+        assert!(c.busy_with(at(60), 50_000, || ms(24)));
+        // 1,400 in 20 ms (70,000/s): below three quarters of 100,000/s: no longer.
+        tally(1_400, 1_400);
+        assert!(!c.busy_with(at(80), 50_000, || ms(28)));
+        // The same rate one a write, with the CPU saturated: not behind.
+        tally(2_000, 2_000);
+        assert!(!c.busy_with(at(100), 50_000, || ms(48)));
+        // Piling up with CPU to spare: not behind either.
+        tally(2_000, 500);
+        assert!(!c.busy_with(at(120), 50_000, || ms(58)));
     }
 
     #[test]
@@ -289,6 +435,7 @@ mod tests {
             messages_out: 2,
             publishes: 1,
             deliveries: 4,
+            delivery_writes: 2,
         });
         c.add(Tally::default());
         c.socket_opened();
