@@ -381,17 +381,18 @@ async fn connect_node(id: &str, config: &RespConfig, kind: Kind) -> Result<NodeP
 
 impl RespStore {
     /// A history command: the store server's own (`native`), or on Redis, which does not know
-    /// it, the equivalent `script`; which one works is learnt once.
+    /// it, the equivalent `script`; which one works is learnt once. Only the command sent is
+    /// built.
     async fn history_query<T: redis::FromRedisValue>(
         &self,
         channel: &str,
-        native: &redis::Cmd,
-        script: &redis::Cmd,
+        native: impl FnOnce() -> Result<redis::Cmd>,
+        script: impl FnOnce() -> Result<redis::Cmd>,
     ) -> Result<T> {
         use std::sync::atomic::Ordering;
         let mode = &self.inner.history_mode;
         if mode.load(Ordering::Relaxed) != HISTORY_SCRIPT {
-            match self.query::<T>(channel, native).await {
+            match self.query::<T>(channel, &native()?).await {
                 Ok(v) => {
                     mode.store(HISTORY_NATIVE, Ordering::Relaxed);
                     return Ok(v);
@@ -400,7 +401,7 @@ impl RespStore {
                 Err(e) => return Err(e),
             }
         }
-        self.query(channel, script).await
+        self.query(channel, &script()?).await
     }
     /// Connects to every node of `config` (all at once) and checks each: it must take our
     /// credentials and answer `PING` on both the command and the pub/sub connection, all within
@@ -1122,10 +1123,10 @@ impl Store for RespStore {
     ) -> BoxFuture<'a, Result<Position>> {
         Box::pin(async move {
             let publish = self.publish_command();
-            let native = histpub_cmd(channel, &message, limits, publish, HistPub::Native)?;
-            let script = histpub_cmd(channel, &message, limits, publish, HistPub::Eval)?;
-            let (offset, epoch): (u64, String) =
-                self.history_query(channel, &native, &script).await?;
+            let cmd = |how| histpub_cmd(channel, &message, limits, publish, how);
+            let (offset, epoch): (u64, String) = self
+                .history_query(channel, || cmd(HistPub::Native), || cmd(HistPub::Eval))
+                .await?;
             Ok(Position { offset, epoch })
         })
     }
@@ -1173,25 +1174,29 @@ impl Store for RespStore {
         Box::pin(async move {
             let max_age = millis(limits.max_age)?;
             let after = after.map_or_else(|| "-".to_owned(), |a| a.to_string());
-            let native = redis::cmd("SC.HISTREAD")
-                .arg(channel)
-                .arg(&after)
-                .arg(limit)
-                .arg(limits.max_len.max(1))
-                .arg(max_age)
-                .clone();
-            let (hash, stream) = history_keys(channel, self.inner.routing.is_cluster())?;
-            let script = redis::cmd("EVAL")
-                .arg(HISTREAD_SCRIPT)
-                .arg(2)
-                .arg(hash)
-                .arg(stream)
-                .arg(&after)
-                .arg(limit)
-                .arg(crate::history::new_epoch())
-                .arg(max_age)
-                .clone();
-            parse_history(self.history_query(channel, &native, &script).await?)
+            let native = || {
+                let mut cmd = redis::cmd("SC.HISTREAD");
+                cmd.arg(channel)
+                    .arg(&after)
+                    .arg(limit)
+                    .arg(limits.max_len.max(1))
+                    .arg(max_age);
+                Ok(cmd)
+            };
+            let script = || {
+                let (hash, stream) = history_keys(channel, self.inner.routing.is_cluster())?;
+                let mut cmd = redis::cmd("EVAL");
+                cmd.arg(HISTREAD_SCRIPT)
+                    .arg(2)
+                    .arg(hash)
+                    .arg(stream)
+                    .arg(&after)
+                    .arg(limit)
+                    .arg(crate::history::new_epoch())
+                    .arg(max_age);
+                Ok(cmd)
+            };
+            parse_history(self.history_query(channel, native, script).await?)
         })
     }
 

@@ -132,12 +132,8 @@ async fn cluster_gap_after_store_process_restart() {
 #[tokio::test]
 async fn redis_gap_after_redis_restart() {
     let mut r = RedisProcess::start(0);
-    let s = RespStore::connect(RespConfig::new([r.addr()]))
-        .await
-        .unwrap();
-    let publisher = RespStore::connect(RespConfig::new([r.addr()]))
-        .await
-        .unwrap();
+    let s = client_of(&r).await;
+    let publisher = client_of(&r).await;
     let ch = format!("{}chan", prefix("restart"));
     gap_after_restart(&s, &publisher, &ch, || r.restart()).await;
 }
@@ -150,9 +146,7 @@ async fn redis_recorded_batches_run_the_script_by_hash_across_a_restart() {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
     let mut r = RedisProcess::start(0);
-    let s = RespStore::connect(RespConfig::new([r.addr()]))
-        .await
-        .unwrap();
+    let s = client_of(&r).await;
     let limits = sc_store::HistoryLimits {
         max_len: 100,
         max_age: Duration::from_secs(60),

@@ -112,6 +112,13 @@ impl Drop for StoreProcess {
 
 pub use sc_tests::{RedisCluster, RedisProcess};
 
+/// A client of the redis-server `r` the test started.
+pub async fn client_of(r: &RedisProcess) -> RespStore {
+    RespStore::connect(RespConfig::new([r.addr()]))
+        .await
+        .unwrap()
+}
+
 /// A client of `cluster`, given one master.
 pub async fn cluster_client(cluster: &RedisCluster) -> RespStore {
     RespStore::connect(RespConfig::new([cluster.seed()]))
